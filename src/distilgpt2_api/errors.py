@@ -1,0 +1,106 @@
+"""Every error leaves as JSON with a request id: never a traceback, never a 500 for bad input."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from distilgpt2_api.generation import ContextLengthExceeded
+from distilgpt2_api.schemas import ErrorBody, ErrorResponse
+
+logger = logging.getLogger("distilgpt2_api")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class ApiError(Exception):
+    """A request the service understood but will not serve, with its HTTP status."""
+
+    def __init__(self, status_code: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+def request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "unknown"))
+
+
+def _new_request_id(request: Request) -> str:
+    # Under Lambda, reuse the invocation's id so API responses and CloudWatch logs line up.
+    context = request.scope.get("aws.context")
+    return str(getattr(context, "aws_request_id", None) or uuid.uuid4())
+
+
+def _error(
+    request: Request,
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    param: str | None = None,
+    detail: list[dict[str, object]] | None = None,
+) -> JSONResponse:
+    error_type = "invalid_request_error" if status_code < 500 else "server_error"
+    body = ErrorResponse(
+        error=ErrorBody(message=message, type=error_type, code=code, param=param),
+        request_id=request_id(request),
+        detail=detail,
+    )
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # Drop the echoed input: it can be a whole prompt, and it is the caller's own data anyway.
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+    field_path = [str(part) for part in first["loc"] if part not in ("body", "query", "path")]
+    param = ".".join(field_path) or None
+    message = f"{param}: {first['msg']}" if param else str(first["msg"])
+    return _error(request, 422, "validation_error", message, param=param, detail=detail)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return _error(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+async def _on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error(request, exc.status_code, exc.code, exc.message, param=exc.param)
+
+
+async def _on_context_length(request: Request, exc: Exception) -> Response:
+    return _error(request, 400, "context_length_exceeded", str(exc), param="max_new_tokens")
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error while serving request %s", request_id(request))
+    return _error(request, 500, "internal_error", "internal error while serving the request; quote the request_id")
+
+
+async def _assign_request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    request.state.request_id = _new_request_id(request)
+    response = await call_next(request)
+    response.headers[REQUEST_ID_HEADER] = request.state.request_id
+    return response
+
+
+def install_error_handling(app: FastAPI) -> None:
+    """Register the request-id middleware and the JSON error handlers on `app`."""
+    app.middleware("http")(_assign_request_id)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(ContextLengthExceeded, _on_context_length)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,45 @@
+"""Service configuration, read once from environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _available_cores() -> int:
+    # The cores this process may run on (cgroup/affinity aware), not the host's count.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """Every knob the service reads. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    model_dir: Path = Field(
+        Path("models/default"),
+        description="Local model directory (config, safetensors weights, tokenizer) loaded at startup.",
+    )
+    served_model_name: str | None = Field(
+        None,
+        description="Name reported by the API; defaults to the manifest's model id or the directory name.",
+    )
+    torch_threads: int = Field(
+        default_factory=_available_cores, ge=1, description="Intra-op threads torch may use."
+    )
+    max_new_tokens_limit: int = Field(512, ge=1, description="Upper bound for max_new_tokens / max_tokens.")
+    max_return_sequences: int = Field(8, ge=1, description="Upper bound for num_return_sequences / n.")
+    max_prompt_chars: int = Field(8000, ge=1, description="Upper bound for the prompt length in characters.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (environment is read once)."""
+    return Settings()

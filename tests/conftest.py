@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny GPT-2 built here, loaded through MODEL_DIR exactly as in production."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from model_factory import build_tiny_gpt2
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def app(model_dir: Path) -> FastAPI:
+    """The production app module, imported with MODEL_DIR pointing at the tiny model."""
+    os.environ["MODEL_DIR"] = str(model_dir)
+    os.environ.pop("SERVED_MODEL_NAME", None)
+    from distilgpt2_api.settings import get_settings
+
+    get_settings.cache_clear()
+    module = importlib.import_module("distilgpt2_api.app")
+    return module.app
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@dataclass
+class FakeLambdaContext:
+    """The attributes of the Lambda context object that the service reads."""
+
+    aws_request_id: str = "11111111-2222-3333-4444-555555555555"
+    function_name: str = "distilgpt2-api"
+    memory_limit_in_mb: int = 3008
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:distilgpt2-api"
+    remaining_millis: int = 60_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_millis
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    return FakeLambdaContext()
+
+
+@pytest.fixture(scope="session")
+def lambda_handler(app: FastAPI):  # type: ignore[no-untyped-def]
+    """`handler.handler`, the Lambda entry point."""
+    return importlib.import_module("handler").handler
