@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 
 from distilgpt2_api.generation import GenerationRequest, TextGenerator
 from distilgpt2_api.model_loading import ModelLoadError, load_model
+
 from model_factory import build_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]

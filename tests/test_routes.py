@@ -77,9 +77,10 @@ def test_greedy_with_several_sequences_repeats_the_greedy_answer(client: TestCli
     result = _generate(client, prompt="The fox", max_new_tokens=6, num_return_sequences=3)
     assert len(set(result["generated_sequences"])) == 1
     assert len(result["generated_sequences"]) == 3
-    assert result["usage"]["completion_tokens"] == 3 * _generate(client, prompt="The fox", max_new_tokens=6)["usage"][
-        "completion_tokens"
-    ]
+    assert (
+        result["usage"]["completion_tokens"]
+        == 3 * _generate(client, prompt="The fox", max_new_tokens=6)["usage"]["completion_tokens"]
+    )
 
 
 def test_stop_string_cuts_each_output(client: TestClient) -> None:
@@ -167,7 +168,9 @@ def test_unknown_route_and_method_are_json(client: TestClient) -> None:
     assert wrong_method.json()["error"]["code"] == "method_not_allowed"
 
 
-def test_internal_error_is_a_500_with_request_id_and_no_traceback(client: TestClient, app: FastAPI, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_internal_error_is_a_500_with_request_id_and_no_traceback(
+    client: TestClient, app: FastAPI, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     def explode(request: object) -> None:
         raise RuntimeError("secret internal detail")
 

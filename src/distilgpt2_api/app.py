@@ -26,7 +26,9 @@ def create_app(generator: TextGenerator) -> FastAPI:
 
 
 def load_generator(settings: Settings) -> TextGenerator:
-    loaded = load_model(settings.model_dir, torch_threads=settings.torch_threads, served_name=settings.served_model_name)
+    loaded = load_model(
+        settings.model_dir, torch_threads=settings.torch_threads, served_name=settings.served_model_name
+    )
     return TextGenerator(loaded, torch_threads=settings.torch_threads)
 
 

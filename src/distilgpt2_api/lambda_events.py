@@ -32,7 +32,9 @@ def unsupported_event_result(event: object) -> dict[str, Any]:
     return {
         "statusCode": 400,
         "headers": {"content-type": "application/json"},
-        "body": json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": "unsupported_event"}}),
+        "body": json.dumps(
+            {"error": {"message": message, "type": "invalid_request_error", "code": "unsupported_event"}}
+        ),
     }
 
 

@@ -31,9 +31,7 @@ class Settings(BaseSettings):
         None,
         description="Name reported by the API; defaults to the manifest's model id or the directory name.",
     )
-    torch_threads: int = Field(
-        default_factory=_available_cores, ge=1, description="Intra-op threads torch may use."
-    )
+    torch_threads: int = Field(default_factory=_available_cores, ge=1, description="Intra-op threads torch may use.")
     max_new_tokens_limit: int = Field(512, ge=1, description="Upper bound for max_new_tokens / max_tokens.")
     max_return_sequences: int = Field(8, ge=1, description="Upper bound for num_return_sequences / n.")
     max_prompt_chars: int = Field(8000, ge=1, description="Upper bound for the prompt length in characters.")

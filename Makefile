@@ -1,0 +1,48 @@
+# Two commands matter: `make serve` and `make test`. Everything else is what they build on.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SAM_VENV ?= .venv-sam
+MODEL_DIR ?= models/default
+MODEL_SOURCE ?= auto
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export MODEL_DIR
+
+.PHONY: install sam-tools model serve test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is pinned in requirements.txt; on a machine without a local CPU wheel, add the CPU index:
+#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make install
+$(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# SAM CLI and cfn-lint get a virtualenv of their own: with the app's pins, pip backtracks for ages.
+$(SAM_VENV)/.installed:
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli cfn-lint
+	touch $@
+
+sam-tools: $(SAM_VENV)/.installed
+
+model: install
+	$(BIN)/python -m distilgpt2_api prepare-model --source $(MODEL_SOURCE) --output $(MODEL_DIR) --if-missing
+
+serve: model
+	$(BIN)/python -m distilgpt2_api serve --host $(HOST) --port $(PORT)
+
+test: install sam-tools
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests handler.py
+	$(BIN)/ruff format --check src tests handler.py
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .pytest_cache
