@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from distilgpt2_api import __version__, openai_routes, routes
+from distilgpt2_api.body_limit import BodySizeLimit
 from distilgpt2_api.errors import install_error_handling
 from distilgpt2_api.generation import TextGenerator
 from distilgpt2_api.model_loading import load_model
+from distilgpt2_api.observability import RequestLogging
 from distilgpt2_api.settings import Settings, get_settings
+from distilgpt2_api.time_budget import TimeBudget
 
 
-def create_app(generator: TextGenerator) -> FastAPI:
+def create_app(generator: TextGenerator, settings: Settings) -> FastAPI:
     """Build the app around an already loaded generator."""
     app = FastAPI(
         title="distilgpt2-api",
@@ -19,7 +23,16 @@ def create_app(generator: TextGenerator) -> FastAPI:
         summary="Text generation with a Hugging Face causal language model.",
     )
     app.state.generator = generator
+    app.state.time_budget = TimeBudget(
+        max_seconds=settings.max_request_seconds,
+        gateway_timeout_seconds=settings.gateway_timeout_seconds,
+        margin_seconds=settings.deadline_margin_seconds,
+    )
     install_error_handling(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLogging, log_prompts=settings.log_prompts)  # outermost: sees every request
+    if settings.cors_allow_origins:  # closed unless origins are configured
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"])
     app.include_router(openai_routes.router)
     app.include_router(routes.router)  # last: its `/{prompt}` route matches any single segment
     return app
@@ -32,4 +45,5 @@ def load_generator(settings: Settings) -> TextGenerator:
     return TextGenerator(loaded, torch_threads=settings.torch_threads)
 
 
-app = create_app(load_generator(get_settings()))
+settings = get_settings()
+app = create_app(load_generator(settings), settings)

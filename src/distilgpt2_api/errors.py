@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import uuid
-from collections.abc import Awaitable, Callable
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from distilgpt2_api.generation import ContextLengthExceeded
+from distilgpt2_api.generation import ContextLengthExceeded, DeadlineExceeded
+from distilgpt2_api.observability import logger, request_id
 from distilgpt2_api.schemas import ErrorBody, ErrorResponse
-
-logger = logging.getLogger("distilgpt2_api")
-
-REQUEST_ID_HEADER = "x-request-id"
 
 
 class ApiError(Exception):
@@ -28,16 +21,6 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.param = param
-
-
-def request_id(request: Request) -> str:
-    return str(getattr(request.state, "request_id", "unknown"))
-
-
-def _new_request_id(request: Request) -> str:
-    # Under Lambda, reuse the invocation's id so API responses and CloudWatch logs line up.
-    context = request.scope.get("aws.context")
-    return str(getattr(context, "aws_request_id", None) or uuid.uuid4())
 
 
 def _error(
@@ -71,7 +54,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed"}
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
     return _error(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
 
@@ -84,23 +67,22 @@ async def _on_context_length(request: Request, exc: Exception) -> Response:
     return _error(request, 400, "context_length_exceeded", str(exc), param="max_new_tokens")
 
 
+async def _on_deadline(request: Request, exc: Exception) -> Response:
+    response = _error(request, 503, "deadline_exceeded", f"{exc}; retry later")
+    response.headers["retry-after"] = "1"
+    return response
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error while serving request %s", request_id(request))
     return _error(request, 500, "internal_error", "internal error while serving the request; quote the request_id")
 
 
-async def _assign_request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    request.state.request_id = _new_request_id(request)
-    response = await call_next(request)
-    response.headers[REQUEST_ID_HEADER] = request.state.request_id
-    return response
-
-
 def install_error_handling(app: FastAPI) -> None:
-    """Register the request-id middleware and the JSON error handlers on `app`."""
-    app.middleware("http")(_assign_request_id)
+    """Register the JSON error handlers on `app`."""
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(ContextLengthExceeded, _on_context_length)
+    app.add_exception_handler(DeadlineExceeded, _on_deadline)
     app.add_exception_handler(Exception, _on_unexpected)

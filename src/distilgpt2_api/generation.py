@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -13,7 +14,7 @@ from transformers import GenerationConfig
 
 from distilgpt2_api.model_loading import LoadedModel
 
-FinishReason = Literal["length", "stop", "eos"]
+FinishReason = Literal["length", "stop", "eos", "time_limit"]
 
 
 class ContextLengthExceeded(ValueError):
@@ -27,6 +28,10 @@ class ContextLengthExceeded(ValueError):
             f"the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}: together "
             f"{prompt_tokens + max_new_tokens}, more than the model's context of {context_length} tokens"
         )
+
+
+class DeadlineExceeded(RuntimeError):
+    """The request's time budget ran out before generation could start (it waited in the queue)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class GenerationRequest:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    deadline: float | None = None  # time.monotonic() by which generation must have returned
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class GenerationResult:
     completions: list[Completion]
     prompt_tokens: int
     seed: int | None  # the seed sampling used, so a sampled result can be reproduced
+    seconds: float  # time spent generating
 
     @property
     def completion_tokens(self) -> int:
@@ -107,24 +114,32 @@ class TextGenerator:
         if prompt_tokens + request.max_new_tokens > self.loaded.context_length:
             raise ContextLengthExceeded(prompt_tokens, request.max_new_tokens, self.loaded.context_length)
 
+        max_time = None
+        if request.deadline is not None:
+            max_time = request.deadline - time.monotonic()
+            if max_time <= 0:
+                raise DeadlineExceeded("the request's time budget ran out while it waited for the model")
+
         seed = None
         if request.do_sample:
             seed = request.seed if request.seed is not None else secrets.randbits(63)
             torch.manual_seed(seed)
         # Greedy decoding gives identical sequences: compute one and repeat it.
         runs = request.num_return_sequences if request.do_sample else 1
+        started = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(
                 **inputs,
-                generation_config=self._generation_config(request, runs),
+                generation_config=self._generation_config(request, runs, max_time),
                 tokenizer=tokenizer if request.stop else None,
             )
-        completions = [self._completion(row[prompt_tokens:].tolist(), request.stop) for row in output]
+        seconds = time.perf_counter() - started
+        completions = [self._completion(row[prompt_tokens:].tolist(), request) for row in output]
         if not request.do_sample:
             completions = completions * request.num_return_sequences
-        return GenerationResult(completions=completions, prompt_tokens=prompt_tokens, seed=seed)
+        return GenerationResult(completions=completions, prompt_tokens=prompt_tokens, seed=seed, seconds=seconds)
 
-    def _generation_config(self, request: GenerationRequest, runs: int) -> GenerationConfig:
+    def _generation_config(self, request: GenerationRequest, runs: int, max_time: float | None) -> GenerationConfig:
         eos_ids = sorted(self.loaded.eos_token_ids)
         sampling = (
             {"temperature": request.temperature, "top_p": request.top_p, "top_k": request.top_k}
@@ -139,17 +154,20 @@ class TextGenerator:
             eos_token_id=eos_ids,
             pad_token_id=self._pad_id,
             stop_strings=list(request.stop) or None,
+            max_time=max_time,  # stops cleanly, keeping the tokens generated so far
             **sampling,
         )
 
-    def _completion(self, new_ids: list[int], stop: tuple[str, ...]) -> Completion:
+    def _completion(self, new_ids: list[int], request: GenerationRequest) -> Completion:
         end = next((i for i, token in enumerate(new_ids) if token in self._end_ids), len(new_ids))
         generated = new_ids[:end]
         text = self.loaded.tokenizer.decode(generated, skip_special_tokens=True)
-        cut = _cut_at_stop(text, stop)
+        cut = _cut_at_stop(text, request.stop)
         if cut is not None:
             return Completion(text=cut, finish_reason="stop", completion_tokens=len(generated))
         if end < len(new_ids) and new_ids[end] in self.loaded.eos_token_ids:
             # The model computed the EOS token too, so it counts as generated.
             return Completion(text=text, finish_reason="eos", completion_tokens=len(generated) + 1)
-        return Completion(text=text, finish_reason="length", completion_tokens=len(generated))
+        # Short of max_new_tokens with no EOS or stop string: only the time budget stops that.
+        reason: FinishReason = "length" if len(generated) >= request.max_new_tokens else "time_limit"
+        return Completion(text=text, finish_reason=reason, completion_tokens=len(generated))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from distilgpt2_api.errors import ApiError
 from distilgpt2_api.generation import GenerationRequest
-from distilgpt2_api.routes import ERROR_RESPONSES, Generator, usage_of
+from distilgpt2_api.routes import ERROR_RESPONSES, Generator, run_generation, usage_of
 from distilgpt2_api.schemas import CompletionChoice, CompletionRequest, CompletionResponse, ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -26,7 +26,7 @@ async def list_models(generator: Generator) -> ModelList:
     response_model=CompletionResponse,
     responses={**ERROR_RESPONSES, 404: ERROR_RESPONSES[422] | {"description": "Unknown model."}},
 )
-async def create_completion(body: CompletionRequest, generator: Generator) -> CompletionResponse:
+async def create_completion(request: Request, body: CompletionRequest, generator: Generator) -> CompletionResponse:
     if body.stream:
         raise ApiError(400, "stream_unsupported", "streaming is not supported yet: send stream=false", "stream")
     # Requests never choose what is loaded: a name other than the served one is an error.
@@ -35,7 +35,9 @@ async def create_completion(body: CompletionRequest, generator: Generator) -> Co
             404, "model_not_found", f"model {body.model!r} is not served here; use {generator.model_name!r}", "model"
         )
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    result = await generator.generate(
+    result = await run_generation(
+        request,
+        generator,
         GenerationRequest(
             prompt=body.prompt,
             max_new_tokens=body.max_tokens,
@@ -45,10 +47,16 @@ async def create_completion(body: CompletionRequest, generator: Generator) -> Co
             top_p=body.top_p,
             seed=body.seed,
             stop=stop,
-        )
+        ),
     )
     choices = [
-        CompletionChoice(text=c.text, index=i, finish_reason="length" if c.finish_reason == "length" else "stop")
+        CompletionChoice(
+            text=c.text,
+            index=i,
+            # OpenAI has no reason for a time limit: report `length` and flag it.
+            finish_reason="length" if c.finish_reason in ("length", "time_limit") else "stop",
+            time_limit_reached=c.finish_reason == "time_limit",
+        )
         for i, c in enumerate(result.completions)
     ]
     return CompletionResponse(

@@ -84,6 +84,9 @@ class CompletionChoice(BaseModel):
     index: int
     logprobs: None = None
     finish_reason: Literal["stop", "length"]
+    time_limit_reached: bool = Field(
+        False, description="Generation stopped at the request's time budget (finish_reason is then `length`)."
+    )
 
 
 class CompletionResponse(BaseModel):

@@ -1,0 +1,111 @@
+"""Structured JSON logs and CloudWatch EMF metrics, with Powertools for AWS Lambda.
+
+The same logger and metrics serve Lambda and uvicorn: both write JSON lines to stdout.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+SERVICE = "distilgpt2-api"
+REQUEST_ID_HEADER = "x-request-id"
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace="DistilGPT2Api", service=SERVICE)
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """What one generation did, for the request's log line and metrics."""
+
+    prompt: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reasons: list[str]
+    seconds: float
+
+
+def record_generation(request: Request, record: GenerationRecord) -> None:
+    """Attach a generation to the current request: metrics now, log fields at the end of the request."""
+    request.state.generation = record
+    metrics.add_metric(name="GenerationLatency", unit=MetricUnit.Milliseconds, value=record.seconds * 1000)
+    metrics.add_metric(name="CompletionTokens", unit=MetricUnit.Count, value=record.completion_tokens)
+    if record.seconds > 0:
+        tokens_per_second = record.completion_tokens / record.seconds
+        metrics.add_metric(name="TokensPerSecond", unit=MetricUnit.CountPerSecond, value=tokens_per_second)
+
+
+def request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "unknown"))
+
+
+class RequestLogging:
+    """ASGI middleware: a request id per request, one log line per request, a metrics flush per request.
+
+    Plain ASGI rather than BaseHTTPMiddleware, so request bodies stream through untouched.
+    """
+
+    def __init__(self, app: ASGIApp, *, log_prompts: bool) -> None:
+        self.app = app
+        self.log_prompts = log_prompts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Under Lambda, reuse the invocation's id so API responses and CloudWatch logs line up.
+        context = scope.get("aws.context")
+        request_id = str(getattr(context, "aws_request_id", None) or uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500  # what the client gets if the app raises
+        started = time.perf_counter()
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        finally:
+            self._log(scope, status, time.perf_counter() - started)
+
+    def _log(self, scope: Scope, status: int, seconds: float) -> None:
+        state = scope["state"]
+        fields: dict[str, object] = {
+            "request_id": state["request_id"],
+            "method": scope["method"],
+            "route": getattr(scope.get("route"), "path", None),
+            "status": status,
+            "latency_ms": round(seconds * 1000, 2),
+        }
+        record: GenerationRecord | None = state.get("generation")
+        if record is not None:
+            fields.update(
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                finish_reasons=record.finish_reasons,
+                generation_ms=round(record.seconds * 1000, 2),
+            )
+            if self.log_prompts:  # prompts can hold personal data: off unless asked for
+                fields["prompt"] = record.prompt
+        if status >= 500:
+            metrics.add_metric(name="Errors", unit=MetricUnit.Count, value=1)
+        logger.info("request", extra=fields)
+        flush_metrics()
+
+
+def flush_metrics() -> None:
+    """Write pending metrics as one EMF document; nothing (and no warning) when there are none."""
+    if metrics.metric_set:
+        metrics.flush_metrics()

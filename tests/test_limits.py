@@ -1,0 +1,125 @@
+"""Time budgets (finish_reason time_limit, never a gateway timeout), body size cap, CORS closed by default."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from distilgpt2_api.time_budget import TimeBudget
+
+from event_factory import http_api_event, response_json
+
+
+@pytest.fixture
+def slow_model(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every forward pass takes at least 50 ms: a deliberately slowed model."""
+    model = app.state.generator.loaded.model
+    original: Callable[..., Any] = model.forward
+
+    def slow_forward(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.05)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", slow_forward)
+
+
+@pytest.fixture
+def set_budget(app: FastAPI) -> Iterator[Callable[[TimeBudget], None]]:
+    """Swap the app's time budget for one test."""
+    original = app.state.time_budget
+    yield lambda budget: setattr(app.state, "time_budget", budget)
+    app.state.time_budget = original
+
+
+def _seconds(seconds: float) -> TimeBudget:
+    return TimeBudget(max_seconds=seconds, gateway_timeout_seconds=30, margin_seconds=0)
+
+
+def test_budget_is_the_least_of_its_limits() -> None:
+    budget = TimeBudget(max_seconds=25, gateway_timeout_seconds=30, margin_seconds=1.5)
+    assert budget.seconds_for({}) == 25
+    assert TimeBudget(40, 30, 1.5).seconds_for({}) == 28.5
+
+    class Context:
+        def get_remaining_time_in_millis(self) -> int:
+            return 10_000
+
+    assert budget.seconds_for({"aws.context": Context()}) == 8.5
+
+
+def test_slow_generation_stops_at_the_budget(
+    client: TestClient, set_budget: Callable[[TimeBudget], None], slow_model: None
+) -> None:
+    set_budget(_seconds(0.5))
+    started = time.monotonic()
+    response = client.post("/generate", json={"prompt": "Once", "max_new_tokens": 200, "return_full_text": False})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    body = response.json()
+    assert body["finish_reasons"] == ["time_limit"]
+    assert 1 <= body["usage"]["completion_tokens"] < 200
+    assert elapsed < 5  # 200 slowed steps would take over 10 s
+
+
+def test_openai_route_reports_length_with_a_time_limit_flag(
+    client: TestClient, set_budget: Callable[[TimeBudget], None], slow_model: None
+) -> None:
+    set_budget(_seconds(0.5))
+    response = client.post("/v1/completions", json={"prompt": "Once", "max_tokens": 200, "temperature": 0})
+    (choice,) = response.json()["choices"]
+    assert choice["finish_reason"] == "length"
+    assert choice["time_limit_reached"] is True
+
+
+def test_lambda_remaining_time_bounds_the_budget(
+    lambda_handler: Any, lambda_context: Any, set_budget: Callable[[TimeBudget], None], slow_model: None
+) -> None:
+    set_budget(TimeBudget(max_seconds=25, gateway_timeout_seconds=30, margin_seconds=1.0))
+    lambda_context.remaining_millis = 1_500  # 0.5 s left after the margin
+    event = http_api_event("POST", "/generate", body={"prompt": "Once", "max_new_tokens": 200})
+    response = lambda_handler(event, lambda_context)
+    assert response["statusCode"] == 200
+    assert response_json(response)["finish_reasons"] == ["time_limit"]
+
+
+def test_budget_spent_waiting_is_a_503(client: TestClient, set_budget: Callable[[TimeBudget], None]) -> None:
+    set_budget(_seconds(0.0))
+    response = client.post("/generate", json={"prompt": "Once", "max_new_tokens": 5})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "deadline_exceeded"
+    assert response.headers["retry-after"] == "1"
+
+
+def test_oversized_body_is_a_413(client: TestClient) -> None:
+    response = client.post("/generate", content=b'{"prompt": "' + b"a" * 200_000 + b'"}')
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_oversized_chunked_body_is_a_413(client: TestClient) -> None:
+    def chunks() -> Any:
+        yield b'{"prompt": "'
+        for _ in range(40):
+            yield b"a" * 4096
+        yield b'"}'
+
+    response = client.post("/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_body_within_the_limit_is_served(client: TestClient) -> None:
+    assert client.post("/generate", json={"prompt": "a" * 7000, "max_new_tokens": 1}).status_code in (200, 400)
+
+
+def test_cors_is_closed_by_default(client: TestClient) -> None:
+    preflight = client.options(
+        "/generate", headers={"origin": "https://evil.example", "access-control-request-method": "POST"}
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+    response = client.get("/", headers={"origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in response.headers

@@ -1,0 +1,111 @@
+"""Structured request logs (Powertools Logger) and EMF metrics (Powertools Metrics) on stdout."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from distilgpt2_api.observability import logger
+
+from event_factory import http_api_event, scheduled_event
+
+
+def _emf_documents(output: str) -> list[dict[str, Any]]:
+    documents = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [d for d in documents if "_aws" in d]
+
+
+def _metric_names(document: dict[str, Any]) -> set[str]:
+    return {m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """The JSON lines the service logger writes, captured."""
+    stream = io.StringIO()
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    previous = handler.setStream(stream)
+    yield stream
+    handler.setStream(previous)
+
+
+def _request_logs(stream: io.StringIO) -> list[dict[str, Any]]:
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [e for e in entries if e["message"] == "request"]
+
+
+def test_generation_emits_emf_metrics(client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    client.post("/generate", json={"prompt": "Hello", "max_new_tokens": 5})
+    (document,) = _emf_documents(capsys.readouterr().out)
+    assert document["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "DistilGPT2Api"
+    assert {"GenerationLatency", "CompletionTokens", "TokensPerSecond"} <= _metric_names(document)
+    tokens = document["CompletionTokens"]
+    assert 1 <= (tokens[0] if isinstance(tokens, list) else tokens) <= 5
+
+
+def test_health_emits_no_metrics(client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    client.get("/")
+    assert _emf_documents(capsys.readouterr().out) == []
+
+
+def test_errors_metric_on_internal_error(
+    client: TestClient, app: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def explode(request: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.state.generator, "generate_blocking", explode)
+    capsys.readouterr()
+    assert client.post("/generate", json={"prompt": "hi"}).status_code == 500
+    documents = _emf_documents(capsys.readouterr().out)
+    assert any("Errors" in _metric_names(d) for d in documents)
+
+
+def test_request_log_has_fields_but_no_prompt(client: TestClient, log_stream: io.StringIO) -> None:
+    client.post("/generate", json={"prompt": "my secret prompt", "max_new_tokens": 3})
+    (entry,) = _request_logs(log_stream)
+    assert entry["level"] == "INFO"
+    assert entry["service"] == "distilgpt2-api"
+    assert entry["route"] == "/generate"
+    assert entry["status"] == 200
+    assert entry["latency_ms"] > 0
+    assert entry["prompt_tokens"] >= 1
+    assert 1 <= entry["completion_tokens"] <= 3
+    assert entry["finish_reasons"][0] in ("length", "eos")
+    assert entry["request_id"]
+    assert "my secret prompt" not in log_stream.getvalue()
+
+
+def test_handler_logs_cold_start_and_emits_lambda_metrics(
+    lambda_handler: Any,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    log_stream: io.StringIO,
+) -> None:
+    import aws_lambda_powertools.logging.logger as powertools_logger
+
+    import handler
+
+    # A fresh instance: both the handler's flag and Powertools' own say "cold".
+    monkeypatch.setattr(handler, "_cold_start", True)
+    monkeypatch.setattr(powertools_logger, "is_cold_start", True)
+    capsys.readouterr()
+    lambda_handler(http_api_event("POST", "/generate", body={"prompt": "Hi", "max_new_tokens": 2}), lambda_context)
+    lambda_handler(scheduled_event(), lambda_context)
+    names = [_metric_names(d) for d in _emf_documents(capsys.readouterr().out)]
+    assert "ColdStart" in names[0] and "GenerationLatency" in names[0]
+    assert names[1] == {"WarmupPings"}
+    (entry,) = _request_logs(log_stream)
+    assert entry["request_id"] == lambda_context.aws_request_id
+    assert entry["cold_start"] is True
+    assert entry["function_name"] == lambda_context.function_name
