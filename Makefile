@@ -17,8 +17,8 @@ $(BIN)/python:
 
 # torch is pinned in requirements.txt; on a machine without a local CPU wheel, add the CPU index:
 #   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make install
-$(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements.txt -e '.[dev]'
+$(VENV)/.installed: requirements.txt requirements-prepare.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-prepare.txt -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,7 +26,7 @@ install: $(VENV)/.installed
 # SAM CLI and cfn-lint get a virtualenv of their own: with the app's pins, pip backtracks for ages.
 $(SAM_VENV)/.installed:
 	$(PYTHON) -m venv $(SAM_VENV)
-	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli cfn-lint
+	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==1.170.0 cfn-lint==1.58.0
 	touch $@
 
 sam-tools: $(SAM_VENV)/.installed

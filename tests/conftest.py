@@ -12,19 +12,32 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from distilgpt2_api.engines import Engine, load_engine
+from distilgpt2_api.engines.ctranslate2_convert import convert_for_ctranslate2
+
 from model_factory import build_tiny_gpt2
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2")
+    """A tiny GPT-2, converted for CTranslate2 too, as `prepare-model` leaves a directory."""
+    path = build_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2")
+    convert_for_ctranslate2(path)
+    return path
+
+
+@pytest.fixture(scope="session", params=["ctranslate2", "transformers"])
+def engine(request: pytest.FixtureRequest, model_dir: Path) -> Engine:
+    """Each engine on the tiny model: both must keep the same contract."""
+    return load_engine(model_dir, request.param, threads=1)
 
 
 @pytest.fixture(scope="session")
 def app(model_dir: Path) -> FastAPI:
     """The production app module, imported with MODEL_DIR pointing at the tiny model."""
     os.environ["MODEL_DIR"] = str(model_dir)
-    os.environ.pop("SERVED_MODEL_NAME", None)
+    for name in ("SERVED_MODEL_NAME", "ENGINE", "THREADS"):
+        os.environ.pop(name, None)
     from distilgpt2_api.settings import get_settings
 
     get_settings.cache_clear()

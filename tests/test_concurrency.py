@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from fastapi import FastAPI
+
+T = TypeVar("T")
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    # Not asyncio.run: it clears the thread's current loop, which Mangum relies on in later tests.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
 
 
 def _client(app: FastAPI) -> httpx.AsyncClient:
@@ -19,14 +30,14 @@ def _client(app: FastAPI) -> httpx.AsyncClient:
 def test_health_answers_while_a_generation_runs(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
     generator = app.state.generator
     entered, release = threading.Event(), threading.Event()
-    original: Callable[..., Any] = generator.loaded.model.generate
+    original: Callable[..., Any] = generator.engine.generate
 
     def slow_generate(*args: Any, **kwargs: Any) -> Any:
         entered.set()
         assert release.wait(timeout=30)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(generator.loaded.model, "generate", slow_generate)
+    monkeypatch.setattr(generator.engine, "generate", slow_generate)
 
     async def scenario() -> None:
         async with _client(app) as client:
@@ -39,7 +50,7 @@ def test_health_answers_while_a_generation_runs(app: FastAPI, monkeypatch: pytes
             release.set()
             assert (await generation).status_code == 200
 
-    asyncio.run(scenario())
+    _run(scenario())
 
 
 def test_concurrent_requests_run_one_at_a_time_and_do_not_interfere(
@@ -55,10 +66,10 @@ def test_concurrent_requests_run_one_at_a_time_and_do_not_interfere(
             responses = await asyncio.gather(*(client.post("/generate", json=b) for b in bodies))
             return [r.json() for r in responses]
 
-    sequential = [asyncio.run(_one(app, body)) for body in bodies]
+    sequential = [_run(_one(app, body)) for body in bodies]
 
     generator = app.state.generator
-    original: Callable[..., Any] = generator.loaded.model.generate
+    original: Callable[..., Any] = generator.engine.generate
     active, peak, lock = 0, 0, threading.Lock()
 
     def counting_generate(*args: Any, **kwargs: Any) -> Any:
@@ -72,8 +83,8 @@ def test_concurrent_requests_run_one_at_a_time_and_do_not_interfere(
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(generator.loaded.model, "generate", counting_generate)
-    concurrent = asyncio.run(run_all())
+    monkeypatch.setattr(generator.engine, "generate", counting_generate)
+    concurrent = _run(run_all())
     assert peak == 1
     assert [r["generated_sequences"] for r in concurrent] == [r["generated_sequences"] for r in sequential]
 
@@ -82,13 +93,3 @@ async def _one(app: FastAPI, body: dict[str, Any]) -> dict[str, Any]:
     async with _client(app) as client:
         response = await client.post("/generate", json=body)
         return response.json()
-
-
-def test_worker_thread_uses_the_configured_torch_threads(app: FastAPI) -> None:
-    import torch
-
-    from distilgpt2_api.settings import get_settings
-
-    generator = app.state.generator
-    seen = generator._executor.submit(torch.get_num_threads).result()
-    assert seen == get_settings().torch_threads

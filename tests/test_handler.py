@@ -93,8 +93,8 @@ def test_warmup_answers_without_the_model(
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("warm-up touched the model")
 
-    monkeypatch.setattr(app.state.generator.loaded.model, "generate", must_not_run)
-    monkeypatch.setattr(app.state.generator.loaded.tokenizer, "__call__", must_not_run)
+    monkeypatch.setattr(app.state.generator.engine, "generate", must_not_run)
+    monkeypatch.setattr(app.state.generator.engine, "encode", must_not_run)
     monkeypatch.setattr(handler, "_cold_start", True)
     first = lambda_handler(event, lambda_context)
     assert first == {"warmed": True, "cold_start": True, "model": "tiny-gpt2"}

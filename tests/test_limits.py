@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from slowdown import slow_down
 
 from distilgpt2_api.time_budget import TimeBudget
 
@@ -17,15 +18,7 @@ from event_factory import http_api_event, response_json
 
 @pytest.fixture
 def slow_model(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every forward pass takes at least 50 ms: a deliberately slowed model."""
-    model = app.state.generator.loaded.model
-    original: Callable[..., Any] = model.forward
-
-    def slow_forward(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(0.05)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", slow_forward)
+    slow_down(app.state.generator.engine, monkeypatch)
 
 
 @pytest.fixture

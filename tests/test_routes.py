@@ -49,9 +49,8 @@ def test_generate_greedy_is_deterministic_and_reports_usage(client: TestClient, 
     assert first == second
     assert first["model"] == "tiny-gpt2"
     assert first["seed"] is None
-    tokenizer = app.state.generator.loaded.tokenizer
     usage = first["usage"]
-    assert usage["prompt_tokens"] == len(tokenizer("Once upon a time")["input_ids"])
+    assert usage["prompt_tokens"] == len(app.state.generator.engine.encode("Once upon a time"))
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     (reason,) = first["finish_reasons"]
     if reason == "length":
@@ -68,9 +67,7 @@ def test_seeded_sampling_is_reproducible_and_seed_matters(client: TestClient) ->
     assert a == b
     assert a["seed"] == 7
     assert a["generated_sequences"] != c["generated_sequences"]
-    unseeded = _generate(client, **request)
-    assert isinstance(unseeded["seed"], int)
-    assert _generate(client, **request, seed=unseeded["seed"])["generated_sequences"] == unseeded["generated_sequences"]
+    assert _generate(client, **request)["seed"] is None
 
 
 def test_greedy_with_several_sequences_repeats_the_greedy_answer(client: TestClient) -> None:
@@ -151,7 +148,7 @@ def test_malformed_json_is_a_422(client: TestClient) -> None:
 
 
 def test_context_overflow_is_a_400(client: TestClient, app: FastAPI) -> None:
-    context = app.state.generator.loaded.context_length
+    context = app.state.generator.engine.info.context_length
     response = client.post("/generate", json={"prompt": "hello there", "max_new_tokens": context})
     assert response.status_code == 400
     error = response.json()["error"]

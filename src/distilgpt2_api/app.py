@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from distilgpt2_api import __version__, openai_routes, routes
 from distilgpt2_api.body_limit import BodySizeLimit
+from distilgpt2_api.engines import load_engine
 from distilgpt2_api.errors import install_error_handling
 from distilgpt2_api.generation import TextGenerator
-from distilgpt2_api.model_loading import load_model
 from distilgpt2_api.observability import RequestLogging
 from distilgpt2_api.settings import Settings, get_settings
 from distilgpt2_api.time_budget import TimeBudget
@@ -38,11 +40,20 @@ def create_app(generator: TextGenerator, settings: Settings) -> FastAPI:
     return app
 
 
+def model_dir(settings: Settings) -> Path:
+    """MODEL_DIR, or with MODEL_S3_URI a verified copy downloaded once per instance."""
+    if settings.model_s3_uri is None:
+        return settings.model_dir
+    from distilgpt2_api.model_store.s3 import ensure_model_from_s3  # boto3: only when used
+
+    return ensure_model_from_s3(settings.model_s3_uri, settings.model_cache_dir)
+
+
 def load_generator(settings: Settings) -> TextGenerator:
-    loaded = load_model(
-        settings.model_dir, torch_threads=settings.torch_threads, served_name=settings.served_model_name
+    engine = load_engine(
+        model_dir(settings), settings.engine, threads=settings.threads, served_name=settings.served_model_name
     )
-    return TextGenerator(loaded, torch_threads=settings.torch_threads)
+    return TextGenerator(engine)
 
 
 settings = get_settings()

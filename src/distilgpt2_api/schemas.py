@@ -61,7 +61,7 @@ class GenerateResponse(BaseModel):
     model: str
     finish_reasons: list[FinishReason]
     usage: Usage
-    seed: int | None = Field(description="Seed used for sampling (null for greedy decoding).")
+    seed: int | None = Field(description="The request's seed when sampling with one, else null.")
 
 
 class CompletionRequest(_Strict):

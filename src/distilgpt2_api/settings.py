@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from distilgpt2_api.engines import EngineName
+
 
 def _available_cores() -> int:
     # The cores this process may run on (cgroup/affinity aware), not the host's count.
@@ -27,11 +29,25 @@ class Settings(BaseSettings):
         Path("models/default"),
         description="Local model directory (config, safetensors weights, tokenizer) loaded at startup.",
     )
+    model_source: str = Field(
+        "auto", description="What `prepare-model` prepares: auto, hub, smollm2, s3 or local (see README)."
+    )
+    model_id: str = Field("distilgpt2", description="Hugging Face Hub id that `prepare-model` fetches.")
+    model_s3_uri: str | None = Field(
+        None, description="s3://bucket/prefix/ of a prepared model: downloaded at cold start instead of MODEL_DIR."
+    )
+    model_cache_dir: Path = Field(
+        Path("/tmp/model"), description="Where a model from MODEL_S3_URI is kept (Lambda: only /tmp is writable)."
+    )
     served_model_name: str | None = Field(
         None,
         description="Name reported by the API; defaults to the manifest's model id or the directory name.",
     )
-    torch_threads: int = Field(default_factory=_available_cores, ge=1, description="Intra-op threads torch may use.")
+    engine: EngineName = Field(
+        "ctranslate2",
+        description="ctranslate2 (int8, fast; needs a converted model) or transformers (fp32 reference).",
+    )
+    threads: int = Field(default_factory=_available_cores, ge=1, description="Threads one generation may use.")
     max_new_tokens_limit: int = Field(512, ge=1, description="Upper bound for max_new_tokens / max_tokens.")
     max_return_sequences: int = Field(8, ge=1, description="Upper bound for num_return_sequences / n.")
     max_prompt_chars: int = Field(8000, ge=1, description="Upper bound for the prompt length in characters.")

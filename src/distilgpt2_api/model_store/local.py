@@ -27,7 +27,11 @@ MODEL_FILE_PATTERNS: tuple[str, ...] = (
 )
 
 # Any one of these file sets is a usable tokenizer.
-_TOKENIZER_FILE_SETS: tuple[tuple[str, ...], ...] = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.model",))
+_TOKENIZER_FILE_SETS: tuple[tuple[str, ...], ...] = (
+    ("tokenizer.json",),
+    ("vocab.json", "merges.txt"),
+    ("tokenizer.model",),
+)
 
 
 def is_model_file(name: str) -> bool:

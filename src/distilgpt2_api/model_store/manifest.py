@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
-from safetensors import safe_open
 
 from .errors import ModelStoreError
 
@@ -54,16 +53,20 @@ def sha256_file(path: Path) -> str:
 
 
 def _model_files(model_dir: Path) -> list[Path]:
-    return sorted(p for p in model_dir.rglob("*") if p.is_file() and p.relative_to(model_dir).as_posix() != MANIFEST_NAME)
+    return sorted(
+        p for p in model_dir.rglob("*") if p.is_file() and p.relative_to(model_dir).as_posix() != MANIFEST_NAME
+    )
 
 
 def _weights_summary(model_dir: Path) -> tuple[int, str]:
     """Parameter count and dtype(s), read from safetensors headers without loading the tensors."""
+    from safetensors import safe_open  # only needed when writing a manifest
+
     count = 0
     dtypes: set[str] = set()
     for weights in sorted(model_dir.glob("*.safetensors")):
         with safe_open(weights, framework="pt") as tensors:
-            for name in tensors.keys():
+            for name in tensors.keys():  # noqa: SIM118 - safe_open is not iterable
                 tensor = tensors.get_slice(name)
                 shape = tensor.get_shape()
                 numel = 1
@@ -95,6 +98,7 @@ def write_manifest(model_dir: Path, *, source: str, model_id: str, revision: str
     fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=model_dir)
     with os.fdopen(fd, "w") as stream:
         stream.write(manifest.model_dump_json(indent=2) + "\n")
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a different serving user
     os.replace(tmp, model_dir / MANIFEST_NAME)
     return manifest
 

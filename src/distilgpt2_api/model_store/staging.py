@@ -21,10 +21,19 @@ def staged_directory(output: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
         yield staging
+        _make_world_readable(staging)
         _publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _make_world_readable(root: Path) -> None:
+    # mkdtemp makes 0700 dirs and some writers make 0600 files, but the serving user may not be the
+    # preparing one (a Lambda container runs as a non-root user over files copied in as root).
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _publish(staging: Path, output: Path) -> None:

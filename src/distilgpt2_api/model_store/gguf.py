@@ -1,0 +1,43 @@
+"""Convert a GGUF checkpoint into a plain transformers directory (float32 safetensors + tokenizer)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from gguf import GGUFReader
+
+from .errors import ModelStoreError
+
+
+def _check_readable(gguf_path: Path) -> None:
+    if not gguf_path.is_file():
+        raise ModelStoreError(f"GGUF file {gguf_path} does not exist")
+    try:
+        GGUFReader(gguf_path)  # parses header, metadata and tensor index (memory-mapped, cheap)
+    except Exception as error:  # the reader fails in many ways (ValueError, struct/numpy errors) on bad input
+        raise ModelStoreError(f"unreadable GGUF file {gguf_path}: {error}") from error
+
+
+def convert_gguf(gguf_path: Path, dest: Path) -> None:
+    """Dequantize `gguf_path` with transformers and save it to `dest` as a regular model directory."""
+    _check_readable(gguf_path)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy; only this source needs it here
+
+    folder, name = gguf_path.parent, gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelStoreError(f"transformers cannot load GGUF file {gguf_path}: {error}") from error
+    # A GGUF-loaded model keeps its gguf quantizer and refuses save_pretrained, so move the (already
+    # dequantized) weights into a plain model built from the same config minus quantization_config.
+    config = copy.deepcopy(quantized.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.generation_config = quantized.generation_config
+    plain.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)

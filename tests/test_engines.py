@@ -1,0 +1,132 @@
+"""Engines: both keep one contract on GPT-2 and Llama models; the fast one never imports torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from slowdown import slow_down
+from transformers import AutoTokenizer
+
+from distilgpt2_api.engines import Engine, ModelInfo, ModelLoadError, load_engine
+from distilgpt2_api.engines.ctranslate2_convert import convert_for_ctranslate2
+from distilgpt2_api.generation import GenerationRequest, TextGenerator
+
+from model_factory import build_tiny_llama
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_tokenizer_has_a_real_vocabulary(model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert len(tokenizer) > 256
+    assert tokenizer.decode(tokenizer("hello world")["input_ids"]) == "hello world"
+
+
+def test_model_info_reads_the_directory(model_dir: Path) -> None:
+    info = ModelInfo.read(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    assert info.name == "tiny-gpt2"
+    assert info.context_length == config["n_positions"]
+    assert config["eos_token_id"] in info.eos_token_ids
+    assert ModelInfo.read(model_dir, "custom").name == "custom"
+
+
+def _generate(engine: Engine, **fields: object) -> list[tuple[str, str, int]]:
+    request = GenerationRequest(**{"prompt": "Once upon a time", "max_new_tokens": 12, **fields})  # type: ignore[arg-type]
+    result = TextGenerator(engine).generate_blocking(request)
+    return [(c.text, c.finish_reason, c.completion_tokens) for c in result.completions]
+
+
+def test_greedy_is_deterministic(engine: Engine) -> None:
+    first = _generate(engine)
+    assert first == _generate(engine)
+    ((text, reason, tokens),) = first
+    assert reason in ("length", "eos")
+    assert tokens == 12 if reason == "length" else tokens <= 12
+
+
+def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
+    fields = {"do_sample": True, "num_return_sequences": 3, "top_k": 0}
+    assert _generate(engine, **fields, seed=11) == _generate(engine, **fields, seed=11)
+    assert _generate(engine, **fields, seed=11) != _generate(engine, **fields, seed=12)
+
+
+def test_stop_string_stops_generation(engine: Engine) -> None:
+    fields = {"do_sample": True, "seed": 5, "max_new_tokens": 40}
+    ((free, _, free_tokens),) = _generate(engine, **fields)
+    stop = next(free[i : i + 2] for i in range(1, len(free) // 2) if free[i : i + 2].isascii())
+    ((text, reason, tokens),) = _generate(engine, **fields, stop=(stop,))
+    assert (text, reason) == (free[: free.find(stop)], "stop")
+    assert tokens < free_tokens
+
+
+def test_time_budget_returns_what_it_has(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    slow_down(engine, monkeypatch)
+    ((_, reason, tokens),) = _generate(engine, max_new_tokens=200, deadline=time.monotonic() + 0.5)
+    assert reason == "time_limit"
+    assert 1 <= tokens < 200
+
+
+def test_engines_run_llama_models(tmp_path: Path) -> None:
+    model_dir = build_tiny_llama(tmp_path / "tiny-llama")
+    convert_for_ctranslate2(model_dir)
+    for name in ("ctranslate2", "transformers"):
+        engine = load_engine(model_dir, name, threads=1, served_name="my-llama")  # type: ignore[arg-type]
+        assert engine.info.name == "my-llama"
+        result = TextGenerator(engine).generate_blocking(GenerationRequest(prompt="Once upon a time", max_new_tokens=5))
+        assert result.prompt_tokens >= 4
+        assert 1 <= result.completions[0].completion_tokens <= 5
+
+
+def test_missing_directory_names_path_and_fix(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ModelLoadError) as raised:
+        load_engine(missing, "ctranslate2", threads=1)
+    assert str(missing) in str(raised.value)
+    assert "make model" in str(raised.value)
+
+
+def test_broken_directory_is_a_load_error(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_positions": 64}')
+    for name in ("ctranslate2", "transformers"):
+        with pytest.raises(ModelLoadError) as raised:
+            load_engine(tmp_path, name, threads=1)  # type: ignore[arg-type]
+        assert str(tmp_path) in str(raised.value)
+    with pytest.raises(ModelLoadError, match="ENGINE=transformers"):
+        load_engine(tmp_path, "ctranslate2", threads=1)
+
+
+def _run(args: list[str], model_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "MODEL_DIR": str(model_dir), "PYTHONPATH": str(REPO), **env}
+    return subprocess.run(
+        [sys.executable, *args], env=environment, capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+
+
+def test_fast_engine_never_imports_torch(model_dir: Path) -> None:
+    probe = "import sys, distilgpt2_api.app; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    result = _run(["-c", probe], model_dir, ENGINE="ctranslate2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_serve_refuses_to_start_without_a_model(tmp_path: Path) -> None:
+    result = _run(["-m", "distilgpt2_api", "serve", "--port", "0"], tmp_path / "absent")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: MODEL_DIR=")
+    assert str(tmp_path / "absent") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_lambda_cold_start_fails_with_the_same_message(tmp_path: Path) -> None:
+    # Lambda reports the import error of handler.py; the message must say what to do.
+    result = _run(["-c", "import handler"], tmp_path / "absent")
+    assert result.returncode != 0
+    assert f"MODEL_DIR={tmp_path / 'absent'}" in result.stderr
