@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from slowdown import slow_down
 from transformers import AutoTokenizer
 
 from distilgpt2_api.engines import Engine, ModelInfo, ModelLoadError, load_engine
-from distilgpt2_api.engines.ctranslate2_convert import convert_for_ctranslate2
+from distilgpt2_api.engines.ctranslate2_convert import COMPUTE_TYPES, QUALITY_TOLERANCE, convert_for_ctranslate2
+from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR, QUALITY_FILE
 from distilgpt2_api.generation import GenerationRequest, TextGenerator
 
 from model_factory import build_tiny_llama
@@ -130,3 +132,19 @@ def test_lambda_cold_start_fails_with_the_same_message(tmp_path: Path) -> None:
     result = _run(["-c", "import handler"], tmp_path / "absent")
     assert result.returncode != 0
     assert f"MODEL_DIR={tmp_path / 'absent'}" in result.stderr
+
+
+def test_prepare_records_the_compute_type_that_keeps_quality(model_dir: Path) -> None:
+    report = json.loads((model_dir / CT2_SUBDIR / QUALITY_FILE).read_text())
+    reference, scores = report["reference_perplexity"], report["perplexity"]
+    assert set(scores) == set(COMPUTE_TYPES)
+    fitting = [c for c in COMPUTE_TYPES if scores[c] <= reference * (1 + QUALITY_TOLERANCE)]
+    assert report["compute_type"] == (fitting[0] if fitting else COMPUTE_TYPES[-1])
+
+
+def test_engine_runs_the_prepared_compute_type(model_dir: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(model_dir, tmp_path / "model")
+    quality = copy / CT2_SUBDIR / QUALITY_FILE
+    quality.write_text(json.dumps({**json.loads(quality.read_text()), "compute_type": "float32"}))
+    assert load_engine(copy, "ctranslate2", threads=1).compute_type == "float32"  # type: ignore[attr-defined]
+    assert load_engine(copy, "ctranslate2", threads=1, compute_type="int8").compute_type == "int8"  # type: ignore[attr-defined]

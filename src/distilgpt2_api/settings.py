@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from distilgpt2_api.engines import EngineName
+from distilgpt2_api.engines import ComputeType, EngineName
 
 
 def _available_cores() -> int:
@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     engine: EngineName = Field(
         "ctranslate2",
         description="ctranslate2 (int8, fast; needs a converted model) or transformers (fp32 reference).",
+    )
+    compute_type: ComputeType = Field(
+        "auto",
+        description="CTranslate2 arithmetic: auto (int8 where prepare-model found it keeps quality), int8, float32.",
     )
     threads: int = Field(default_factory=_available_cores, ge=1, description="Threads one generation may use.")
     max_new_tokens_limit: int = Field(512, ge=1, description="Upper bound for max_new_tokens / max_tokens.")

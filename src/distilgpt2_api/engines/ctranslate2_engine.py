@@ -1,13 +1,16 @@
 """The fast engine: CTranslate2 with int8 weights, and the `tokenizers` library.
 
-int8 weights mean a quarter of the bytes read per token, and neither torch nor
+int8 arithmetic reads a quarter of the bytes per token, and neither torch nor
 transformers is imported, so the cold start is a fraction of the reference engine's.
-The converted model is made at prepare time (see ctranslate2_convert.py), never here.
+The converted model, and whether int8 arithmetic keeps its quality, are settled at
+prepare time (see ctranslate2_convert.py), never here.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import ctranslate2
 from tokenizers import Tokenizer
@@ -15,10 +18,19 @@ from tokenizers import Tokenizer
 from distilgpt2_api.engines.base import PREPARE_HINT, DecodeParams, ModelInfo, ModelLoadError
 
 CT2_SUBDIR = "ctranslate2-int8"
+QUALITY_FILE = "quality.json"  # written at prepare time: the compute type that keeps quality
+
+
+def prepared_compute_type(converted: Path) -> str:
+    """The compute type chosen when the model was prepared (int8 for a conversion without a choice)."""
+    try:
+        return str(json.loads((converted / QUALITY_FILE).read_text())["compute_type"])
+    except (OSError, ValueError, KeyError):
+        return "int8"
 
 
 class CTranslate2Engine:
-    def __init__(self, info: ModelInfo, *, threads: int, compute_type: str = "int8") -> None:
+    def __init__(self, info: ModelInfo, *, threads: int, compute_type: str = "auto") -> None:
         self.info = info
         converted = info.path / CT2_SUBDIR
         tokenizer_file = info.path / "tokenizer.json"
@@ -27,10 +39,11 @@ class CTranslate2Engine:
                 f"MODEL_DIR={info.path} has no CTranslate2 model ({CT2_SUBDIR}/) or no tokenizer.json. "
                 f"{PREPARE_HINT} Or set ENGINE=transformers."
             )
+        self.compute_type = prepared_compute_type(converted) if compute_type == "auto" else compute_type
         self._generator_args = {
             "model_path": str(converted),
             "device": "cpu",
-            "compute_type": compute_type,
+            "compute_type": self.compute_type,
             "intra_threads": threads,
             "inter_threads": 1,
         }
