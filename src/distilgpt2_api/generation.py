@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from distilgpt2_api.engines import DecodeParams, Engine
+from distilgpt2_api.engines import Engine, GenerationRequest
+
+__all__ = ["Completion", "GenerationRequest", "GenerationResult", "TextGenerator"]
 
 FinishReason = Literal["length", "stop", "eos", "time_limit"]
 
@@ -25,23 +27,6 @@ class ContextLengthExceeded(ValueError):
 
 class DeadlineExceeded(RuntimeError):
     """The request's time budget ran out before generation could start (it waited in the queue)."""
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """What to generate. Sampling fields apply only when do_sample is true."""
-
-    prompt: str
-    max_new_tokens: int
-    num_return_sequences: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 disables top-k filtering
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    deadline: float | None = None  # time.monotonic() by which generation must have returned
 
 
 @dataclass(frozen=True)
@@ -103,26 +88,19 @@ class TextGenerator:
             max_time = request.deadline - time.monotonic()
             if max_time <= 0:
                 raise DeadlineExceeded("the request's time budget ran out while it waited for the model")
-        seed = request.seed if request.do_sample else None
-        params = DecodeParams(
-            max_new_tokens=request.max_new_tokens,
-            do_sample=request.do_sample,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            top_k=request.top_k,
-            repetition_penalty=request.repetition_penalty,
-            stop=request.stop,
-            max_time=max_time,
-        )
+        if not request.do_sample:
+            request = replace(request, seed=None)  # a seed means nothing to greedy decoding
         # Greedy decoding gives identical sequences: compute one and repeat it.
         sequences = request.num_return_sequences if request.do_sample else 1
         started = time.perf_counter()
-        outputs = self.engine.generate(prompt_ids, params, sequences=sequences, seed=seed)
+        outputs = self.engine.generate(prompt_ids, request, sequences=sequences, max_time=max_time)
         seconds = time.perf_counter() - started
         completions = [self._completion(ids, request) for ids in outputs]
         if not request.do_sample:
             completions = completions * request.num_return_sequences
-        return GenerationResult(completions=completions, prompt_tokens=len(prompt_ids), seed=seed, seconds=seconds)
+        return GenerationResult(
+            completions=completions, prompt_tokens=len(prompt_ids), seed=request.seed, seconds=seconds
+        )
 
     def _completion(self, new_ids: list[int], request: GenerationRequest) -> Completion:
         ended_by_eos = bool(new_ids) and new_ids[-1] in self.engine.info.eos_token_ids

@@ -76,17 +76,20 @@ def _manifest_model_id(model_dir: Path) -> str | None:
 
 
 @dataclass(frozen=True)
-class DecodeParams:
-    """Decoding controls for one engine call. Sampling fields apply only when do_sample is true."""
+class GenerationRequest:
+    """What to generate. Sampling fields apply only when do_sample is true."""
 
+    prompt: str
     max_new_tokens: int
-    do_sample: bool
-    temperature: float
-    top_p: float
-    top_k: int  # 0 disables top-k filtering
-    repetition_penalty: float
-    stop: tuple[str, ...]
-    max_time: float | None  # seconds; generation returns what it has once they are spent
+    num_return_sequences: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k filtering
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    deadline: float | None = None  # time.monotonic() by which generation must have returned
 
 
 class Engine(Protocol):
@@ -99,7 +102,11 @@ class Engine(Protocol):
     def decode(self, token_ids: list[int]) -> str: ...
 
     def generate(
-        self, prompt_ids: list[int], params: DecodeParams, *, sequences: int, seed: int | None
+        self, prompt_ids: list[int], request: GenerationRequest, *, sequences: int, max_time: float | None
     ) -> list[list[int]]:
-        """New token ids per sequence; a sequence may end with an EOS token, or padding after it."""
+        """New token ids per sequence, ending with an EOS token if the model produced one.
+
+        `sequences` rows (sampled unless greedy); with `max_time` seconds spent, each row stops
+        with what it has; `request.seed`, when set, makes sampling reproducible.
+        """
         ...

@@ -15,7 +15,7 @@ from pathlib import Path
 import ctranslate2
 from tokenizers import Tokenizer
 
-from distilgpt2_api.engines.base import PREPARE_HINT, DecodeParams, ModelInfo, ModelLoadError
+from distilgpt2_api.engines.base import PREPARE_HINT, GenerationRequest, ModelInfo, ModelLoadError
 
 CT2_SUBDIR = "ctranslate2-int8"
 QUALITY_FILE = "quality.json"  # written at prepare time: the compute type that keeps quality
@@ -60,18 +60,18 @@ class CTranslate2Engine:
         return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
 
     def generate(
-        self, prompt_ids: list[int], params: DecodeParams, *, sequences: int, seed: int | None
+        self, prompt_ids: list[int], request: GenerationRequest, *, sequences: int, max_time: float | None
     ) -> list[list[int]]:
         generator = self.generator
-        if seed is not None:
+        if request.seed is not None:
             # CTranslate2 seeds each worker thread's random generator once, at its first
             # draw, so set_random_seed has no effect on a warm generator (upstream issue
             # #1757). A fresh generator (~0.2 s for distilgpt2) makes seeded sampling
             # reproducible; unseeded requests keep using the warm one.
-            ctranslate2.set_random_seed(seed % 2**32)
+            ctranslate2.set_random_seed(request.seed % 2**32)
             generator = ctranslate2.Generator(**self._generator_args)
         prompt = [self.tokenizer.id_to_token(i) for i in prompt_ids]
-        deadline = None if params.max_time is None else time.monotonic() + params.max_time
+        deadline = None if max_time is None else time.monotonic() + max_time
         generated: list[list[int]] = [[] for _ in range(sequences)]
 
         def should_stop(step: ctranslate2.GenerationStepResult) -> bool:
@@ -79,19 +79,19 @@ class CTranslate2Engine:
             generated[step.batch_id].append(step.token_id)
             if deadline is not None and time.monotonic() >= deadline:
                 return True
-            return bool(params.stop) and self._ends_with_stop(generated[step.batch_id], params.stop)
+            return bool(request.stop) and self._ends_with_stop(generated[step.batch_id], request.stop)
 
         results = generator.generate_batch(
             [prompt] * sequences,
-            max_length=params.max_new_tokens,
+            max_length=request.max_new_tokens,
             include_prompt_in_result=False,
             end_token=sorted(self.info.eos_token_ids) or None,
             return_end_token=True,
-            repetition_penalty=params.repetition_penalty,
-            sampling_topk=(params.top_k if params.do_sample else 1),
-            sampling_topp=params.top_p if params.do_sample else 1.0,
-            sampling_temperature=params.temperature if params.do_sample else 1.0,
-            callback=should_stop if (params.stop or deadline is not None) else None,
+            repetition_penalty=request.repetition_penalty,
+            sampling_topk=(request.top_k if request.do_sample else 1),
+            sampling_topp=request.top_p if request.do_sample else 1.0,
+            sampling_temperature=request.temperature if request.do_sample else 1.0,
+            callback=should_stop if (request.stop or deadline is not None) else None,
         )
         return [list(result.sequences_ids[0]) for result in results]
 

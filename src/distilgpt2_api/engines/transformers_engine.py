@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.utils import logging as transformers_logging
 
-from distilgpt2_api.engines.base import PREPARE_HINT, DecodeParams, ModelInfo, ModelLoadError
+from distilgpt2_api.engines.base import PREPARE_HINT, GenerationRequest, ModelInfo, ModelLoadError
 
 
 class TransformersEngine:
@@ -35,20 +35,20 @@ class TransformersEngine:
         return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
 
     def generate(
-        self, prompt_ids: list[int], params: DecodeParams, *, sequences: int, seed: int | None
+        self, prompt_ids: list[int], request: GenerationRequest, *, sequences: int, max_time: float | None
     ) -> list[list[int]]:
         # Under OpenMP the thread count is per OS thread: apply it in the worker that generates.
         if torch.get_num_threads() != self._threads:
             torch.set_num_threads(self._threads)
-        if seed is not None:
-            torch.manual_seed(seed)
+        if request.seed is not None:
+            torch.manual_seed(request.seed)
         input_ids = torch.tensor([prompt_ids])
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                generation_config=self._generation_config(params, sequences),
-                tokenizer=self.tokenizer if params.stop else None,
+                generation_config=self._generation_config(request, sequences, max_time),
+                tokenizer=self.tokenizer if request.stop else None,
             )
         return [self._trim(row[len(prompt_ids) :].tolist()) for row in output]
 
@@ -61,20 +61,22 @@ class TransformersEngine:
                 return new_ids[:index]
         return new_ids
 
-    def _generation_config(self, params: DecodeParams, sequences: int) -> GenerationConfig:
+    def _generation_config(
+        self, request: GenerationRequest, sequences: int, max_time: float | None
+    ) -> GenerationConfig:
         sampling = (
-            {"temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k}
-            if params.do_sample
+            {"temperature": request.temperature, "top_p": request.top_p, "top_k": request.top_k}
+            if request.do_sample
             else {}
         )
         return GenerationConfig(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=params.do_sample,
+            max_new_tokens=request.max_new_tokens,
+            do_sample=request.do_sample,
             num_return_sequences=sequences,
-            repetition_penalty=params.repetition_penalty,
+            repetition_penalty=request.repetition_penalty,
             eos_token_id=sorted(self.info.eos_token_ids),
             pad_token_id=self._pad_id,
-            stop_strings=list(params.stop) or None,
-            max_time=params.max_time,  # stops cleanly, keeping the tokens generated so far
+            stop_strings=list(request.stop) or None,
+            max_time=max_time,  # stops cleanly, keeping the tokens generated so far
             **sampling,
         )
