@@ -17,11 +17,13 @@ from pathlib import Path
 
 import boto3
 import pytest
+from fastapi.testclient import TestClient
 from huggingface_hub import constants as hf_constants
 from moto.server import ThreadedMotoServer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import distilgpt2_api
+from distilgpt2_api.app_factory import create_app, load_generator
 from distilgpt2_api.model_store import (
     ModelStoreError,
     NetworkUnavailableError,
@@ -34,6 +36,7 @@ from distilgpt2_api.model_store.gguf import convert_gguf
 from distilgpt2_api.model_store.manifest import sha256_file
 from distilgpt2_api.model_store.prepare import prepare_model
 from distilgpt2_api.model_store.s3 import cache_path, ensure_model_from_s3, parse_s3_uri, upload_directory
+from distilgpt2_api.settings import Settings
 
 from model_factory import build_tiny_gpt2, build_tiny_llama
 
@@ -475,3 +478,16 @@ def test_s3_unreachable_endpoint_is_a_network_error(
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(NetworkUnavailableError, match="cannot reach the S3 endpoint"):
         ensure_model_from_s3(f"s3://{bucket}/tiny/", tmp_path / "cache")
+
+
+def test_cold_start_serves_the_model_from_s3(model_dir: Path, bucket: str, tmp_path: Path) -> None:
+    """MODEL_S3_URI: the app downloads the prepared model (int8 conversion included) and serves it."""
+    uri = f"s3://{bucket}/served"
+    upload_directory(model_dir, uri)
+    settings = Settings(model_s3_uri=uri, model_cache_dir=tmp_path / "cache", model_dir=tmp_path / "unused")
+    app = create_app(load_generator(settings), settings)
+    with TestClient(app) as client:
+        assert client.get("/").json()["model"] == "tiny-gpt2"
+        response = client.post("/generate", json={"prompt": "Hello", "max_new_tokens": 3})
+        assert response.status_code == 200
+    assert (cache_path(uri, tmp_path / "cache") / "ctranslate2-int8" / "model.bin").is_file()
