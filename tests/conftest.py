@@ -26,10 +26,19 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+_engines: dict[str, Engine] = {}
+
+
 @pytest.fixture(scope="session", params=["ctranslate2", "transformers"])
 def engine(request: pytest.FixtureRequest, model_dir: Path) -> Engine:
-    """Each engine on the tiny model: both must keep the same contract."""
-    return load_engine(model_dir, request.param, threads=1)
+    """Each engine on the tiny model: both must keep the same contract.
+
+    Kept for the whole session, as in a server: a CTranslate2 generator torn down
+    mid-session, in a process that also runs torch, has aborted the process.
+    """
+    if request.param not in _engines:
+        _engines[request.param] = load_engine(model_dir, request.param, threads=1)
+    return _engines[request.param]
 
 
 @pytest.fixture(scope="session")
