@@ -148,3 +148,15 @@ def test_engine_runs_the_prepared_compute_type(model_dir: Path, tmp_path: Path) 
     quality.write_text(json.dumps({**json.loads(quality.read_text()), "compute_type": "float32"}))
     assert load_engine(copy, "ctranslate2", threads=1).compute_type == "float32"  # type: ignore[attr-defined]
     assert load_engine(copy, "ctranslate2", threads=1, compute_type="int8").compute_type == "int8"  # type: ignore[attr-defined]
+
+
+def test_a_failing_stop_check_is_an_error_not_a_crash(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The per-token callback runs on CTranslate2's own thread, where an exception would abort the process.
+    engine = load_engine(model_dir, "ctranslate2", threads=1)
+
+    def broken(token_ids: list[int], stop: tuple[str, ...]) -> bool:
+        raise ValueError("broken stop check")
+
+    monkeypatch.setattr(engine, "_ends_with_stop", broken)
+    with pytest.raises(ValueError, match="broken stop check"):
+        _generate(engine, stop=("x",))

@@ -73,13 +73,19 @@ class CTranslate2Engine:
         prompt = [self.tokenizer.id_to_token(i) for i in prompt_ids]
         deadline = None if max_time is None else time.monotonic() + max_time
         generated: list[list[int]] = [[] for _ in range(sequences)]
+        failures: list[Exception] = []
 
         def should_stop(step: ctranslate2.GenerationStepResult) -> bool:
-            # Called after each token: returning True ends that sequence with what it has.
-            generated[step.batch_id].append(step.token_id)
-            if deadline is not None and time.monotonic() >= deadline:
+            # Called after each token, on CTranslate2's worker thread: returning True ends that
+            # sequence with what it has. An exception escaping here would abort the process.
+            try:
+                generated[step.batch_id].append(step.token_id)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return True
+                return bool(request.stop) and self._ends_with_stop(generated[step.batch_id], request.stop)
+            except Exception as error:  # noqa: BLE001 - re-raised on the calling thread below
+                failures.append(error)
                 return True
-            return bool(request.stop) and self._ends_with_stop(generated[step.batch_id], request.stop)
 
         results = generator.generate_batch(
             [prompt] * sequences,
@@ -93,6 +99,8 @@ class CTranslate2Engine:
             sampling_temperature=request.temperature if request.do_sample else 1.0,
             callback=should_stop if (request.stop or deadline is not None) else None,
         )
+        if failures:
+            raise failures[0]
         return [list(result.sequences_ids[0]) for result in results]
 
     def _ends_with_stop(self, token_ids: list[int], stop: tuple[str, ...]) -> bool:
