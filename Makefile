@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export MODEL_DIR
 
-.PHONY: install sam-tools model serve test lint clean
+.PHONY: install sam-tools model serve test lint load bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ serve: model
 
 test: install sam-tools
 	$(BIN)/python -m pytest
+
+# A bounded load test on loopback (8 clients x 60 s by default); not part of `make test`.
+LOAD_CLIENTS ?= 8
+LOAD_SECONDS ?= 60
+load: model
+	$(BIN)/python bench/load.py --model-dir $(MODEL_DIR) --clients $(LOAD_CLIENTS) --duration $(LOAD_SECONDS) --json load-report.json
 
 lint: install
 	$(BIN)/ruff check src tests handler.py

@@ -15,6 +15,7 @@ from distilgpt2_api.lambda_events import (
     HttpApiHandler,
     RestApiHandler,
     is_warmup,
+    malformed_event_result,
     unsupported_event_result,
     warmup_result,
 )
@@ -42,9 +43,19 @@ def _dispatch(event: Any, context: Any, *, cold_start: bool) -> dict[str, Any]:
         metrics.add_metric(name="WarmupPings", unit=MetricUnit.Count, value=1)
         logger.info("warm-up", extra={"cold_start_instance": cold_start})
         return warmup_result(cold_start=cold_start, model=app.state.generator.model_name)
-    try:
-        asgi_handler.infer(event, context)
-    except (RuntimeError, TypeError):
-        logger.warning("unsupported event", extra={"event_type": type(event).__name__})
+    if not isinstance(event, dict):
         return unsupported_event_result(event)
+    try:
+        adapter = asgi_handler.infer(event, context)
+    except RuntimeError:  # Mangum recognises no event source
+        logger.warning("unsupported event", extra={"event_keys": sorted(map(str, event))[:10]})
+        return unsupported_event_result(event)
+    try:
+        # Build what Mangum will build, to turn a malformed event into a 400, not a crash.
+        scope, _ = adapter.scope, adapter.body
+        if not (isinstance(scope["method"], str) and isinstance(scope["path"], str)):
+            raise TypeError("the HTTP method and path must be strings")
+    except (KeyError, TypeError, AttributeError, ValueError) as error:  # binascii.Error is a ValueError
+        logger.warning("malformed event", extra={"error": repr(error)[:200]})
+        return malformed_event_result(error)
     return asgi_handler(event, context)

@@ -234,9 +234,8 @@ def parse_dockerfile(text: str) -> ImageRecipe:
     stage_starts = [i for i, (op, *_) in enumerate(instructions) if op.upper() == "FROM"]
     builder, final = instructions[: stage_starts[-1]], instructions[stage_starts[-1] + 1 :]
 
-    pip = next(
-        shlex.split(rest) for op, rest in builder if op.upper() == "RUN" and "pip install" in rest and "--target" in rest
-    )
+    installs = [shlex.split(rest) for op, rest in builder if op.upper() == "RUN" and "pip install" in rest]
+    pip = next(words for words in installs if "--target" in words)
     recipe = ImageRecipe(requirements=pip[pip.index("-r") + 1], packages_dir=pip[pip.index("--target") + 1])
     for op, rest in final:
         words = shlex.split(rest)

@@ -120,3 +120,31 @@ def test_non_http_events_get_a_clear_error(event: Any, lambda_handler: Any, lamb
     error = response_json(response)["error"]
     assert error["code"] == "unsupported_event"
     assert "API Gateway" in error["message"]
+
+
+def _broken(event: dict[str, Any], *path: str, value: Any) -> dict[str, Any]:
+    target = event
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return event
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        _broken(http_api_event("GET", "/"), "requestContext", "http", value={}),
+        _broken(http_api_event("GET", "/"), "headers", value=None),
+        _broken(http_api_event("GET", "/"), "requestContext", "http", "method", value=[]),
+        _broken(http_api_event("POST", "/generate", body={"prompt": "x"}, base64_body=True), "body", value="A"),
+        {"version": None, "requestContext": {}, "path": None},
+        {"resource": None, "requestContext": {}, "httpMethod": None},
+    ],
+    ids=["no-http-context", "headers-null", "method-list", "bad-base64", "v1-without-method", "rest-without-path"],
+)
+def test_malformed_http_events_get_a_clear_error(event: Any, lambda_handler: Any, lambda_context: Any) -> None:
+    response = lambda_handler(event, lambda_context)
+    assert response["statusCode"] == 400
+    error = response_json(response)["error"]
+    assert error["code"] == "malformed_event"
+    assert error["message"].startswith("malformed API Gateway event")

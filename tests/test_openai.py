@@ -51,8 +51,9 @@ def test_sdk_completion(sdk: openai.OpenAI) -> None:
     assert [c.text for c in again.choices] == [c.text for c in completion.choices]
 
 
-def test_sdk_temperature_zero_is_greedy(sdk: openai.OpenAI, client: TestClient) -> None:
-    completion = sdk.completions.create(model="tiny-gpt2", prompt="The fox", max_tokens=6, temperature=0)
+@pytest.mark.parametrize("temperature", [0, 5e-324, 0.001])
+def test_sdk_temperature_near_zero_is_greedy(sdk: openai.OpenAI, client: TestClient, temperature: float) -> None:
+    completion = sdk.completions.create(model="tiny-gpt2", prompt="The fox", max_tokens=6, temperature=temperature)
     greedy = client.post("/generate", json={"prompt": "The fox", "max_new_tokens": 6, "return_full_text": False})
     assert completion.choices[0].text == greedy.json()["generated_sequences"][0]
 

@@ -22,20 +22,26 @@ def warmup_result(*, cold_start: bool, model: str) -> dict[str, Any]:
     return {"warmed": True, "cold_start": cold_start, "model": model}
 
 
-def unsupported_event_result(event: object) -> dict[str, Any]:
-    """A clear answer for an event no route can serve (instead of an adapter exception)."""
-    keys = sorted(map(str, event))[:10] if isinstance(event, dict) else []
-    message = (
-        "unsupported event: expected an API Gateway (REST or HTTP API), Lambda Function URL "
-        f"or warm-up event; got {type(event).__name__} with keys {keys}"
-    )
+def bad_event_result(code: str, message: str) -> dict[str, Any]:
+    """A clear 400 for an event no route can serve (instead of an adapter exception)."""
     return {
         "statusCode": 400,
         "headers": {"content-type": "application/json"},
-        "body": json.dumps(
-            {"error": {"message": message, "type": "invalid_request_error", "code": "unsupported_event"}}
-        ),
+        "body": json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}}),
     }
+
+
+def unsupported_event_result(event: object) -> dict[str, Any]:
+    keys = sorted(map(str, event))[:10] if isinstance(event, dict) else []
+    return bad_event_result(
+        "unsupported_event",
+        "unsupported event: expected an API Gateway (REST or HTTP API), Lambda Function URL "
+        f"or warm-up event; got {type(event).__name__} with keys {keys}",
+    )
+
+
+def malformed_event_result(error: Exception) -> dict[str, Any]:
+    return bad_event_result("malformed_event", f"malformed API Gateway event: {type(error).__name__}: {error}"[:500])
 
 
 def _normalize_scope(scope: Scope, event: dict[str, Any], *, path_is_encoded: bool) -> Scope:

@@ -10,7 +10,14 @@ from fastapi import APIRouter, Request
 from distilgpt2_api.errors import ApiError
 from distilgpt2_api.generation import GenerationRequest
 from distilgpt2_api.routes import ERROR_RESPONSES, Generator, run_generation, usage_of
-from distilgpt2_api.schemas import CompletionChoice, CompletionRequest, CompletionResponse, ModelCard, ModelList
+from distilgpt2_api.schemas import (
+    GREEDY_BELOW_TEMPERATURE,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 _STARTED_AT = int(time.time())
@@ -35,6 +42,7 @@ async def create_completion(request: Request, body: CompletionRequest, generator
             404, "model_not_found", f"model {body.model!r} is not served here; use {generator.model_name!r}", "model"
         )
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    sampling = body.temperature >= GREEDY_BELOW_TEMPERATURE
     result = await run_generation(
         request,
         generator,
@@ -42,8 +50,8 @@ async def create_completion(request: Request, body: CompletionRequest, generator
             prompt=body.prompt,
             max_new_tokens=body.max_tokens,
             num_return_sequences=body.n,
-            do_sample=body.temperature > 0,
-            temperature=body.temperature if body.temperature > 0 else 1.0,
+            do_sample=sampling,
+            temperature=body.temperature if sampling else 1.0,
             top_p=body.top_p,
             seed=body.seed,
             stop=stop,

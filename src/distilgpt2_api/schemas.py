@@ -12,10 +12,12 @@ from distilgpt2_api.settings import get_settings
 _limits = get_settings()
 
 MAX_SEED = 2**63 - 1
+GREEDY_BELOW_TEMPERATURE = 0.01  # OpenAI allows any temperature >= 0; near 0, sampling is greedy anyway
 Prompt = Annotated[str, StringConstraints(min_length=1, max_length=_limits.max_prompt_chars)]
 MaxNewTokens = Annotated[int, Field(ge=1, le=_limits.max_new_tokens_limit)]
 NumReturnSequences = Annotated[int, Field(ge=1, le=_limits.max_return_sequences)]
-TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+# Floor values rather than `> 0`: a denormal such as 5e-324 passes `> 0` yet breaks the samplers.
+TopP = Annotated[float, Field(ge=0.001, le=1.0)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 StopList = Annotated[list[StopString], Field(max_length=4)]
@@ -47,10 +49,10 @@ class GenerateRequest(_Strict):
     max_new_tokens: MaxNewTokens = 50
     num_return_sequences: NumReturnSequences = 1
     do_sample: bool = False
-    temperature: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    temperature: Annotated[float, Field(ge=0.01, le=100.0)] = 1.0
     top_p: TopP = 1.0
     top_k: Annotated[int, Field(ge=0, le=100_000, description="0 disables top-k filtering.")] = 0
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    repetition_penalty: Annotated[float, Field(ge=0.01, le=10.0)] = 1.0
     seed: Seed | None = None
     stop: StopList = Field(default_factory=list, description="Each output is cut before the first stop string.")
     return_full_text: bool = Field(True, description="Prefix each sequence with the prompt.")
@@ -71,7 +73,9 @@ class CompletionRequest(_Strict):
     prompt: Prompt
     max_tokens: MaxNewTokens = 16
     n: NumReturnSequences = 1
-    temperature: Annotated[float, Field(ge=0.0, le=2.0, description="0 means greedy decoding.")] = 1.0
+    temperature: Annotated[
+        float, Field(ge=0.0, le=2.0, description=f"Below {GREEDY_BELOW_TEMPERATURE} (0 included): greedy decoding.")
+    ] = 1.0
     top_p: TopP = 1.0
     stop: StopString | StopList | None = None
     seed: Seed | None = None
