@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -10,14 +9,6 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from distilgpt2_api.engines import ComputeType, EngineName
-
-
-def _available_cores() -> int:
-    # The cores this process may run on (cgroup/affinity aware), not the host's count.
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -51,7 +42,9 @@ class Settings(BaseSettings):
         "auto",
         description="CTranslate2 arithmetic: auto (int8 where prepare-model found it keeps quality), int8, float32.",
     )
-    threads: int = Field(default_factory=_available_cores, ge=1, description="Threads one generation may use.")
+    # One thread by default: these models are memory-bound, and a second thread added
+    # synchronisation, not bandwidth (bench/RESULTS.md: SmolLM2 int8 1.54 s with 1, 2.33 s with 2).
+    threads: int = Field(1, ge=1, description="Threads one generation uses (more than the cores only oversubscribes).")
     max_new_tokens_limit: int = Field(512, ge=1, description="Upper bound for max_new_tokens / max_tokens.")
     max_return_sequences: int = Field(8, ge=1, description="Upper bound for num_return_sequences / n.")
     max_prompt_chars: int = Field(8000, ge=1, description="Upper bound for the prompt length in characters.")
