@@ -174,7 +174,7 @@ def test_template_environment_and_defaults() -> None:
     ]:
         assert variables[variable] == {"Ref": parameter}
         assert parameters[parameter]["Default"] == default
-    assert parameters["MemorySize"]["Default"] == 3008
+    assert parameters["MemorySize"]["Default"] == 1769
     assert parameters["Timeout"]["Default"] == 60
     assert parameters["AuthType"]["Default"] == "NONE"
     assert parameters["CorsAllowedOrigins"]["Default"] == ""  # closed unless configured
