@@ -5,6 +5,7 @@ Importing the app loads the model, so that happens once per instance, during the
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -58,4 +59,14 @@ def _dispatch(event: Any, context: Any, *, cold_start: bool) -> dict[str, Any]:
     except (KeyError, TypeError, AttributeError, ValueError) as error:  # binascii.Error is a ValueError
         logger.warning("malformed event", extra={"error": repr(error)[:200]})
         return malformed_event_result(error)
+    _ensure_event_loop()
     return asgi_handler(event, context)
+
+
+def _ensure_event_loop() -> None:
+    # Mangum runs the app on the thread's current event loop, set up once when it was created;
+    # anything that later closed and cleared it (asyncio.run does) would break every request.
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())

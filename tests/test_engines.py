@@ -160,3 +160,8 @@ def test_a_failing_stop_check_is_an_error_not_a_crash(model_dir: Path, monkeypat
     monkeypatch.setattr(engine, "_ends_with_stop", broken)
     with pytest.raises(ValueError, match="broken stop check"):
         _generate(engine, stop=("x",))
+
+
+def test_top_k_beyond_the_vocabulary_samples_from_everything(engine: Engine) -> None:
+    huge = _generate(engine, do_sample=True, seed=4, top_k=10**5)
+    assert huge == _generate(engine, do_sample=True, seed=4, top_k=0)

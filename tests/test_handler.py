@@ -148,3 +148,10 @@ def test_malformed_http_events_get_a_clear_error(event: Any, lambda_handler: Any
     error = response_json(response)["error"]
     assert error["code"] == "malformed_event"
     assert error["message"].startswith("malformed API Gateway event")
+
+
+def test_handler_survives_a_cleared_event_loop(lambda_handler: Any, lambda_context: Any) -> None:
+    import asyncio
+
+    asyncio.set_event_loop(None)  # what asyncio.run leaves behind
+    assert lambda_handler(http_api_event("GET", "/"), lambda_context)["statusCode"] == 200

@@ -88,7 +88,7 @@ class CTranslate2Engine:
             end_token=sorted(self.info.eos_token_ids) or None,
             return_end_token=True,
             repetition_penalty=request.repetition_penalty,
-            sampling_topk=(request.top_k if request.do_sample else 1),
+            sampling_topk=self._top_k(request),
             sampling_topp=request.top_p if request.do_sample else 1.0,
             sampling_temperature=request.temperature if request.do_sample else 1.0,
             callback=should_stop if (request.stop or deadline is not None) else None,
@@ -96,6 +96,12 @@ class CTranslate2Engine:
         if failures:
             raise failures[0]
         return [list(result.sequences_ids[0]) for result in results]
+
+    def _top_k(self, request: GenerationRequest) -> int:
+        if not request.do_sample:
+            return 1  # greedy
+        # CTranslate2 refuses a k above the vocabulary; such a k keeps every token, as 0 does.
+        return request.top_k if request.top_k < self.tokenizer.get_vocab_size() else 0
 
     def _reseed(self, seed: int) -> None:
         # CTranslate2 seeds a worker thread's random generator once, at its first draw, so
