@@ -46,6 +46,11 @@ LOAD_SECONDS ?= 60
 load: model
 	$(BIN)/python bench/load.py --model-dir $(MODEL_DIR) --clients $(LOAD_CLIENTS) --duration $(LOAD_SECONDS) --json load-report.json
 
+# Benchmarks (not part of `make test`): writes bench/RESULTS.md and bench/results.json. About 25 min.
+bench: install
+	$(BIN)/python -m distilgpt2_api prepare-model --source smollm2 --output models/smollm2 --if-missing
+	$(BIN)/python bench/bench.py --smollm2-dir models/smollm2 --out bench
+
 lint: install
 	$(BIN)/ruff check src tests handler.py
 	$(BIN)/ruff format --check src tests handler.py
