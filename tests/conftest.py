@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from distilgpt2_api.engines import Engine, load_engine
 from distilgpt2_api.engines.ctranslate2_convert import convert_for_ctranslate2
+from distilgpt2_api.model_store import write_manifest
 
 from model_factory import build_tiny_gpt2
 
@@ -23,6 +24,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GPT-2, converted for CTranslate2 too, as `prepare-model` leaves a directory."""
     path = build_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2")
     convert_for_ctranslate2(path)
+    write_manifest(path, source="local", model_id="tiny-gpt2")  # after conversion, as prepare-model does
     return path
 
 
@@ -33,8 +35,7 @@ _engines: dict[str, Engine] = {}
 def engine(request: pytest.FixtureRequest, model_dir: Path) -> Engine:
     """Each engine on the tiny model: both must keep the same contract.
 
-    Kept for the whole session, as in a server: a CTranslate2 generator torn down
-    mid-session, in a process that also runs torch, has aborted the process.
+    Kept for the whole session, as in a server (loading is the slow part).
     """
     if request.param not in _engines:
         _engines[request.param] = load_engine(model_dir, request.param, threads=1)

@@ -101,6 +101,10 @@ class Engine(Protocol):
 
     def decode(self, token_ids: list[int]) -> str: ...
 
+    def close(self) -> None:
+        """Release native resources now, before interpreter shutdown; the engine is unusable after."""
+        ...
+
     def generate(
         self, prompt_ids: list[int], request: GenerationRequest, *, sequences: int, max_time: float | None
     ) -> list[list[int]]:

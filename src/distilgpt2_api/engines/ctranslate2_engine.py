@@ -8,8 +8,10 @@ prepare time (see ctranslate2_convert.py), never here.
 
 from __future__ import annotations
 
+import atexit
 import json
 import time
+import weakref
 from pathlib import Path
 
 import ctranslate2
@@ -27,6 +29,20 @@ def prepared_compute_type(converted: Path) -> str:
         return str(json.loads((converted / QUALITY_FILE).read_text())["compute_type"])
     except (OSError, ValueError, KeyError):
         return "int8"
+
+
+_open_engines: weakref.WeakSet[CTranslate2Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    # A generate_batch with a Python callback leaves that callback in a job which CTranslate2's
+    # worker thread frees after the caller has its result, and freeing it takes the GIL. Once the
+    # interpreter is finalizing, CPython ends such a thread with pthread_exit, whose unwinding through
+    # a noexcept destructor calls std::terminate (exit code -6). Closing here, before finalization
+    # (atexit runs after the request executor's thread is joined), lets that job go first.
+    for engine in list(_open_engines):
+        engine.close()
 
 
 class CTranslate2Engine:
@@ -52,6 +68,14 @@ class CTranslate2Engine:
             self.generator = ctranslate2.Generator(**self._generator_args)
         except (RuntimeError, ValueError, OSError) as error:
             raise ModelLoadError(f"cannot load the model in MODEL_DIR={info.path}: {error}. {PREPARE_HINT}") from error
+        _open_engines.add(self)
+
+    def close(self) -> None:
+        """Free the generator now: its destructor joins the worker thread with the GIL released.
+
+        Idempotent; the engine cannot generate afterwards. Runs by itself at interpreter exit.
+        """
+        vars(self).pop("generator", None)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text).ids)

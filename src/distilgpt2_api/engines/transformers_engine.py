@@ -28,6 +28,9 @@ class TransformersEngine:
         # Finished rows are padded; GPT-2 has no pad token, so it pads with EOS.
         self._pad_id: int = pad if pad is not None else min(info.eos_token_ids | {self.tokenizer.eos_token_id})
 
+    def close(self) -> None:
+        """Nothing native outlives the interpreter here: torch's thread pool shuts down with it."""
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
 
