@@ -20,7 +20,8 @@ def _serve(args: argparse.Namespace) -> int:
     except (ModelLoadError, ModelStoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # No access log: it would print `GET /{prompt}` paths; the app logs each request itself.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
 
 

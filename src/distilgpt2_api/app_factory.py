@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from distilgpt2_api import __version__, openai_routes, routes
+from distilgpt2_api.auth import install_api_keys, require_api_key
 from distilgpt2_api.body_limit import BodySizeLimit
 from distilgpt2_api.engines import load_engine
 from distilgpt2_api.errors import install_error_handling
 from distilgpt2_api.generation import TextGenerator
-from distilgpt2_api.observability import RequestLogging
+from distilgpt2_api.observability import RequestLogging, silence_access_log
 from distilgpt2_api.settings import Settings
 from distilgpt2_api.time_budget import TimeBudget
 
@@ -31,12 +32,17 @@ def create_app(generator: TextGenerator, settings: Settings) -> FastAPI:
         margin_seconds=settings.deadline_margin_seconds,
     )
     install_error_handling(app)
+    install_api_keys(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLogging, log_prompts=settings.log_prompts)  # outermost: sees every request
+    if not settings.log_prompts:
+        silence_access_log()
     if settings.cors_allow_origins:  # closed unless origins are configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"])
-    app.include_router(openai_routes.router)
-    app.include_router(routes.router)  # last: its `/{prompt}` route matches any single segment
+    keyed = [Depends(require_api_key)]
+    app.include_router(routes.health_router)
+    app.include_router(openai_routes.router, dependencies=keyed)
+    app.include_router(routes.router, dependencies=keyed)  # last: its `/{prompt}` route matches any single segment
     return app
 
 
@@ -46,7 +52,7 @@ def model_dir(settings: Settings) -> Path:
         return settings.model_dir
     from distilgpt2_api.model_store.s3 import ensure_model_from_s3  # boto3: only when used
 
-    return ensure_model_from_s3(settings.model_s3_uri, settings.model_cache_dir)
+    return ensure_model_from_s3(settings.model_s3_uri, settings.model_cache_dir, engine=settings.engine)
 
 
 def load_generator(settings: Settings) -> TextGenerator:

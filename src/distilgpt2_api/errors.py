@@ -15,12 +15,21 @@ from distilgpt2_api.schemas import ErrorBody, ErrorResponse
 class ApiError(Exception):
     """A request the service understood but will not serve, with its HTTP status."""
 
-    def __init__(self, status_code: int, code: str, message: str, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
         self.message = message
         self.param = param
+        self.headers = headers or {}
 
 
 def _error(
@@ -60,7 +69,9 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 
 async def _on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return _error(request, exc.status_code, exc.code, exc.message, param=exc.param)
+    response = _error(request, exc.status_code, exc.code, exc.message, param=exc.param)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _on_context_length(request: Request, exc: Exception) -> Response:

@@ -5,6 +5,7 @@ The same logger and metrics serve Lambda and uvicorn: both write JSON lines to s
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SERVICE = "distilgpt2-api"
 REQUEST_ID_HEADER = "x-request-id"
+ACCESS_LOGGER = "uvicorn.access"  # logs the raw path, and `GET /{prompt}` puts the prompt there
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace="DistilGPT2Api", service=SERVICE)
@@ -109,3 +111,17 @@ def flush_metrics() -> None:
     """Write pending metrics as one EMF document; nothing (and no warning) when there are none."""
     if metrics.metric_set:
         metrics.flush_metrics()
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
+def silence_access_log() -> None:
+    """Keep uvicorn's access log (path included) out of the output, however uvicorn was started.
+
+    The request log line above carries the method, route template, status and latency instead.
+    """
+    access = logging.getLogger(ACCESS_LOGGER)
+    if _drop not in access.filters:
+        access.addFilter(_drop)

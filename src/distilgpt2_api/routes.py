@@ -38,7 +38,8 @@ def get_generator(request: Request) -> TextGenerator:
 
 
 Generator = Annotated[TextGenerator, Depends(get_generator)]
-router = APIRouter()
+health_router = APIRouter()  # open even when API keys are configured
+router = APIRouter()  # runs the model
 
 
 async def run_generation(request: Request, generator: TextGenerator, job: GenerationRequest) -> GenerationResult:
@@ -67,7 +68,7 @@ def usage_of(result: GenerationResult) -> Usage:
     )
 
 
-@router.get("/", response_model=HealthResponse, tags=["health"])
+@health_router.get("/", response_model=HealthResponse, tags=["health"])
 async def health(generator: Generator) -> HealthResponse:
     """Liveness, and which model is served. Never touches the model."""
     return HealthResponse(model=generator.model_name, version=__version__)

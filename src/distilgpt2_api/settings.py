@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from distilgpt2_api.engines import ComputeType, EngineName
@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     max_request_seconds: float = Field(25.0, gt=0, description="Time budget for one generation request.")
     gateway_timeout_seconds: float = Field(30.0, gt=0, description="API Gateway's integration timeout.")
     deadline_margin_seconds: float = Field(1.5, ge=0, description="Kept free before a gateway or Lambda deadline.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="Keys a caller must send as `Authorization: Bearer <key>`; several separated by commas. "
+        "Unset (and no API_KEY_PARAMETER): the API is open.",
+    )
+    api_key_parameter: str | None = Field(
+        None,
+        description="Instead of API_KEY: an SSM SecureString parameter name, or a Secrets Manager secret ARN, "
+        "holding the key(s); read per instance and cached for 5 minutes.",
+    )
     log_prompts: bool = Field(False, description="Include prompt text in request logs.")
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS, as a JSON list; empty means closed."
