@@ -17,13 +17,17 @@ from typing import Any
 import pytest
 import yaml
 from fastapi import FastAPI
-from fastapi.routing import iter_route_contexts
+
+from distilgpt2_api.settings import Settings
+
+from route_table import app_routes
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "template.yaml"
 DOCKERFILE = REPO / "Dockerfile.lambda"
 EVENT_FILES = sorted((REPO / "events").glob("*.json"))
 FUNCTION = "ApiFunction"
+NO_VALUE = {"Ref": "AWS::NoValue"}
 API = "HttpApi"
 # SAM CLI needs a region to validate, never credentials or network.
 SAM_ENV = {"SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -67,20 +71,6 @@ def definition_routes(template: dict[str, Any]) -> set[tuple[str, str]]:
     """(METHOD, path) declared in the HttpApi's DefinitionBody (where each route's auth lives)."""
     paths = template["Resources"][API]["Properties"]["DefinitionBody"]["paths"]
     return {(method.upper(), path) for path, methods in paths.items() for method in methods}
-
-
-def app_routes(app: FastAPI) -> set[tuple[str, str]]:
-    """(METHOD, path) the app serves, docs included, in API Gateway's path syntax."""
-    routes: set[tuple[str, str]] = set()
-    # FastAPI keeps included routers nested; this yields every route with its full path.
-    for route in iter_route_contexts(app.routes):
-        if route.path is None or route.methods is None:  # mounts, websockets
-            continue
-        # Starlette's {name:path} is API Gateway's greedy {name+}.
-        path = re.sub(r"\{(\w+):path\}", r"{\1+}", route.path)
-        # Starlette answers HEAD for every GET; the gateway routes only what is declared.
-        routes.update((method, path) for method in route.methods - {"HEAD"})
-    return routes
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +156,10 @@ def test_template_environment_and_defaults() -> None:
     variables = template["Resources"][FUNCTION]["Properties"]["Environment"]["Variables"]
     assert variables["MODEL_DIR"] == "/opt/model"
     assert variables["HF_HUB_OFFLINE"] == "1"
-    assert "TORCH_THREADS" not in variables  # the app sizes torch to the cores Lambda grants
+    # Every variable the function sets is one the service reads: a misspelt or stale name would be silently ignored.
+    read_by_the_service = {name.upper() for name in Settings.model_fields} | {"HF_HUB_OFFLINE"}
+    assert set(variables) <= read_by_the_service, sorted(set(variables) - read_by_the_service)
+    assert "THREADS" not in variables  # one thread, the service default, measured fastest (README)
     for variable, parameter, default in [
         ("MAX_NEW_TOKENS_LIMIT", "MaxNewTokensLimit", 512),
         ("MAX_RETURN_SEQUENCES", "MaxReturnSequences", 8),
@@ -178,6 +171,12 @@ def test_template_environment_and_defaults() -> None:
     assert parameters["Timeout"]["Default"] == 60
     assert parameters["AuthType"]["Default"] == "NONE"
     assert parameters["CorsAllowedOrigins"]["Default"] == ""  # closed unless configured
+    assert parameters["ApiKeyParameter"]["Default"] == ""  # no key unless configured
+    assert variables["API_KEY_PARAMETER"] == {"Fn::If": ["HasApiKeyParameter", {"Ref": "ApiKeyParameter"}, NO_VALUE]}
+    (policy,) = template["Resources"][FUNCTION]["Properties"]["Policies"]
+    condition, (statement,), absent = policy["Fn::If"][0], policy["Fn::If"][1]["Statement"], policy["Fn::If"][2]
+    assert (condition, absent) == ("HasApiKeyParameter", NO_VALUE)  # read access only when a key is configured
+    assert statement["Action"]["Fn::If"][1:] == ["secretsmanager:GetSecretValue", "ssm:GetParameter"]
     assert template["Resources"][FUNCTION]["Metadata"]["Dockerfile"] == DOCKERFILE.name
 
 

@@ -24,18 +24,27 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import distilgpt2_api
 from distilgpt2_api.app_factory import create_app, load_generator
+from distilgpt2_api.engines import EngineName, ctranslate2_engine, load_engine
 from distilgpt2_api.model_store import (
     ModelStoreError,
     NetworkUnavailableError,
     is_prepared,
     read_manifest,
     smollm2,
+    write_manifest,
 )
 from distilgpt2_api.model_store import prepare as prepare_module
+from distilgpt2_api.model_store import s3 as s3_module
 from distilgpt2_api.model_store.gguf import convert_gguf
-from distilgpt2_api.model_store.manifest import sha256_file
+from distilgpt2_api.model_store.manifest import CT2_SUBDIR, engine_files, sha256_file
 from distilgpt2_api.model_store.prepare import prepare_model
-from distilgpt2_api.model_store.s3 import cache_path, ensure_model_from_s3, parse_s3_uri, upload_directory
+from distilgpt2_api.model_store.s3 import (
+    cache_path,
+    check_free_space,
+    ensure_model_from_s3,
+    parse_s3_uri,
+    upload_directory,
+)
 from distilgpt2_api.settings import Settings
 
 from model_factory import build_tiny_gpt2, build_tiny_llama
@@ -421,46 +430,200 @@ def test_s3_prepare_round_trip(tiny_gpt2: Path, bucket: str, tmp_path: Path) -> 
     AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True)
 
 
-def test_ensure_model_from_s3_downloads_once(tiny_gpt2: Path, bucket: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def prepared(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The converted tiny GPT-2 with its manifest written last, as `prepare-model` leaves it (int8 files listed)."""
+    path = copy_of(model_dir, tmp_path_factory.mktemp("prepared") / "tiny-gpt2")
+    write_manifest(path, source="local", model_id="tiny-gpt2")
+    return path
+
+
+@pytest.fixture
+def requested_keys(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The S3 keys the model store reads objects of (GetObject / HeadObject), recorded on its client."""
+    keys: set[str] = set()
+    real_client = s3_module._client
+
+    def recording_client() -> object:
+        client = real_client()
+        for operation in ("GetObject", "HeadObject"):
+            client.meta.events.register(
+                f"before-parameter-build.s3.{operation}", lambda params, **_: keys.add(params["Key"])
+            )
+        return client
+
+    monkeypatch.setattr(s3_module, "_client", recording_client)
+    return keys
+
+
+def test_engine_files_split_the_manifest(prepared: Path) -> None:
+    manifest = read_manifest(prepared)
+    assert manifest is not None
+    fast, reference = engine_files(manifest, "ctranslate2"), engine_files(manifest, "transformers")
+    assert {"config.json", "generation_config.json", "tokenizer.json", f"{CT2_SUBDIR}/model.bin"} <= fast.keys()
+    assert not any(name.endswith(".safetensors") for name in fast)
+    assert {"config.json", "tokenizer.json", "model.safetensors"} <= reference.keys()
+    assert not any(name.startswith(f"{CT2_SUBDIR}/") for name in reference)
+    assert fast.keys() | reference.keys() == manifest.files.keys()
+    with pytest.raises(ModelStoreError, match="unknown engine 'onnx'"):
+        engine_files(manifest, "onnx")  # type: ignore[arg-type]
+    assert CT2_SUBDIR == ctranslate2_engine.CT2_SUBDIR  # the model store's copy of the engine's constant
+
+
+@pytest.mark.parametrize("engine", ["ctranslate2", "transformers"])
+def test_ensure_model_from_s3_fetches_only_the_engine_files(
+    prepared: Path, bucket: str, tmp_path: Path, requested_keys: set[str], engine: EngineName
+) -> None:
     uri = f"s3://{bucket}/tiny"
-    upload_directory(tiny_gpt2, uri)
+    upload_directory(prepared, uri)
+    manifest = read_manifest(prepared)
+    assert manifest is not None
+    copy = ensure_model_from_s3(uri, tmp_path / "cache", engine=engine)
+    assert copy == cache_path(uri, tmp_path / "cache", engine) and is_prepared(copy, engine=engine)
+    wanted = engine_files(manifest, engine)
+    assert requested_keys == {f"tiny/{name}" for name in [*wanted, "manifest.json"]}
+    fetched = {p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()}
+    assert fetched == {*wanted, "manifest.json"}
+    assert (copy / "model.safetensors").is_file() == (engine == "transformers")
+    assert (copy / CT2_SUBDIR / "model.bin").is_file() == (engine == "ctranslate2")
+    for name, entry in wanted.items():
+        assert sha256_file(copy / name) == entry.sha256
+
+
+def test_transformers_loads_from_its_copy(prepared: Path, bucket: str, tmp_path: Path) -> None:
+    """Its copy lacks ctranslate2-int8/ and still loads (the ctranslate2 copy: test_cold_start_serves...)."""
+    uri = f"s3://{bucket}/tiny"
+    upload_directory(prepared, uri)
+    copy = ensure_model_from_s3(uri, tmp_path / "cache", engine="transformers")
+    assert not (copy / CT2_SUBDIR).exists()
+    engine = load_engine(copy, "transformers", threads=1)
+    assert engine.info.name == "tiny-gpt2" and engine.encode("Hello")
+
+
+def test_ensure_model_from_s3_downloads_once(
+    prepared: Path, bucket: str, tmp_path: Path, requested_keys: set[str]
+) -> None:
+    uri = f"s3://{bucket}/tiny"
+    upload_directory(prepared, uri)
     cache_dir = tmp_path / "model-cache"
     first = ensure_model_from_s3(uri, cache_dir)
-    assert first == cache_path(uri, cache_dir) and is_prepared(first)
-    weights_mtime = (first / "model.safetensors").stat().st_mtime_ns
+    assert first == cache_path(uri, cache_dir) and is_prepared(first, engine="ctranslate2")
+    weights_mtime = (first / CT2_SUBDIR / "model.bin").stat().st_mtime_ns
     # Empty the bucket: a second call can only succeed without downloading.
     client = boto3.client("s3")
     for item in client.list_objects_v2(Bucket=bucket)["Contents"]:
         client.delete_object(Bucket=bucket, Key=item["Key"])
+    requested_keys.clear()
     assert ensure_model_from_s3(uri, cache_dir) == first
-    assert (first / "model.safetensors").stat().st_mtime_ns == weights_mtime
+    assert not requested_keys
+    assert (first / CT2_SUBDIR / "model.bin").stat().st_mtime_ns == weights_mtime
+    assert [p.name for p in cache_dir.iterdir()] == [first.name]
+    # The other engine's files are not in that copy: it needs (and here fails to find) its own.
+    with pytest.raises(ModelStoreError, match="has no valid manifest.json"):
+        ensure_model_from_s3(uri, cache_dir, engine="transformers")
     assert [p.name for p in cache_dir.iterdir()] == [first.name]
 
 
-def test_ensure_model_from_s3_rejects_checksum_mismatch(tiny_gpt2: Path, bucket: str, tmp_path: Path) -> None:
+def test_ensure_model_from_s3_rejects_checksum_mismatch(prepared: Path, bucket: str, tmp_path: Path) -> None:
     uri = f"s3://{bucket}/tiny/"
-    upload_directory(tiny_gpt2, uri)
-    tampered = bytearray((tiny_gpt2 / "model.safetensors").read_bytes())
-    tampered[-1] ^= 0xFF
-    boto3.client("s3").put_object(Bucket=bucket, Key="tiny/model.safetensors", Body=bytes(tampered))
-    with pytest.raises(ModelStoreError, match="checksum mismatch for model.safetensors"):
+    upload_directory(prepared, uri)
+    client = boto3.client("s3")
+    for name in ("model.safetensors", f"{CT2_SUBDIR}/model.bin"):
+        tampered = bytearray((prepared / name).read_bytes())
+        tampered[-1] ^= 0xFF
+        client.put_object(Bucket=bucket, Key=f"tiny/{name}", Body=bytes(tampered))
+    with pytest.raises(ModelStoreError, match=f"checksum mismatch for {CT2_SUBDIR}/model.bin"):
         ensure_model_from_s3(uri, tmp_path / "cache")
+    with pytest.raises(ModelStoreError, match="checksum mismatch for model.safetensors"):
+        ensure_model_from_s3(uri, tmp_path / "cache", engine="transformers")
     assert list((tmp_path / "cache").iterdir()) == []
     with pytest.raises(ModelStoreError, match="checksum mismatch"):
         prepare_model("s3", tmp_path / "out", model_id=uri)
     assert not (tmp_path / "out").exists()
 
 
-def test_ensure_model_from_s3_needs_manifest_and_listed_files(tiny_gpt2: Path, bucket: str, tmp_path: Path) -> None:
+def test_ensure_model_from_s3_rejects_a_same_size_swap(prepared: Path, bucket: str, tmp_path: Path) -> None:
     uri = f"s3://{bucket}/tiny/"
-    upload_directory(tiny_gpt2, uri)
+    upload_directory(prepared, uri)
+    size = (prepared / "tokenizer.json").stat().st_size
+    boto3.client("s3").put_object(Bucket=bucket, Key="tiny/tokenizer.json", Body=b" " * size)
+    with pytest.raises(ModelStoreError, match="checksum mismatch for tokenizer.json"):
+        ensure_model_from_s3(uri, tmp_path / "cache")
+
+
+def test_ensure_model_from_s3_needs_manifest_and_listed_files(prepared: Path, bucket: str, tmp_path: Path) -> None:
+    uri = f"s3://{bucket}/tiny/"
+    upload_directory(prepared, uri)
     client = boto3.client("s3")
     client.delete_object(Bucket=bucket, Key="tiny/tokenizer.json")
     with pytest.raises(ModelStoreError, match="tokenizer.json is listed in manifest.json but missing"):
         ensure_model_from_s3(uri, tmp_path / "cache")
+    client.put_object(Bucket=bucket, Key="tiny/manifest.json", Body=b"{not json")
+    with pytest.raises(ModelStoreError, match="has no valid manifest.json"):
+        ensure_model_from_s3(uri, tmp_path / "cache")
     client.delete_object(Bucket=bucket, Key="tiny/manifest.json")
     with pytest.raises(ModelStoreError, match="has no valid manifest.json"):
         ensure_model_from_s3(uri, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_ensure_model_from_s3_ctranslate2_needs_the_int8_conversion(
+    tiny_gpt2: Path, bucket: str, tmp_path: Path
+) -> None:
+    uri = f"s3://{bucket}/unconverted/"
+    upload_directory(tiny_gpt2, uri)  # made by the factory: no ctranslate2-int8/
+    with pytest.raises(ModelStoreError, match=f"has no {CT2_SUBDIR}/model.bin .* or set ENGINE=transformers"):
+        ensure_model_from_s3(uri, tmp_path / "cache")
+    assert is_prepared(ensure_model_from_s3(uri, tmp_path / "cache", engine="transformers"))
+
+
+@pytest.mark.parametrize("engine", ["ctranslate2", "transformers"])
+def test_ensure_model_from_s3_checks_free_space_first(
+    prepared: Path,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    requested_keys: set[str],
+    engine: EngineName,
+) -> None:
+    uri = f"s3://{bucket}/tiny/"
+    upload_directory(prepared, uri)
+    manifest = read_manifest(prepared)
+    assert manifest is not None
+    needed = sum(entry.size for entry in engine_files(manifest, engine).values())
+    free = [needed - 1]
+    seen: list[Path] = []
+
+    def disk_usage(path: str | os.PathLike[str]) -> shutil._ntuple_diskusage:
+        seen.append(Path(path))
+        return shutil._ntuple_diskusage(total=512 << 20, used=(512 << 20) - free[0], free=free[0])
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(ModelStoreError) as raised:
+        ensure_model_from_s3(uri, cache_dir, engine=engine)  # one byte short
+    needed_mb, free_mb = -(-needed // (1 << 20)), (needed - 1) // (1 << 20)
+    message = str(raised.value)
+    assert f"the {engine} engine needs {needed_mb} MB, only {free_mb} MB is free" in message
+    assert str(cache_dir) in message and "EphemeralStorageMB" in message
+    assert seen == [cache_dir]
+    assert requested_keys == {"tiny/manifest.json"}  # nothing but the manifest was fetched
+    assert list(cache_dir.iterdir()) == []
+    free[0] = needed  # exactly enough
+    assert is_prepared(ensure_model_from_s3(uri, cache_dir, engine=engine), engine=engine)
+
+
+def test_free_space_message_for_smollm2_fp32_in_a_default_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a 512 MB /tmp says to SmolLM2's fp32 weights (538,090,408 bytes), in Lambda's MB (MiB)."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(512 << 20, 12 << 20, 500 << 20))
+    with pytest.raises(ModelStoreError) as raised:
+        check_free_space(538_090_408, tmp_path, uri="s3://b/smollm2/", engine="transformers")
+    assert str(raised.value) == (
+        f"the model at s3://b/smollm2/ does not fit in {tmp_path}: the transformers engine needs 514 MB, "
+        "only 500 MB is free. Raise the function's ephemeral storage (/tmp) above 514 MB: "
+        "template.yaml parameter EphemeralStorageMB (512-10240)."
+    )
+    check_free_space(500 << 20, tmp_path, uri="s3://b/smollm2/", engine="transformers")  # exactly fits
 
 
 def test_s3_missing_bucket_and_missing_prefix(bucket: str, tmp_path: Path) -> None:
@@ -480,14 +643,24 @@ def test_s3_unreachable_endpoint_is_a_network_error(
         ensure_model_from_s3(f"s3://{bucket}/tiny/", tmp_path / "cache")
 
 
-def test_cold_start_serves_the_model_from_s3(model_dir: Path, bucket: str, tmp_path: Path) -> None:
+def test_cold_start_serves_the_model_from_s3(prepared: Path, bucket: str, tmp_path: Path) -> None:
     """MODEL_S3_URI: the app downloads the prepared model (int8 conversion included) and serves it."""
     uri = f"s3://{bucket}/served"
-    upload_directory(model_dir, uri)
+    upload_directory(prepared, uri)
     settings = Settings(model_s3_uri=uri, model_cache_dir=tmp_path / "cache", model_dir=tmp_path / "unused")
     app = create_app(load_generator(settings), settings)
     with TestClient(app) as client:
         assert client.get("/").json()["model"] == "tiny-gpt2"
         response = client.post("/generate", json={"prompt": "Hello", "max_new_tokens": 3})
         assert response.status_code == 200
-    assert (cache_path(uri, tmp_path / "cache") / "ctranslate2-int8" / "model.bin").is_file()
+    copy = cache_path(uri, tmp_path / "cache", settings.engine)
+    assert (copy / CT2_SUBDIR / "model.bin").is_file()
+    assert not (copy / "model.safetensors").exists()  # the default engine never reads the fp32 weights
+
+
+def test_cold_start_fetches_what_the_configured_engine_reads(prepared: Path, bucket: str, tmp_path: Path) -> None:
+    uri = f"s3://{bucket}/served-transformers"
+    upload_directory(prepared, uri)
+    settings = Settings(model_s3_uri=uri, model_cache_dir=tmp_path / "cache", engine="transformers")
+    assert load_generator(settings).model_name == "tiny-gpt2"
+    assert (cache_path(uri, tmp_path / "cache", "transformers") / "model.safetensors").is_file()

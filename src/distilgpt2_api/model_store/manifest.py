@@ -14,10 +14,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from distilgpt2_api.engines import EngineName
+
 from .errors import ModelStoreError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+# The fast engine's int8 weights: engines.ctranslate2_engine.CT2_SUBDIR, not imported from there
+# because that module imports ctranslate2 (a test keeps the two equal).
+CT2_SUBDIR = "ctranslate2-int8"
 
 # safetensors dtype codes -> the torch names people know.
 _DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64"}
@@ -111,26 +116,52 @@ def read_manifest(model_dir: Path) -> Manifest | None:
         return None
 
 
-def is_prepared(model_dir: Path) -> bool:
+def engine_files(manifest: Manifest, engine: EngineName) -> dict[str, FileEntry]:
+    """The manifest's files that `engine` reads (manifest.json itself aside).
+
+    ctranslate2: the int8 subdirectory and the top-level JSON files (config, generation config,
+    tokenizer), never the fp32 weights. transformers: everything except the int8 subdirectory.
+    """
+    in_ct2 = {name: name.startswith(f"{CT2_SUBDIR}/") for name in manifest.files}
+    if engine == "ctranslate2":
+        keep = {
+            name
+            for name in manifest.files
+            if in_ct2[name] or ("/" not in name and name.endswith(".json") and not name.endswith(".index.json"))
+        }
+    elif engine == "transformers":
+        keep = {name for name in manifest.files if not in_ct2[name]}
+    else:
+        raise ModelStoreError(f"unknown engine {engine!r}; expected ctranslate2 or transformers")
+    return {name: entry for name, entry in manifest.files.items() if name in keep}
+
+
+def is_prepared(model_dir: Path, *, engine: EngineName | None = None) -> bool:
     """True when the manifest parses and every file it lists is there with its recorded size.
 
+    With `engine`, only the files that engine reads must be there (see `engine_files`).
     Cheap on purpose (no hashing): directories are checksummed before they are published.
     """
     manifest = read_manifest(model_dir)
     if manifest is None:
         return False
-    for name, entry in manifest.files.items():
+    files = manifest.files if engine is None else engine_files(manifest, engine)
+    for name, entry in files.items():
         path = Path(model_dir) / name
         if not path.is_file() or path.stat().st_size != entry.size:
             return False
     return True
 
 
+def verify_file(path: Path, name: str, entry: FileEntry, *, origin: str) -> None:
+    """Raise ModelStoreError unless `path` (listed as `name`) has the manifest's size and SHA-256."""
+    if not path.is_file():
+        raise ModelStoreError(f"{origin}: {name} is listed in {MANIFEST_NAME} but missing")
+    if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+        raise ModelStoreError(f"{origin}: checksum mismatch for {name} (it differs from {MANIFEST_NAME})")
+
+
 def verify_checksums(model_dir: Path, manifest: Manifest, *, origin: str) -> None:
     """Raise ModelStoreError naming the first file that is missing or differs from the manifest."""
     for name, entry in manifest.files.items():
-        path = model_dir / name
-        if not path.is_file():
-            raise ModelStoreError(f"{origin}: {name} is listed in {MANIFEST_NAME} but missing")
-        if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
-            raise ModelStoreError(f"{origin}: checksum mismatch for {name} (it differs from {MANIFEST_NAME})")
+        verify_file(model_dir / name, name, entry, origin=origin)

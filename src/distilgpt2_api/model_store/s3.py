@@ -7,10 +7,16 @@ AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 point it at an S3-compatible server such 
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import boto3
+from boto3.exceptions import Boto3Error
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -19,9 +25,25 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 
+from distilgpt2_api.engines import EngineName
+
 from .errors import ModelStoreError, NetworkUnavailableError
-from .manifest import MANIFEST_NAME, is_prepared, read_manifest, verify_checksums
+from .manifest import (
+    CT2_SUBDIR,
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    engine_files,
+    is_prepared,
+    verify_file,
+)
 from .staging import staged_directory
+
+logger = logging.getLogger(__name__)
+
+DOWNLOAD_THREADS = 8
+"""Files fetched at once; boto3 also splits each file over 8 MB into parallel ranged GETs."""
+_MB = 1 << 20  # Lambda's MB (memory, ephemeral storage) are MiB
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -96,28 +118,104 @@ def upload_directory(source: Path, uri: str) -> None:
         raise _translate(error, f"s3://{bucket}/{prefix}") from error
 
 
-def cache_path(uri: str, cache_dir: Path) -> Path:
-    """Where `ensure_model_from_s3` keeps the copy of `uri`: one subdirectory per URI."""
+def cache_path(uri: str, cache_dir: Path, engine: EngineName = "ctranslate2") -> Path:
+    """Where `ensure_model_from_s3` keeps `engine`'s copy of `uri`: one subdirectory per URI and engine."""
     bucket, prefix = parse_s3_uri(uri)
-    return cache_dir / hashlib.sha256(f"{bucket}/{prefix}".encode()).hexdigest()[:16]
+    return cache_dir / f"{hashlib.sha256(f'{bucket}/{prefix}'.encode()).hexdigest()[:16]}-{engine}"
 
 
-def ensure_model_from_s3(uri: str, cache_dir: Path) -> Path:
-    """Return a local, checksum-verified copy of the prepared model at `uri`, downloading it at most once.
+def ensure_model_from_s3(uri: str, cache_dir: Path, *, engine: EngineName = "ctranslate2") -> Path:
+    """Return a local, checksum-verified copy of what `engine` reads of the model at `uri`, downloaded once.
 
-    Meant for Lambda cold starts: the first call of an instance downloads into `cache_dir` (e.g. /tmp),
-    later calls find the published copy and return at once. The copy is verified against manifest.json
-    before it is published, and published by rename, so an existing copy is a verified one.
+    Meant for Lambda cold starts: the first call of an instance fetches manifest.json, checks that the
+    engine's files fit in `cache_dir` (e.g. /tmp), downloads them in parallel and verifies each against
+    the manifest; later calls find the published copy and return at once. The copy is published by
+    rename, so an existing copy is a verified one.
     """
-    target = cache_path(uri, cache_dir)
-    if is_prepared(target):
+    target = cache_path(uri, cache_dir, engine)
+    if is_prepared(target, engine=engine):
         return target
+    bucket, prefix = parse_s3_uri(uri)
+    client = _client()
+    started = time.monotonic()
     with staged_directory(target) as staging:
-        download_prefix(uri, staging)
-        manifest = read_manifest(staging)
-        if manifest is None:
+        manifest = _fetch_manifest(client, bucket, prefix, staging / MANIFEST_NAME, uri)
+        files = engine_files(manifest, engine)
+        if engine == "ctranslate2" and f"{CT2_SUBDIR}/model.bin" not in files:
             raise ModelStoreError(
-                f"{uri} has no valid {MANIFEST_NAME}: upload a directory made by `prepare-model` (with its manifest)"
+                f"{uri} has no {CT2_SUBDIR}/model.bin (the int8 conversion): upload a directory prepared by "
+                "this version of `prepare-model`, or set ENGINE=transformers"
             )
-        verify_checksums(staging, manifest, origin=uri)
+        check_free_space(sum(entry.size for entry in files.values()), cache_dir, uri=uri, engine=engine)
+        _download_verified(client, bucket, prefix, files, staging, uri)
+    logger.info(
+        "model from %s: %d files, %.1f MB for engine %s in %.2f s",
+        uri, len(files), sum(e.size for e in files.values()) / _MB, engine, time.monotonic() - started,
+    )  # fmt: skip
     return target
+
+
+def check_free_space(needed: int, cache_dir: Path, *, uri: str, engine: str) -> None:
+    """Raise ModelStoreError naming both sizes unless `needed` bytes fit in `cache_dir`'s filesystem."""
+    free = shutil.disk_usage(cache_dir).free
+    if needed > free:
+        needed_mb, free_mb = math.ceil(needed / _MB), free // _MB
+        raise ModelStoreError(
+            f"the model at {uri} does not fit in {cache_dir}: the {engine} engine needs {needed_mb} MB, "
+            f"only {free_mb} MB is free. Raise the function's ephemeral storage (/tmp) above {needed_mb} MB: "
+            "template.yaml parameter EphemeralStorageMB (512-10240)."
+        )
+
+
+def _fetch_manifest(client: Any, bucket: str, prefix: str, dest: Path, uri: str) -> Manifest:
+    key = prefix + MANIFEST_NAME
+    try:
+        body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+            raise _translate(error, f"s3://{bucket}/{prefix}") from error
+        body = b""
+    except BotoCoreError as error:
+        raise _translate(error, f"s3://{bucket}/{prefix}") from error
+    try:
+        manifest = Manifest.model_validate_json(body)
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
+        raise ModelStoreError(
+            f"{uri} has no valid {MANIFEST_NAME}: upload a directory made by `prepare-model` (with its manifest)"
+        ) from error
+    dest.write_bytes(body)
+    return manifest
+
+
+def _download_verified(
+    client: Any, bucket: str, prefix: str, files: dict[str, FileEntry], dest: Path, uri: str
+) -> None:
+    """Download `files` into `dest` in parallel, largest first; each is verified as soon as it lands."""
+    for name in files:
+        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+            raise ModelStoreError(f"{uri}: refusing {MANIFEST_NAME} entry that escapes the model directory: {name}")
+
+    def fetch(name: str) -> None:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            client.download_file(bucket, prefix + name, str(target))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ModelStoreError(f"{uri}: {name} is listed in {MANIFEST_NAME} but missing") from error
+            raise _translate(error, f"s3://{bucket}/{prefix}{name}") from error
+        except (BotoCoreError, Boto3Error) as error:  # Boto3Error: the transfer gave up after its retries
+            raise _translate(error, f"s3://{bucket}/{prefix}{name}") from error
+        except OSError as error:
+            raise ModelStoreError(f"{uri}: cannot write {name} to {dest}: {error}") from error
+        verify_file(target, name, files[name], origin=uri)
+
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS, thread_name_prefix="s3-model") as pool:
+        futures = [pool.submit(fetch, name) for name in sorted(files, key=lambda n: -files[n].size)]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()  # the running ones finish; the staging directory is dropped anyway
+            raise
