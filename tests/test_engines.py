@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from slowdown import slow_down
 from transformers import AutoTokenizer
 
 from distilgpt2_api.engines import Engine, ModelInfo, ModelLoadError, load_engine
@@ -19,6 +18,7 @@ from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR, QUALITY_FILE
 from distilgpt2_api.generation import GenerationRequest, TextGenerator
 
 from model_factory import build_tiny_llama
+from slowdown import slow_down
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from slowdown import slow_down
 
 from distilgpt2_api.time_budget import TimeBudget
 
 from event_factory import http_api_event, response_json
+from slowdown import slow_down
 
 
 @pytest.fixture
@@ -106,7 +106,18 @@ def test_oversized_chunked_body_is_a_413(client: TestClient) -> None:
 
 
 def test_body_within_the_limit_is_served(client: TestClient) -> None:
-    assert client.post("/generate", json={"prompt": "a" * 7000, "max_new_tokens": 1}).status_code in (200, 400)
+    # 120 kB of JSON whitespace: just under the 128 KiB cap, so only the size is being tested.
+    body = b'{"prompt": "Once",' + b" " * 120_000 + b'"max_new_tokens": 1}'
+    response = client.post("/generate", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 1
+
+
+def test_long_prompt_within_the_body_limit_reaches_the_context_check(client: TestClient) -> None:
+    # 7,000 characters pass the size cap and the schema; the tiny model's 256-token context refuses them.
+    response = client.post("/generate", json={"prompt": "a " * 3500, "max_new_tokens": 1})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
 def test_cors_is_closed_by_default(client: TestClient) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from distilgpt2_api import __version__
+from distilgpt2_api.generation import GenerationRequest, GenerationResult
 
 
 def test_health_names_the_model(client: TestClient) -> None:
@@ -23,8 +25,23 @@ def test_prompt_route_returns_prompt_plus_continuation(client: TestClient) -> No
     assert all(s.startswith("Hello world, café") and len(s) > len("Hello world, café") for s in sequences)
 
 
-def test_prompt_route_defaults_to_one_sequence(client: TestClient) -> None:
-    assert len(client.get("/Once upon a time").json()["generated_sequences"]) == 1
+def test_prompt_route_samples_as_the_tutorial_did(
+    client: TestClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generator = app.state.generator
+    seen: list[GenerationRequest] = []
+    generate = generator.generate
+
+    async def spy(request: GenerationRequest) -> GenerationResult:
+        seen.append(request)
+        return await generate(request)
+
+    monkeypatch.setattr(generator, "generate", spy)
+    (sequence,) = client.get("/Once upon a time").json()["generated_sequences"]
+    assert sequence.startswith("Once upon a time") and len(sequence) > len("Once upon a time")
+    (request,) = seen
+    assert (request.max_new_tokens, request.num_return_sequences) == (50, 1)  # the tutorial's defaults
+    assert request.do_sample and request.top_k == 50 and request.temperature == 1.0 and request.top_p == 1.0
 
 
 def test_prompt_route_bounds(client: TestClient) -> None:
