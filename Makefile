@@ -9,7 +9,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export MODEL_DIR
 
-.PHONY: install sam-tools model serve test lint load bench clean
+.PHONY: help install sam-tools model serve test lint load bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +24,7 @@ $(VENV)/.installed: requirements.txt requirements-prepare.txt pyproject.toml | $
 	$(BIN)/pip install --quiet -r requirements-prepare.txt -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed  ## create .venv with the app, model preparation and dev tools
 
 # SAM CLI and cfn-lint get a virtualenv of their own: with the app's pins, pip backtracks for ages.
 $(SAM_VENV)/.installed:
@@ -29,31 +32,31 @@ $(SAM_VENV)/.installed:
 	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==1.170.0 cfn-lint==1.58.0
 	touch $@
 
-sam-tools: $(SAM_VENV)/.installed
+sam-tools: $(SAM_VENV)/.installed  ## SAM CLI and cfn-lint in .venv-sam
 
-model: install
+model: install  ## prepare a model into MODEL_DIR (Hub, else the offline SmolLM2)
 	$(BIN)/python -m distilgpt2_api prepare-model --source $(MODEL_SOURCE) --output $(MODEL_DIR) --if-missing
 
-serve: model
+serve: model  ## serve the API on HOST:PORT with uvicorn (prepares a model first)
 	$(BIN)/python -m distilgpt2_api serve --host $(HOST) --port $(PORT)
 
-test: install sam-tools
+test: install sam-tools  ## install everything and run the whole test suite
 	$(BIN)/python -m pytest
 
 # A bounded load test on loopback (8 clients x 60 s by default); not part of `make test`.
 LOAD_CLIENTS ?= 8
 LOAD_SECONDS ?= 60
-load: model
+load: model  ## load test: LOAD_CLIENTS clients for LOAD_SECONDS against uvicorn
 	$(BIN)/python bench/load.py --model-dir $(MODEL_DIR) --clients $(LOAD_CLIENTS) --duration $(LOAD_SECONDS) --json load-report.json
 
 # Benchmarks (not part of `make test`): writes bench/RESULTS.md and bench/results.json. About 25 min.
-bench: install
+bench: install  ## benchmarks: writes bench/RESULTS.md and bench/results.json (~25 min)
 	$(BIN)/python -m distilgpt2_api prepare-model --source smollm2 --output models/smollm2 --if-missing
 	$(BIN)/python bench/bench.py --smollm2-dir models/smollm2 --out bench
 
-lint: install
-	$(BIN)/ruff check src tests handler.py
-	$(BIN)/ruff format --check src tests handler.py
+lint: install  ## ruff check and format check
+	$(BIN)/ruff check src tests bench handler.py
+	$(BIN)/ruff format --check src tests bench handler.py
 
-clean:
+clean:  ## remove the virtualenvs
 	rm -rf $(VENV) $(SAM_VENV) .pytest_cache

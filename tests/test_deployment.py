@@ -164,6 +164,7 @@ def test_template_environment_and_defaults() -> None:
         ("MAX_NEW_TOKENS_LIMIT", "MaxNewTokensLimit", 512),
         ("MAX_RETURN_SEQUENCES", "MaxReturnSequences", 8),
         ("MAX_PROMPT_CHARS", "MaxPromptChars", 8000),
+        ("MAX_BATCH_TOKENS", "MaxBatchTokens", 4096),
     ]:
         assert variables[variable] == {"Ref": parameter}
         assert parameters[parameter]["Default"] == default
@@ -382,3 +383,16 @@ def test_image_contents_serve_every_event(image_packages: Path, model_dir: Path,
             assert response["statusCode"] == 200, (event_file.name, response.get("body"))
         else:
             assert response["warmed"] is True, event_file.name
+
+
+# --- Makefile -----------------------------------------------------------------------------
+
+
+def test_make_help_lists_every_target() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    phony = set(re.search(r"^\.PHONY: (.*)$", makefile, flags=re.M).group(1).split())  # type: ignore[union-attr]
+    result = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[0] for line in result.stdout.splitlines()}
+    assert listed == phony
+    assert all(len(line.split(None, 1)) == 2 for line in result.stdout.splitlines())  # one line of text each

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from distilgpt2_api.app_factory import create_app
+from distilgpt2_api.generation import TextGenerator
+from distilgpt2_api.settings import Settings
 from distilgpt2_api.time_budget import TimeBudget
 
 from event_factory import http_api_event, response_json
@@ -127,3 +131,36 @@ def test_cors_is_closed_by_default(client: TestClient) -> None:
     assert "access-control-allow-origin" not in preflight.headers
     response = client.get("/", headers={"origin": "https://evil.example"})
     assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.fixture
+def budgeted(app: FastAPI) -> Iterator[TestClient]:
+    """The app with a 100-token budget per request (MAX_BATCH_TOKENS)."""
+    generator = TextGenerator(app.state.generator.engine, max_batch_tokens=100)
+    with TestClient(create_app(generator, Settings(model_dir=Path("unused")))) as client:
+        yield client
+
+
+def test_sampled_sequences_beyond_the_token_budget_are_a_400(budgeted: TestClient) -> None:
+    body = {"prompt": "Once", "max_new_tokens": 20, "num_return_sequences": 8, "do_sample": True}
+    response = budgeted.post("/generate", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "token_budget_exceeded"
+    assert "MAX_BATCH_TOKENS" in error["message"] and "100" in error["message"]
+    body["num_return_sequences"] = 4  # 4 x (1 + 20) = 84 tokens: within the budget
+    assert budgeted.post("/generate", json=body).status_code == 200
+
+
+def test_greedy_sequences_count_once_against_the_budget(budgeted: TestClient) -> None:
+    # Greedy decoding computes one sequence and repeats it: 8 copies cost what one does.
+    body = {"prompt": "Once", "max_new_tokens": 20, "num_return_sequences": 8}
+    response = budgeted.post("/generate", json=body)
+    assert response.status_code == 200
+    assert len(response.json()["generated_sequences"]) == 8
+
+
+def test_openai_route_has_the_same_budget(budgeted: TestClient) -> None:
+    response = budgeted.post("/v1/completions", json={"prompt": "Once", "max_tokens": 60, "n": 2})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "token_budget_exceeded"

@@ -63,4 +63,4 @@ def load_generator(settings: Settings) -> TextGenerator:
         served_name=settings.served_model_name,
         compute_type=settings.compute_type,
     )
-    return TextGenerator(engine)
+    return TextGenerator(engine, max_batch_tokens=settings.max_batch_tokens)

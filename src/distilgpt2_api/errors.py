@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from distilgpt2_api.generation import ContextLengthExceeded, DeadlineExceeded
+from distilgpt2_api.generation import DeadlineExceeded, RequestTooLarge
 from distilgpt2_api.observability import logger, request_id
 from distilgpt2_api.schemas import ErrorBody, ErrorResponse
 
@@ -74,8 +74,9 @@ async def _on_api_error(request: Request, exc: Exception) -> Response:
     return response
 
 
-async def _on_context_length(request: Request, exc: Exception) -> Response:
-    return _error(request, 400, "context_length_exceeded", str(exc), param="max_new_tokens")
+async def _on_too_large(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestTooLarge)
+    return _error(request, 400, exc.code, str(exc), param="max_new_tokens")
 
 
 async def _on_deadline(request: Request, exc: Exception) -> Response:
@@ -94,6 +95,6 @@ def install_error_handling(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(ApiError, _on_api_error)
-    app.add_exception_handler(ContextLengthExceeded, _on_context_length)
+    app.add_exception_handler(RequestTooLarge, _on_too_large)
     app.add_exception_handler(DeadlineExceeded, _on_deadline)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -15,13 +15,34 @@ __all__ = ["Completion", "GenerationRequest", "GenerationResult", "TextGenerator
 FinishReason = Literal["length", "stop", "eos", "time_limit"]
 
 
-class ContextLengthExceeded(ValueError):
+class RequestTooLarge(ValueError):
+    """A request the model cannot take: a 400 with `code`, before any generation."""
+
+    code = "request_too_large"
+
+
+class ContextLengthExceeded(RequestTooLarge):
     """Prompt tokens plus max_new_tokens do not fit in the model's context window."""
+
+    code = "context_length_exceeded"
 
     def __init__(self, prompt_tokens: int, max_new_tokens: int, context_length: int) -> None:
         super().__init__(
             f"the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}: together "
             f"{prompt_tokens + max_new_tokens}, more than the model's context of {context_length} tokens"
+        )
+
+
+class TokenBudgetExceeded(RequestTooLarge):
+    """Sequences x (prompt + new tokens) is over MAX_BATCH_TOKENS: it would not fit the memory or the time."""
+
+    code = "token_budget_exceeded"
+
+    def __init__(self, sequences: int, prompt_tokens: int, max_new_tokens: int, budget: int) -> None:
+        super().__init__(
+            f"{sequences} sampled sequence(s) x ({prompt_tokens} prompt + {max_new_tokens} new tokens) = "
+            f"{sequences * (prompt_tokens + max_new_tokens)} tokens, more than this server's budget of {budget} "
+            "per request (MAX_BATCH_TOKENS): lower num_return_sequences / n, max_new_tokens or the prompt"
         )
 
 
@@ -64,8 +85,9 @@ class TextGenerator:
     the event loop stays free and concurrent requests never oversubscribe cores.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, max_batch_tokens: int | None = None) -> None:
         self.engine = engine
+        self.max_batch_tokens = max_batch_tokens  # None: only the context length bounds a request
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
     @property
@@ -92,6 +114,11 @@ class TextGenerator:
             request = replace(request, seed=None)  # a seed means nothing to greedy decoding
         # Greedy decoding gives identical sequences: compute one and repeat it.
         sequences = request.num_return_sequences if request.do_sample else 1
+        # Each sequence holds its own copy of the prompt: memory and prefill time grow with the product.
+        if self.max_batch_tokens is not None and sequences * (len(prompt_ids) + request.max_new_tokens) > (
+            self.max_batch_tokens
+        ):
+            raise TokenBudgetExceeded(sequences, len(prompt_ids), request.max_new_tokens, self.max_batch_tokens)
         started = time.perf_counter()
         outputs = self.engine.generate(prompt_ids, request, sequences=sequences, max_time=max_time)
         seconds = time.perf_counter() - started

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     max_new_tokens_limit: int = Field(512, ge=1, description="Upper bound for max_new_tokens / max_tokens.")
     max_return_sequences: int = Field(8, ge=1, description="Upper bound for num_return_sequences / n.")
     max_prompt_chars: int = Field(8000, ge=1, description="Upper bound for the prompt length in characters.")
+    max_batch_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Upper bound for sampled sequences x (prompt + max_new_tokens) tokens in one request: "
+        "memory and uninterruptible prefill time grow with it (README, Lambda sizing).",
+    )
     max_body_bytes: int = Field(131_072, ge=1024, description="Larger request bodies get a 413.")
     max_request_seconds: float = Field(25.0, gt=0, description="Time budget for one generation request.")
     gateway_timeout_seconds: float = Field(30.0, gt=0, description="API Gateway's integration timeout.")
