@@ -34,6 +34,8 @@ sys.path[:0] = [str(BENCH), str(ROOT / "src"), str(ROOT / "tests")]  # bench_rep
 
 import bench_report as report  # noqa: E402
 
+from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR, prepared_compute_type  # noqa: E402
+
 SYSTEMS = ("pipeline", "ctranslate2", "transformers")  # baseline first
 CT2_COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32")
 IDLE_CORES = 0.3  # other processes' CPU use, in cores, under which the machine counts as idle
@@ -188,7 +190,7 @@ def memory_bandwidth(quick: bool) -> dict[str, Any]:
 
 
 def prepare_tiny(workdir: Path) -> Path:
-    from distilgpt2_api.engines.ctranslate2_convert import convert_for_ctranslate2
+    from distilgpt2_api.model_store.convert import convert_for_ctranslate2
 
     from model_factory import build_tiny_gpt2
 
@@ -207,8 +209,8 @@ def prepare_distil(cache_dir: Path) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distilgpt2_api.engines.ctranslate2_convert import convert_for_ctranslate2
     from distilgpt2_api.model_store import write_manifest
+    from distilgpt2_api.model_store.convert import convert_for_ctranslate2
 
     from model_factory import EOS, build_tokenizer
 
@@ -257,13 +259,6 @@ def params_read_per_token(model_dir: Path) -> dict[str, Any]:
         if name != "__metadata__"
     )
     return {"params": sum(counted.values()), "all_params": total, "excluded": sorted(lookups)}
-
-
-def prepared_compute_type(model_dir: Path) -> str:
-    try:
-        return str(json.loads((model_dir / "ctranslate2-int8" / "quality.json").read_text())["compute_type"])
-    except (OSError, ValueError, KeyError):
-        return "int8"
 
 
 # --- subprocesses --------------------------------------------------------------------------------------
@@ -379,7 +374,7 @@ def bench_model(name: str, model_dir: Path, options: Options, workdir: Path) -> 
 
     log(f"[{name}] quality, torch dynamic quantization")
     ct2_args = {"model_dir": str(model_dir), "ct2_subdir": "ctranslate2-int8"}
-    prepared = prepared_compute_type(model_dir)
+    prepared = prepared_compute_type(model_dir / CT2_SUBDIR)
     quality = run_worker(
         "quality",
         {

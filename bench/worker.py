@@ -12,7 +12,6 @@ import time
 T_START = time.time()  # first thing: interpreter start-up ends here (the parent knows the spawn time)
 
 import json  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
@@ -130,11 +129,13 @@ def run_engine(args: dict[str, Any]) -> dict[str, Any]:
     import fastapi  # noqa: F401
     import mangum  # noqa: F401
 
-    import distilgpt2_api.app_factory  # noqa: F401
-    import distilgpt2_api.lambda_events  # noqa: F401
+    import distilgpt2_api.aws_lambda.events  # noqa: F401
+    import distilgpt2_api.http_api.app_factory  # noqa: F401
 
     importlib.import_module(f"distilgpt2_api.engines.{os.environ['ENGINE']}_engine")
-    from distilgpt2_api.generation import GenerationRequest
+    from dataclasses import replace
+
+    from distilgpt2_api.core.request import GenerationRequest, SamplingParams
     from distilgpt2_api.settings import get_settings
 
     from event_factory import http_api_event, response_json
@@ -154,23 +155,15 @@ def run_engine(args: dict[str, Any]) -> dict[str, Any]:
 
     first_tokens = via_handler()
     t_first = time.time()
-    generator = handler.app.state.generator
+    generator = handler.app.state.scheduler
 
     def in_process(request: GenerationRequest) -> Callable[[], int]:
         return lambda: generator.generate_blocking(request).completion_tokens
 
     greedy = GenerationRequest(prompt=PROMPT, max_new_tokens=NEW_TOKENS)
-    sampled = GenerationRequest(
-        prompt=PROMPT, max_new_tokens=NEW_TOKENS, num_return_sequences=SAMPLED_SEQUENCES, do_sample=True, top_k=TOP_K
-    )
-    seeded = GenerationRequest(
-        prompt=PROMPT,
-        max_new_tokens=NEW_TOKENS,
-        num_return_sequences=SAMPLED_SEQUENCES,
-        do_sample=True,
-        top_k=TOP_K,
-        seed=1234,
-    )
+    sampling = SamplingParams(do_sample=True, top_k=TOP_K)
+    sampled = GenerationRequest(PROMPT, NEW_TOKENS, n=SAMPLED_SEQUENCES, sampling=sampling)
+    seeded = GenerationRequest(PROMPT, NEW_TOKENS, n=SAMPLED_SEQUENCES, sampling=replace(sampling, seed=1234))
     runs = args["runs"]
     warm = {
         "greedy": timed_runs(in_process(greedy), runs),
@@ -203,6 +196,8 @@ def run_ct2_alt(args: dict[str, Any]) -> dict[str, Any]:
     import ctranslate2
     from tokenizers import Tokenizer
 
+    from distilgpt2_api.model_store.quality import ctranslate2_perplexity
+
     model_dir = Path(args["model_dir"])
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     prompt = [tokenizer.id_to_token(i) for i in tokenizer.encode(PROMPT).ids]
@@ -228,8 +223,7 @@ def run_ct2_alt(args: dict[str, Any]) -> dict[str, Any]:
             }
             ct2_greedy(generator, prompt)  # warm-up
             row["greedy"] = timed_runs(lambda g=generator: ct2_greedy(g, prompt), args["runs"])
-            log_probs = generator.score_batch([args["score_tokens"]])[0].log_probs
-            row["perplexity"] = math.exp(-sum(log_probs) / len(log_probs))
+            row["perplexity"] = ctranslate2_perplexity(generator, args["score_tokens"])
             rows.append(row)
             del generator
     result: dict[str, Any] = {"backend": args["backend"], "supported": supported, "rows": rows}
@@ -240,17 +234,17 @@ def run_ct2_alt(args: dict[str, Any]) -> dict[str, Any]:
 
 def engine_threads(model_dir: Path, thread_counts: list[int], runs: int) -> list[dict[str, Any]]:
     """The service's CTranslate2 engine (prepared compute type) at each thread count: Lambda sizing."""
+    from distilgpt2_api.core.request import GenerationRequest, SamplingParams
+    from distilgpt2_api.core.scheduler import Scheduler
     from distilgpt2_api.engines import load_engine
-    from distilgpt2_api.generation import GenerationRequest, TextGenerator
 
     rows = []
     greedy = GenerationRequest(prompt=PROMPT, max_new_tokens=NEW_TOKENS)
-    sampled = GenerationRequest(
-        prompt=PROMPT, max_new_tokens=NEW_TOKENS, num_return_sequences=SAMPLED_SEQUENCES, do_sample=True, top_k=TOP_K
-    )
+    sampling = SamplingParams(do_sample=True, top_k=TOP_K)
+    sampled = GenerationRequest(PROMPT, NEW_TOKENS, n=SAMPLED_SEQUENCES, sampling=sampling)
     for threads in thread_counts:
         engine = load_engine(model_dir, "ctranslate2", threads=threads)
-        generator = TextGenerator(engine)
+        generator = Scheduler(engine)
         generator.generate_blocking(greedy)  # warm-up
         rows.append(
             {
@@ -264,20 +258,14 @@ def engine_threads(model_dir: Path, thread_counts: list[int], runs: int) -> list
     return rows
 
 
-def torch_perplexity(model: Any, token_ids: list[int]) -> float:
-    import torch
-
-    with torch.inference_mode():
-        input_ids = torch.tensor([token_ids])
-        return math.exp(model(input_ids=input_ids, labels=input_ids).loss.item())
-
-
 def torch_alternatives(
     model: Any, tokenizer: Any, score_ids: list[int], threads: list[int], runs: int
 ) -> dict[str, Any]:
     """torch fp32 vs dynamic int8 quantization of nn.Linear (`model.generate`, exactly 50 greedy tokens)."""
     import torch
     from transformers.pytorch_utils import Conv1D
+
+    from distilgpt2_api.model_store.quality import perplexity
 
     inputs = tokenizer(PROMPT, return_tensors="pt")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -305,8 +293,8 @@ def torch_alternatives(
         "modules": {"nn.Linear": linear, "Conv1D": conv1d, "quantized_by_quantize_dynamic": replaced},
         "rows": rows,
         "perplexity": {
-            "float32": torch_perplexity(model, score_ids),
-            "dynamic_int8": torch_perplexity(quantized, score_ids),
+            "float32": perplexity(model, score_ids),
+            "dynamic_int8": perplexity(quantized, score_ids),
         },
     }
 
@@ -317,11 +305,12 @@ def run_quality(args: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from distilgpt2_api.model_store.quality import ctranslate2_perplexity, model_context_length, perplexity
+
     model_dir = Path(args["model_dir"])
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
-    context = int(getattr(model.config, "max_position_embeddings", None) or model.config.n_positions)
-    score_ids = list(tokenizer(args["paragraph"])["input_ids"])[:context]
+    score_ids = list(tokenizer(args["paragraph"])["input_ids"])[: model_context_length(model)]
     torch_alt = torch_alternatives(model, tokenizer, score_ids, args["torch_threads"], args["runs"])
 
     import ctranslate2
@@ -333,7 +322,7 @@ def run_quality(args: dict[str, Any]) -> dict[str, Any]:
         "scored_tokens": len(score_ids) - 1,  # the first token has no prediction
         "score_ids": score_ids,
         "score_tokens": score_tokens,
-        "perplexity": {"transformers_float32": torch_perplexity(model, score_ids)},
+        "perplexity": {"transformers_float32": perplexity(model, score_ids)},
         "greedy": {},
         "torch_dynamic_quantization": torch_alt,
     }
@@ -347,8 +336,7 @@ def run_quality(args: dict[str, Any]) -> dict[str, Any]:
     prompt_tokens = tokenizer.convert_ids_to_tokens(prompt_ids)
     for compute_type in args["compute_types"]:
         generator = ctranslate2.Generator(str(model_dir / args["ct2_subdir"]), device="cpu", compute_type=compute_type)
-        log_probs = generator.score_batch([score_tokens])[0].log_probs
-        result["perplexity"][f"ctranslate2_{compute_type}"] = math.exp(-sum(log_probs) / len(log_probs))
+        result["perplexity"][f"ctranslate2_{compute_type}"] = ctranslate2_perplexity(generator, score_tokens)
         ids = list(
             generator.generate_batch(
                 [prompt_tokens],

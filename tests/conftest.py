@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from distilgpt2_api.engines import Engine, load_engine
-from distilgpt2_api.engines.ctranslate2_convert import convert_for_ctranslate2
 from distilgpt2_api.model_store import write_manifest
+from distilgpt2_api.model_store.convert import convert_for_ctranslate2
 
 from model_factory import build_tiny_gpt2
 

@@ -198,7 +198,7 @@ def test_event_through_lambda_handler(event_file: Path, app: FastAPI, lambda_han
     if "requestContext" not in event:  # warm-up: a schedule or {"warmup": true}
         assert lambda_handler(event, lambda_context)["warmed"] is True
         return
-    event = _serve_sample_model_name(event, app.state.generator.model_name)
+    event = _serve_sample_model_name(event, app.state.scheduler.model_name)
     response = lambda_handler(event, lambda_context)
     assert response["statusCode"] == 200, response.get("body")
     json.loads(response["body"])

@@ -63,7 +63,7 @@ def test_errors_metric_on_internal_error(
     def explode(request: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(app.state.generator, "generate_blocking", explode)
+    monkeypatch.setattr(app.state.scheduler, "generate_blocking", explode)
     capsys.readouterr()
     assert client.post("/generate", json={"prompt": "hi"}).status_code == 500
     documents = _emf_documents(capsys.readouterr().out)
@@ -94,11 +94,7 @@ def test_handler_logs_cold_start_and_emits_lambda_metrics(
 ) -> None:
     import aws_lambda_powertools.logging.logger as powertools_logger
 
-    import handler
-
-    # A fresh instance: both the handler's flag and Powertools' own say "cold".
-    monkeypatch.setattr(handler, "_cold_start", True)
-    monkeypatch.setattr(powertools_logger, "is_cold_start", True)
+    monkeypatch.setattr(powertools_logger, "is_cold_start", True)  # a fresh instance
     capsys.readouterr()
     lambda_handler(http_api_event("POST", "/generate", body={"prompt": "Hi", "max_new_tokens": 2}), lambda_context)
     lambda_handler(scheduled_event(), lambda_context)

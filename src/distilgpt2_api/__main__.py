@@ -9,6 +9,7 @@ from pathlib import Path
 
 from distilgpt2_api.engines import ModelLoadError
 from distilgpt2_api.model_store import ModelStoreError, is_prepared
+from distilgpt2_api.model_store.settings import MODEL_SOURCES, PrepareSettings
 from distilgpt2_api.settings import get_settings
 
 
@@ -16,7 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     try:
-        from distilgpt2_api.app import app  # loads the model
+        from distilgpt2_api.api import app  # loads the model
     except (ModelLoadError, ModelStoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -45,7 +46,7 @@ def _prepare_model(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = get_settings()
+    settings, prepare_settings = get_settings(), PrepareSettings()
     parser = argparse.ArgumentParser(prog="python -m distilgpt2_api")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(run=_serve)
 
     prepare = commands.add_parser("prepare-model", help="write a ready model directory (see README: model sources)")
-    prepare.add_argument("--source", default=settings.model_source, help="auto, hub, smollm2, s3 or local")
+    prepare.add_argument("--source", default=prepare_settings.model_source, choices=MODEL_SOURCES)
     prepare.add_argument(
         "--model-id",
         default=None,
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "prepare-model" and args.model_id is None:
-        args.model_id = settings.model_s3_uri if args.source == "s3" else settings.model_id
+        args.model_id = settings.model_s3_uri if args.source == "s3" else prepare_settings.model_id
     return int(args.run(args))
 
 

@@ -20,10 +20,6 @@ class Settings(BaseSettings):
         Path("models/default"),
         description="Local model directory (config, safetensors weights, tokenizer) loaded at startup.",
     )
-    model_source: str = Field(
-        "auto", description="What `prepare-model` prepares: auto, hub, smollm2, s3 or local (see README)."
-    )
-    model_id: str = Field("distilgpt2", description="Hugging Face Hub id that `prepare-model` fetches.")
     model_s3_uri: str | None = Field(
         None, description="s3://bucket/prefix/ of a prepared model: downloaded at cold start instead of MODEL_DIR."
     )

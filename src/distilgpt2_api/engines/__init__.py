@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from distilgpt2_api.engines.base import Engine, GenerationRequest, ModelInfo, ModelLoadError
+from distilgpt2_api.engines.base import Engine, ModelInfo, ModelLoadError, TextTokenizer
 
 EngineName = Literal["ctranslate2", "transformers"]
 ComputeType = Literal["auto", "int8", "float32"]  # CTranslate2 arithmetic; auto = chosen at prepare time
 
-__all__ = ["ComputeType", "Engine", "GenerationRequest", "EngineName", "ModelInfo", "ModelLoadError", "load_engine"]
+__all__ = ["ComputeType", "Engine", "EngineName", "ModelInfo", "ModelLoadError", "TextTokenizer", "load_engine"]
 
 
 def load_engine(

@@ -1,6 +1,7 @@
 """What every engine shares: the model directory's metadata, the engine contract, load errors.
 
 Nothing here imports torch or transformers, so the fast engine's cold start never pays for them.
+Both engines tokenize with the `tokenizers` library from tokenizer.json, through TextTokenizer.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tokenizers import Tokenizer
+
+from distilgpt2_api.core.request import TokenRequest
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
 PREPARE_HINT = "Prepare one with `make model` (or `python -m distilgpt2_api prepare-model`) and point MODEL_DIR at it."
 
 
@@ -49,10 +55,7 @@ class ModelInfo:
                 f"MODEL_DIR={model_dir} is not a model directory (no config.json there). {PREPARE_HINT}"
             )
         config = _read_json(config_file)
-        context = next(
-            (config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx") if isinstance(config.get(k), int)),
-            None,
-        )
+        context = context_length(config)
         if context is None:
             raise ModelLoadError(f"cannot tell the context length from {config_file}. {PREPARE_HINT}")
         eos = _int_ids(config.get("eos_token_id"))
@@ -67,6 +70,11 @@ class ModelInfo:
         )
 
 
+def context_length(config: dict[str, Any]) -> int | None:
+    """The context window named in a model's config.json (its key differs between architectures)."""
+    return next((config[k] for k in CONTEXT_KEYS if isinstance(config.get(k), int)), None)
+
+
 def _manifest_model_id(model_dir: Path) -> str | None:
     manifest = model_dir / "manifest.json"
     if not manifest.is_file():
@@ -75,42 +83,46 @@ def _manifest_model_id(model_dir: Path) -> str | None:
     return model_id if isinstance(model_id, str) and model_id else None
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """What to generate. Sampling fields apply only when do_sample is true."""
-
-    prompt: str
-    max_new_tokens: int
-    num_return_sequences: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 disables top-k filtering
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    deadline: float | None = None  # time.monotonic() by which generation must have returned
-
-
 class Engine(Protocol):
-    """A loaded model that turns token ids into more token ids."""
+    """A loaded model that turns token ids into more token ids; it only computes.
+
+    The scheduler tokenizes, validates and decodes; an engine receives only what it uses.
+    """
 
     info: ModelInfo
+    tokenizer: TextTokenizer
 
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, token_ids: list[int]) -> str: ...
+    def generate(self, job: TokenRequest) -> list[list[int]]:
+        """New token ids for `job.n` sequences, each ending with an EOS token if the model produced one."""
+        ...
 
     def close(self) -> None:
         """Release native resources now, before interpreter shutdown; the engine is unusable after."""
         ...
 
-    def generate(
-        self, prompt_ids: list[int], request: GenerationRequest, *, sequences: int, max_time: float | None
-    ) -> list[list[int]]:
-        """New token ids per sequence, ending with an EOS token if the model produced one.
 
-        `sequences` rows (sampled unless greedy); with `max_time` seconds spent, each row stops
-        with what it has; `request.seed`, when set, makes sampling reproducible.
-        """
-        ...
+class TextTokenizer:
+    """The model's tokenizer.json, through the `tokenizers` library: the same for every engine."""
+
+    def __init__(self, model_dir: Path) -> None:
+        path = model_dir / "tokenizer.json"
+        if not path.is_file():
+            raise ModelLoadError(f"MODEL_DIR={model_dir} has no tokenizer.json. {PREPARE_HINT}")
+        try:
+            self.backend = Tokenizer.from_file(str(path))
+        except Exception as error:  # the Rust library raises its own exception type
+            raise ModelLoadError(f"cannot read {path}: {error}. {PREPARE_HINT}") from error
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.backend.encode(text).ids)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self.backend.decode(token_ids, skip_special_tokens=True))
+
+    def tokens(self, token_ids: list[int]) -> list[str]:
+        """The token strings of `token_ids` (what CTranslate2 takes as input)."""
+        return [self.backend.id_to_token(i) for i in token_ids]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.backend.get_vocab_size())

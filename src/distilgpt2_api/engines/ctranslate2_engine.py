@@ -3,7 +3,7 @@
 int8 arithmetic reads a quarter of the bytes per token, and neither torch nor
 transformers is imported, so the cold start is a fraction of the reference engine's.
 The converted model, and whether int8 arithmetic keeps its quality, are settled at
-prepare time (see ctranslate2_convert.py), never here.
+prepare time (model_store/convert.py), never here.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import weakref
 from pathlib import Path
 
 import ctranslate2
-from tokenizers import Tokenizer
 
-from distilgpt2_api.engines.base import PREPARE_HINT, GenerationRequest, ModelInfo, ModelLoadError
+from distilgpt2_api.core.request import SamplingParams, TokenRequest
+from distilgpt2_api.core.stop import cut_at_stop, tail_tokens_for
+from distilgpt2_api.engines.base import PREPARE_HINT, ModelInfo, ModelLoadError, TextTokenizer
 
 CT2_SUBDIR = "ctranslate2-int8"
 QUALITY_FILE = "quality.json"  # written at prepare time: the compute type that keeps quality
@@ -49,12 +50,12 @@ class CTranslate2Engine:
     def __init__(self, info: ModelInfo, *, threads: int, compute_type: str = "auto") -> None:
         self.info = info
         converted = info.path / CT2_SUBDIR
-        tokenizer_file = info.path / "tokenizer.json"
-        if not (converted / "model.bin").is_file() or not tokenizer_file.is_file():
+        if not (converted / "model.bin").is_file():
             raise ModelLoadError(
-                f"MODEL_DIR={info.path} has no CTranslate2 model ({CT2_SUBDIR}/) or no tokenizer.json. "
-                f"{PREPARE_HINT} Or set ENGINE=transformers."
+                f"MODEL_DIR={info.path} has no CTranslate2 model ({CT2_SUBDIR}/). {PREPARE_HINT} "
+                "Or set ENGINE=transformers."
             )
+        self.tokenizer = TextTokenizer(info.path)
         self.compute_type = prepared_compute_type(converted) if compute_type == "auto" else compute_type
         self._generator_args = {
             "model_path": str(converted),
@@ -64,7 +65,6 @@ class CTranslate2Engine:
             "inter_threads": 1,
         }
         try:
-            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
             self.generator = ctranslate2.Generator(**self._generator_args)
         except (RuntimeError, ValueError, OSError) as error:
             raise ModelLoadError(f"cannot load the model in MODEL_DIR={info.path}: {error}. {PREPARE_HINT}") from error
@@ -77,21 +77,13 @@ class CTranslate2Engine:
         """
         vars(self).pop("generator", None)
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text).ids)
-
-    def decode(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
-
-    def generate(
-        self, prompt_ids: list[int], request: GenerationRequest, *, sequences: int, max_time: float | None
-    ) -> list[list[int]]:
-        if request.seed is not None:
-            self._reseed(request.seed)
-        prompt = [self.tokenizer.id_to_token(i) for i in prompt_ids]
-        deadline = None if max_time is None else time.monotonic() + max_time
-        generated: list[list[int]] = [[] for _ in range(sequences)]
+    def generate(self, job: TokenRequest) -> list[list[int]]:
+        sampling, stop, deadline = job.sampling, job.stop, job.deadline
+        if sampling.do_sample and sampling.seed is not None:
+            self._reseed(sampling.seed)
+        generated: list[list[int]] = [[] for _ in range(job.n)]
         failures: list[Exception] = []
+        tail = tail_tokens_for(stop) if stop else 0
 
         def should_stop(step: ctranslate2.GenerationStepResult) -> bool:
             # Called after each token, on CTranslate2's worker thread: returning True ends that
@@ -100,32 +92,34 @@ class CTranslate2Engine:
                 generated[step.batch_id].append(step.token_id)
                 if deadline is not None and time.monotonic() >= deadline:
                     return True
-                return bool(request.stop) and self._ends_with_stop(generated[step.batch_id], request.stop)
+                if not stop:
+                    return False
+                return cut_at_stop(self.tokenizer.decode(generated[step.batch_id][-tail:]), stop) is not None
             except Exception as error:  # noqa: BLE001 - re-raised on the calling thread below
                 failures.append(error)
                 return True
 
         results = self.generator.generate_batch(
-            [prompt] * sequences,
-            max_length=request.max_new_tokens,
+            [self.tokenizer.tokens(list(job.prompt_ids))] * job.n,
+            max_length=job.max_new_tokens,
             include_prompt_in_result=False,
             end_token=sorted(self.info.eos_token_ids) or None,
             return_end_token=True,
-            repetition_penalty=request.repetition_penalty,
-            sampling_topk=self._top_k(request),
-            sampling_topp=request.top_p if request.do_sample else 1.0,
-            sampling_temperature=request.temperature if request.do_sample else 1.0,
-            callback=should_stop if (request.stop or deadline is not None) else None,
+            repetition_penalty=sampling.repetition_penalty,
+            sampling_topk=self._top_k(sampling),
+            sampling_topp=sampling.top_p if sampling.do_sample else 1.0,
+            sampling_temperature=sampling.temperature if sampling.do_sample else 1.0,
+            callback=should_stop if (stop or deadline is not None) else None,
         )
         if failures:
             raise failures[0]
         return [list(result.sequences_ids[0]) for result in results]
 
-    def _top_k(self, request: GenerationRequest) -> int:
-        if not request.do_sample:
+    def _top_k(self, sampling: SamplingParams) -> int:
+        if not sampling.do_sample:
             return 1  # greedy
         # CTranslate2 refuses a k above the vocabulary; such a k keeps every token, as 0 does.
-        return request.top_k if request.top_k < self.tokenizer.get_vocab_size() else 0
+        return sampling.top_k if sampling.top_k < self.tokenizer.vocab_size else 0
 
     def _reseed(self, seed: int) -> None:
         # CTranslate2 seeds a worker thread's random generator once, at its first draw, so
@@ -133,10 +127,5 @@ class CTranslate2Engine:
         # generator (~0.2 s for distilgpt2) makes seeded sampling reproducible. It replaces the
         # warm one, which is freed first: memory stays flat. Unseeded requests never pay this.
         ctranslate2.set_random_seed(seed % 2**32)
-        del self.generator
+        self.close()
         self.generator = ctranslate2.Generator(**self._generator_args)
-
-    def _ends_with_stop(self, token_ids: list[int], stop: tuple[str, ...]) -> bool:
-        # Only the tail can hold a new match: decode a window long enough for the longest stop string.
-        window = self.decode(token_ids[-(max(map(len, stop)) + 8) :])
-        return any(s in window for s in stop)

@@ -11,8 +11,6 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntry
 from .errors import ModelStoreError, NetworkUnavailableError
 from .local import MODEL_FILE_PATTERNS, copy_model_files, validate_model_dir
 
-DEFAULT_MODEL_ID = "distilgpt2"
-
 
 def download_from_hub(model_id: str, dest: Path, *, revision: str | None = None) -> str:
     """Copy `model_id`'s model files into `dest` and return the commit hash they came from.

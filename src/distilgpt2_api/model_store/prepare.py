@@ -6,19 +6,18 @@ import logging
 import tempfile
 from pathlib import Path
 
-from distilgpt2_api.engines.ctranslate2_convert import convert_for_ctranslate2
 from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR
 
 from . import hub, smollm2
+from .convert import convert_for_ctranslate2
 from .errors import ModelStoreError, NetworkUnavailableError
 from .local import copy_model_files, validate_model_dir
 from .manifest import Manifest, read_manifest, verify_checksums, write_manifest
 from .s3 import download_prefix
+from .settings import DEFAULT_MODEL_ID, MODEL_SOURCES
 from .staging import staged_directory
 
 logger = logging.getLogger(__name__)
-
-SOURCES = ("auto", "hub", "smollm2", "s3", "local")
 
 
 def prepare_model(source: str, output: Path, *, model_id: str | None = None, strict: bool = False) -> Manifest:
@@ -33,7 +32,7 @@ def prepare_model(source: str, output: Path, *, model_id: str | None = None, str
     if source == "auto":
         return _prepare_auto(output, model_id=model_id, strict=strict)
     if source == "hub":
-        return _prepare_hub(output, model_id or hub.DEFAULT_MODEL_ID)
+        return _prepare_hub(output, model_id or DEFAULT_MODEL_ID)
     if source == "smollm2":
         return _prepare_smollm2(output)
     if source == "s3":
@@ -44,11 +43,11 @@ def prepare_model(source: str, output: Path, *, model_id: str | None = None, str
         if not model_id:
             raise ModelStoreError("source 'local' needs a model directory")
         return _prepare_local(output, Path(model_id))
-    raise ModelStoreError(f"unknown model source {source!r}; expected one of {', '.join(SOURCES)}")
+    raise ModelStoreError(f"unknown model source {source!r}; expected one of {', '.join(MODEL_SOURCES)}")
 
 
 def _prepare_auto(output: Path, *, model_id: str | None, strict: bool) -> Manifest:
-    wanted = model_id or hub.DEFAULT_MODEL_ID
+    wanted = model_id or DEFAULT_MODEL_ID
     try:
         return _prepare_hub(output, wanted)
     except NetworkUnavailableError as error:

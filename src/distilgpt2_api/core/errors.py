@@ -1,0 +1,38 @@
+"""Why the core refuses a request: each maps to one HTTP status in the HTTP surface."""
+
+from __future__ import annotations
+
+
+class RequestTooLarge(ValueError):
+    """A request the model cannot take: a 400 with `code`, before any generation."""
+
+    code = "request_too_large"
+
+
+class ContextLengthExceeded(RequestTooLarge):
+    """Prompt tokens plus max_new_tokens do not fit in the model's context window."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context_length: int) -> None:
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}: together "
+            f"{prompt_tokens + max_new_tokens}, more than the model's context of {context_length} tokens"
+        )
+
+
+class TokenBudgetExceeded(RequestTooLarge):
+    """Sequences x (prompt + new tokens) is over MAX_BATCH_TOKENS: it would not fit the memory or the time."""
+
+    code = "token_budget_exceeded"
+
+    def __init__(self, sequences: int, prompt_tokens: int, max_new_tokens: int, budget: int) -> None:
+        super().__init__(
+            f"{sequences} sampled sequence(s) x ({prompt_tokens} prompt + {max_new_tokens} new tokens) = "
+            f"{sequences * (prompt_tokens + max_new_tokens)} tokens, more than this server's budget of {budget} "
+            "per request (MAX_BATCH_TOKENS): lower num_return_sequences / n, max_new_tokens or the prompt"
+        )
+
+
+class DeadlineExceeded(RuntimeError):
+    """The request's time budget ran out before generation could start (it waited in the queue)."""

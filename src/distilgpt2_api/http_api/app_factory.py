@@ -1,0 +1,69 @@
+"""Building the ASGI app: around a loaded scheduler, or from settings (loading the model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from distilgpt2_api import __version__
+from distilgpt2_api.core.scheduler import Scheduler
+from distilgpt2_api.core.time_budget import TimeBudget
+from distilgpt2_api.engines import load_engine
+from distilgpt2_api.http_api.auth import install_api_keys, require_api_key
+from distilgpt2_api.http_api.body_limit import BodySizeLimit
+from distilgpt2_api.http_api.errors import install_error_handling
+from distilgpt2_api.http_api.native.routes import generation_router, health_router
+from distilgpt2_api.http_api.openai.routes import openai_router
+from distilgpt2_api.http_api.protocol import Bounds
+from distilgpt2_api.observability import RequestLogging, silence_access_log
+from distilgpt2_api.settings import Settings
+
+
+def create_app(scheduler: Scheduler, settings: Settings) -> FastAPI:
+    """Build the app around an already loaded model; every limit comes from `settings`."""
+    app = FastAPI(
+        title="distilgpt2-api",
+        version=__version__,
+        summary="Text generation with a Hugging Face causal language model.",
+    )
+    app.state.scheduler = scheduler
+    app.state.time_budget = TimeBudget(
+        max_seconds=settings.max_request_seconds,
+        gateway_timeout_seconds=settings.gateway_timeout_seconds,
+        margin_seconds=settings.deadline_margin_seconds,
+    )
+    install_error_handling(app)
+    install_api_keys(app, settings)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLogging, log_prompts=settings.log_prompts)  # outermost: sees every request
+    if not settings.log_prompts:
+        silence_access_log()
+    if settings.cors_allow_origins:  # closed unless origins are configured
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"])
+    keyed, bounds = [Depends(require_api_key)], Bounds.from_settings(settings)
+    app.include_router(health_router())
+    app.include_router(openai_router(bounds), dependencies=keyed)
+    app.include_router(generation_router(bounds), dependencies=keyed)  # last: `/{prompt}` matches any segment
+    return app
+
+
+def model_dir(settings: Settings) -> Path:
+    """MODEL_DIR, or with MODEL_S3_URI a verified copy downloaded once per instance."""
+    if settings.model_s3_uri is None:
+        return settings.model_dir
+    from distilgpt2_api.model_store.s3 import ensure_model_from_s3  # boto3: only when used
+
+    return ensure_model_from_s3(settings.model_s3_uri, settings.model_cache_dir, engine=settings.engine)
+
+
+def load_scheduler(settings: Settings) -> Scheduler:
+    engine = load_engine(
+        model_dir(settings),
+        settings.engine,
+        threads=settings.threads,
+        served_name=settings.served_model_name,
+        compute_type=settings.compute_type,
+    )
+    return Scheduler(engine, max_batch_tokens=settings.max_batch_tokens)

@@ -1,0 +1,61 @@
+"""What every route that generates shares: the scheduler, the request's deadline, logging, usage, error docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from distilgpt2_api.core.request import GenerationRequest
+from distilgpt2_api.core.scheduler import GenerationResult, Scheduler
+from distilgpt2_api.http_api.protocol import ErrorResponse, Usage
+from distilgpt2_api.observability import GenerationRecord, record_generation
+
+# Documented so clients (and schema-driven tests) know error bodies too.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The request does not fit the model (context length, token budget)."},
+    401: {"model": ErrorResponse, "description": "An API key is configured and the request lacks a valid one."},
+    413: {"model": ErrorResponse, "description": "The request body is over the size limit."},
+    422: {"model": ErrorResponse, "description": "A parameter is missing, malformed or out of range."},
+    500: {"model": ErrorResponse, "description": "Internal error; the body carries the request id."},
+    503: {"model": ErrorResponse, "description": "The time budget ran out before generation could start."},
+}
+
+
+def get_scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
+
+
+def get_deadline(request: Request) -> float:
+    """The request's time budget as an absolute time.monotonic(): the one form it takes, end to end."""
+    return float(request.app.state.time_budget.deadline_for(request.scope))
+
+
+SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
+Deadline = Annotated[float, Depends(get_deadline)]
+
+
+async def run_generation(request: Request, scheduler: Scheduler, job: GenerationRequest) -> GenerationResult:
+    """Generate, and record what happened for the request's log line and metrics."""
+    result = await scheduler.generate(job)
+    record_generation(
+        request,
+        GenerationRecord(
+            prompt=job.prompt,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            finish_reasons=[c.finish_reason for c in result.completions],
+            seconds=result.seconds,
+        ),
+    )
+    return result
+
+
+def usage_of(result: GenerationResult) -> Usage:
+    completion_tokens = result.completion_tokens
+    return Usage(
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=result.prompt_tokens + completion_tokens,
+    )

@@ -1,0 +1,116 @@
+"""Every error leaves as JSON with a request id: never a traceback, never a 500 for bad input."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import iter_route_contexts
+from starlette.exceptions import HTTPException
+
+from distilgpt2_api.core.errors import DeadlineExceeded, RequestTooLarge
+from distilgpt2_api.http_api.protocol import ErrorBody, ErrorResponse
+from distilgpt2_api.observability import logger, request_id
+
+
+class ApiError(Exception):
+    """A request the service understood but will not serve, with its HTTP status."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+def _error(
+    request: Request,
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    param: str | None = None,
+    detail: list[dict[str, object]] | None = None,
+) -> JSONResponse:
+    error_type = "invalid_request_error" if status_code < 500 else "server_error"
+    body = ErrorResponse(
+        error=ErrorBody(message=message, type=error_type, code=code, param=param),
+        request_id=request_id(request),
+        detail=detail,
+    )
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # Drop the echoed input: it can be a whole prompt, and it is the caller's own data anyway.
+    errors = exc.errors()
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+    if errors and errors[0]["type"] == "json_invalid":
+        # FastAPI reports the character offset as the location: say what it is.
+        where, reason = errors[0]["loc"][-1], errors[0].get("ctx", {}).get("error", "JSON decode error")
+        message = f"the request body is not valid JSON: {reason} at character {where}"
+        return _error(request, 422, "invalid_json", message, detail=detail)
+    first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+    field_path = [str(part) for part in first["loc"] if part not in ("body", "query", "path")]
+    param = ".".join(field_path) or None
+    message = f"{param}: {first['msg']}" if param else str(first["msg"])
+    return _error(request, 422, "validation_error", message, param=param, detail=detail)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405 and not _has_fixed_route(request):
+        # Only the catch-all `GET /{prompt}` matched the path: for any other method it does not exist.
+        return _error(request, 404, "not_found", f"no route for {request.method} {request.url.path}")
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    return _error(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+def _has_fixed_route(request: Request) -> bool:
+    """Whether a route without path parameters serves this path (under some other method)."""
+    path = request.scope["path"][len(request.scope.get("root_path", "")) :] or "/"
+    return any(route.path == path for route in iter_route_contexts(request.app.routes) if route.path)
+
+
+async def _on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    response = _error(request, exc.status_code, exc.code, exc.message, param=exc.param)
+    response.headers.update(exc.headers)
+    return response
+
+
+async def _on_too_large(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestTooLarge)
+    return _error(request, 400, exc.code, str(exc), param="max_new_tokens")
+
+
+async def _on_deadline(request: Request, exc: Exception) -> Response:
+    response = _error(request, 503, "deadline_exceeded", f"{exc}; retry later")
+    response.headers["retry-after"] = "1"
+    return response
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error while serving request %s", request_id(request))
+    return _error(request, 500, "internal_error", "internal error while serving the request; quote the request_id")
+
+
+def install_error_handling(app: FastAPI) -> None:
+    """Register the JSON error handlers on `app`."""
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(RequestTooLarge, _on_too_large)
+    app.add_exception_handler(DeadlineExceeded, _on_deadline)
+    app.add_exception_handler(Exception, _on_unexpected)

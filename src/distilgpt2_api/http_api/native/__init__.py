@@ -1,0 +1,1 @@
+"""The service's own API: `POST /generate` and the tutorial's `GET /{prompt}`."""

@@ -1,0 +1,77 @@
+"""Health, `POST /generate` and the tutorial's `GET /{prompt}`.
+
+Routes are built from the settings' bounds, so no `from __future__ import annotations` here:
+FastAPI reads each endpoint's annotations, and some of them are local to the builder.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+
+from distilgpt2_api import __version__
+from distilgpt2_api.core.request import DEFAULT_MAX_NEW_TOKENS, tutorial_request
+from distilgpt2_api.http_api.dependencies import ERROR_RESPONSES, Deadline, SchedulerDep, run_generation, usage_of
+from distilgpt2_api.http_api.native.protocol import (
+    GeneratedSequences,
+    GenerateResponse,
+    generate_request_model,
+    with_prompt,
+)
+from distilgpt2_api.http_api.protocol import Bounds, HealthResponse
+
+
+def health_router() -> APIRouter:
+    """Routes that never touch the model: open even when API keys are configured."""
+    router = APIRouter()
+
+    @router.get("/", response_model=HealthResponse, tags=["health"])
+    async def health(scheduler: SchedulerDep) -> HealthResponse:
+        """Liveness, and which model is served. Never touches the model."""
+        return HealthResponse(model=scheduler.model_name, version=__version__)
+
+    @router.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> None:
+        """Every browser asks for it: a 404, before `/{prompt}` would run the model on it."""
+        raise HTTPException(404, "no icon here")
+
+    return router
+
+
+def generation_router(bounds: Bounds) -> APIRouter:
+    """`POST /generate` and `GET /{prompt}`, their limits from `bounds`. Include it last: `/{prompt}` matches
+    any single path segment."""
+    router = APIRouter(tags=["generation"])
+    Body = generate_request_model(bounds)
+
+    @router.post("/generate", response_model=GenerateResponse, responses=ERROR_RESPONSES)
+    async def generate(
+        request: Request,
+        body: Body,  # type: ignore[valid-type]
+        scheduler: SchedulerDep,
+        deadline: Deadline,
+    ) -> GenerateResponse:
+        """Generate continuations of `prompt` (parameter names follow text-generation-inference)."""
+        result = await run_generation(request, scheduler, body.to_generation_request(deadline))
+        return GenerateResponse(
+            generated_sequences=with_prompt(body.prompt if body.return_full_text else "", result.completions),
+            model=scheduler.model_name,
+            finish_reasons=[c.finish_reason for c in result.completions],
+            usage=usage_of(result),
+            seed=result.seed,
+        )
+
+    @router.get("/{prompt}", response_model=GeneratedSequences, responses=ERROR_RESPONSES)
+    async def generate_from_path(
+        request: Request,
+        prompt: Annotated[bounds.prompt, Path()],  # type: ignore[name-defined]
+        scheduler: SchedulerDep,
+        deadline: Deadline,
+        max_new_tokens: Annotated[bounds.max_new_tokens, Query()] = DEFAULT_MAX_NEW_TOKENS,  # type: ignore[name-defined]
+        num_return_sequences: Annotated[bounds.sequences, Query()] = 1,  # type: ignore[name-defined]
+    ) -> GeneratedSequences:
+        """The tutorial's route: sampled continuations (top-k 50, as its pipeline did), prompt included."""
+        job = tutorial_request(prompt, max_new_tokens, num_return_sequences, deadline)
+        result = await run_generation(request, scheduler, job)
+        return GeneratedSequences(generated_sequences=with_prompt(prompt, result.completions))
+
+    return router

@@ -1,0 +1,92 @@
+"""OpenAI's completions and models shapes, the subset this service implements.
+
+`CompletionRequest.to_generation_request` is the one translation point of this API.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from distilgpt2_api.core.request import GREEDY, GenerationRequest, SamplingParams
+from distilgpt2_api.core.scheduler import Completion
+from distilgpt2_api.http_api.protocol import Bounds, Seed, StopList, StopString, StrictModel, TopP, Usage, bounded
+
+GREEDY_BELOW_TEMPERATURE = 0.01  # OpenAI allows any temperature >= 0; near 0, sampling is greedy anyway
+OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's own default for /v1/completions
+
+
+class CompletionRequest(StrictModel):
+    """OpenAI `POST /v1/completions`; `completion_request_model` bounds prompt and counts from the settings."""
+
+    model: str | None = None
+    prompt: str
+    max_tokens: int = OPENAI_DEFAULT_MAX_TOKENS
+    n: int = 1
+    temperature: float = Field(
+        1.0, ge=0.0, le=2.0, description=f"Below {GREEDY_BELOW_TEMPERATURE} (0 included): greedy decoding."
+    )
+    top_p: TopP = 1.0
+    stop: StopString | StopList | None = None
+    seed: Seed | None = None
+    stream: bool = Field(False, description="Streaming is not supported yet: true is rejected.")
+    user: str | None = None
+
+    def to_generation_request(self, deadline: float | None) -> GenerationRequest:
+        sampled = self.temperature >= GREEDY_BELOW_TEMPERATURE
+        sampling = SamplingParams(do_sample=True, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+        return GenerationRequest(
+            prompt=self.prompt,
+            max_new_tokens=self.max_tokens,
+            n=self.n,
+            sampling=sampling if sampled else GREEDY,
+            stop=(self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ()),
+            deadline=deadline,
+        )
+
+
+def completion_request_model(bounds: Bounds) -> type[CompletionRequest]:
+    """`CompletionRequest` with the settings' limits on prompt length, max_tokens and n."""
+    return bounded(CompletionRequest, bounds, tokens="max_tokens", sequences="n")
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+    time_limit_reached: bool = Field(
+        False, description="Generation stopped at the request's time budget (finish_reason is then `length`)."
+    )
+
+    @classmethod
+    def of(cls, completion: Completion, index: int) -> CompletionChoice:
+        # OpenAI has no reason for a time limit: report `length` and flag it.
+        return cls(
+            text=completion.text,
+            index=index,
+            finish_reason="length" if completion.finish_reason in ("length", "time_limit") else "stop",
+            time_limit_reached=completion.finish_reason == "time_limit",
+        )
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "distilgpt2-api"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,86 @@
+"""What every API shares: bounded request fields built from the settings, usage, errors, health.
+
+Request models are built (`pydantic.create_model`) from the settings given to `create_app`, so the
+limits in the OpenAPI schema are the ones enforced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+from distilgpt2_api.settings import Settings
+
+MAX_SEED = 2**63 - 1
+# Floor values rather than `> 0`: a denormal such as 5e-324 passes `> 0` yet breaks the samplers.
+TopP = Annotated[float, Field(ge=0.001, le=1.0)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+StopList = Annotated[list[StopString], Field(max_length=4)]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The request fields whose limits come from the settings, as annotated types for request models."""
+
+    prompt: Any
+    max_new_tokens: Any
+    sequences: Any
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Bounds:
+        return cls(
+            prompt=Annotated[str, StringConstraints(min_length=1, max_length=settings.max_prompt_chars)],
+            max_new_tokens=Annotated[int, Field(ge=1, le=settings.max_new_tokens_limit)],
+            sequences=Annotated[int, Field(ge=1, le=settings.max_return_sequences)],
+        )
+
+
+class StrictModel(BaseModel):
+    # A misspelt parameter is an error the caller should see, not a silent default.
+    model_config = ConfigDict(extra="forbid")
+
+
+Request = TypeVar("Request", bound=StrictModel)
+
+
+def bounded(request: type[Request], bounds: Bounds, *, tokens: str, sequences: str) -> type[Request]:
+    """`request` (same name, same defaults) with the settings' limits on `prompt` and the two named fields."""
+    fields = request.model_fields
+    return create_model(
+        request.__name__,
+        __base__=request,
+        __module__=request.__module__,
+        prompt=(bounds.prompt, ...),
+        **{
+            tokens: (bounds.max_new_tokens, fields[tokens].default),
+            sequences: (bounds.sequences, fields[sequences].default),
+        },
+    )
+
+
+class HealthResponse(BaseModel):
+    health: Literal["ok"] = "ok"
+    model: str
+    version: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    code: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+    request_id: str
+    detail: list[dict[str, Any]] | None = Field(None, description="Per-field problems, for validation errors.")

@@ -1,0 +1,28 @@
+"""bench/load.py end to end, briefly: the tiny model under uvicorn, 4 clients for 3 seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench_scripts import load_script
+
+
+def test_load_run_reports_every_route_without_errors(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    exit_code = load_script("load").main(
+        ["--model-dir", str(model_dir), "--clients", "4", "--duration", "3", "--json", str(out)]
+    )
+    report = json.loads(out.read_text())
+
+    assert report["errors"] == 0, report["error_samples"]
+    # Memory growth over 3 s is noise, so the exit code may be 1 for that reason alone, never for errors.
+    assert exit_code in (0, 1)
+    assert report["requests"] > 0 and report["throughput_rps"] > 0
+    routes = {"overall", "GET /", "GET /{prompt}", "POST /generate", "POST /v1/completions"}
+    assert set(report["latency"]) == routes
+    for figures in report["latency"].values():
+        assert figures["requests"] > 0
+        assert {"p50_ms", "p95_ms", "p99_ms"} <= figures.keys()
+    assert report["rss"]["start_bytes"] > 0 and report["rss"]["end_bytes"] > 0
+    assert "growth_pct" in report["rss"]
