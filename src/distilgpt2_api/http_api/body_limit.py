@@ -19,9 +19,10 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+        await self.app(scope, self._limited(scope, receive) if scope["type"] == "http" else receive, send)
+
+    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+        """`receive`, raising 413 once the declared or the received body is over the limit."""
         declared = Headers(scope=scope).get("content-length", "")
         received = 0
 
@@ -36,7 +37,7 @@ class BodySizeLimit:
                     raise self._too_large()
             return message
 
-        await self.app(scope, limited_receive, send)
+        return limited_receive
 
     def _too_large(self) -> HTTPException:
         # fastapi's HTTPException: FastAPI re-raises it from body parsing instead of turning it into a 400.
