@@ -215,7 +215,7 @@ def model_section(name: str, model: dict[str, Any]) -> str:
     )
     out.append(
         "Engines: imports = web stack, Lambda glue and the engine's library; model load = `import handler` "
-        "(imports `distilgpt2_api.app`); first response = `handler.handler` with an HTTP API POST /generate "
+        "(imports `distilgpt2_api.api`); first response = `handler.handler` with an HTTP API POST /generate "
         "event. Baseline: `from transformers import pipeline`, `pipeline(...)`, first call. The OS page cache "
         f"is warm (files read before). A pipeline created per request costs {s(base['per_request_pipeline_s'])} "
         "per request (once measured per process).\n"
@@ -271,7 +271,7 @@ def model_section(name: str, model: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v['processes']}" for k, v in systems.items())
         + "; other processes' CPU use during each (cores): "
         + "; ".join(f"{k} {v['foreign_load_cores']}" for k, v in systems.items())
-        + ". In-process = `TextGenerator.generate_blocking`; sampled uses top-k 50 like the tutorial route; "
+        + ". In-process = `Scheduler.generate_blocking`; sampled uses top-k 50 like the tutorial route; "
         "seeded adds `seed`.\n"
     )
     out.append(alternatives_section(model))

@@ -2,7 +2,7 @@
 
     python bench/load.py --model-dir models/default --clients 8 --duration 60 --json load.json
 
-Starts `uvicorn distilgpt2_api.app:app` on 127.0.0.1 (a free port) in a subprocess, warms it up,
+Starts `uvicorn distilgpt2_api.api:app` on 127.0.0.1 (a free port) in a subprocess, warms it up,
 then runs a mix of GET /, GET /{prompt}, POST /generate and POST /v1/completions until the
 duration is over, and stops the server. Prints a markdown table, writes the same figures as JSON,
 and exits non-zero if any request failed or the server's RSS grew by 10 % or more.
@@ -107,7 +107,7 @@ class Server:
         self.port = port
         self.log_path = log_path
         env = {**os.environ, "MODEL_DIR": str(model_dir)}
-        command = [sys.executable, "-m", "uvicorn", "distilgpt2_api.app:app", "--host", HOST, "--port", str(port)]
+        command = [sys.executable, "-m", "uvicorn", "distilgpt2_api.api:app", "--host", HOST, "--port", str(port)]
         command += ["--log-level", "warning", "--no-access-log"]
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)

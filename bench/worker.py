@@ -141,7 +141,7 @@ def run_engine(args: dict[str, Any]) -> dict[str, Any]:
     from event_factory import http_api_event, response_json
 
     t_import = time.time()
-    import handler  # importing distilgpt2_api.app loads the model: the Lambda cold start
+    import handler  # importing distilgpt2_api.api loads the model: the Lambda cold start
 
     t_load = time.time()
     context = LambdaContext()
