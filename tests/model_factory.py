@@ -82,3 +82,33 @@ def build_tiny_llama(path: Path) -> Path:
     )
     torch.manual_seed(0)
     return _save(LlamaForCausalLM(config), tokenizer, path, "tiny-llama")
+
+
+CHATML = (  # the ChatML template SmolLM2 and many others use, with a system prompt by default
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_chat_llama(path: Path) -> Path:
+    """A tiny Llama chat model: ChatML special tokens, `<|im_end|>` as its end of turn, the template saved with it."""
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = CHATML
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.convert_tokens_to_ids(EOS),
+        eos_token_id=end_of_turn,
+    )
+    torch.manual_seed(0)
+    return _save(LlamaForCausalLM(config), tokenizer, path, "tiny-chat-llama")

@@ -146,7 +146,9 @@ def test_prepare_records_the_compute_type_that_keeps_quality(model_dir: Path) ->
     report = json.loads((model_dir / CT2_SUBDIR / QUALITY_FILE).read_text())
     reference, scores = report["reference_perplexity"], report["perplexity"]
     assert set(scores) == set(COMPUTE_TYPES)
-    fitting = [c for c in COMPUTE_TYPES if scores[c] <= reference * (1 + QUALITY_TOLERANCE)]
+    agrees = report["greedy_probe_agrees"]
+    assert set(agrees) == set(COMPUTE_TYPES) and report["probe_tokens"] >= 1
+    fitting = [c for c in COMPUTE_TYPES if agrees[c] and scores[c] <= reference * (1 + QUALITY_TOLERANCE)]
     assert report["compute_type"] == (fitting[0] if fitting else COMPUTE_TYPES[-1])
 
 

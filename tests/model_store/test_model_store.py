@@ -465,6 +465,10 @@ def test_engine_files_split_the_manifest(prepared: Path) -> None:
     assert {"config.json", "tokenizer.json", "model.safetensors"} <= reference.keys()
     assert not any(name.startswith(f"{CT2_SUBDIR}/") for name in reference)
     assert fast.keys() | reference.keys() == manifest.files.keys()
+    template = manifest.files["config.json"]  # any entry: the split goes by name
+    chat = manifest.model_copy(update={"files": {**manifest.files, "chat_template.jinja": template}})
+    assert "chat_template.jinja" in engine_files(chat, "ctranslate2")  # chat needs it on either engine
+    assert "chat_template.jinja" in engine_files(chat, "transformers")
     with pytest.raises(ModelStoreError, match="unknown engine 'onnx'"):
         engine_files(manifest, "onnx")  # type: ignore[arg-type]
     assert CT2_SUBDIR == ctranslate2_engine.CT2_SUBDIR  # the model store's copy of the engine's constant

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 
-class RequestTooLarge(ValueError):
-    """A request the model cannot take: a 400 with `code`, before any generation."""
+class InvalidRequest(ValueError):
+    """A request the model cannot take: a 400 with `code` (and the parameter to change), before any generation."""
 
+    code = "invalid_request"
+    param: str | None = None
+
+
+class RequestTooLarge(InvalidRequest):
     code = "request_too_large"
+    param = "max_new_tokens"
 
 
 class ContextLengthExceeded(RequestTooLarge):
@@ -36,3 +42,17 @@ class TokenBudgetExceeded(RequestTooLarge):
 
 class DeadlineExceeded(RuntimeError):
     """The request's time budget ran out before generation could start (it waited in the queue)."""
+
+
+class ChatUnsupported(InvalidRequest):
+    """The model has no chat template (distilgpt2 has none)."""
+
+    code = "chat_template_missing"
+    param = "messages"
+
+
+class ChatTemplateFailed(InvalidRequest):
+    """The model's chat template refused the conversation (its `raise_exception`) or failed to render it."""
+
+    code = "chat_template_error"
+    param = "messages"

@@ -33,6 +33,7 @@ class GenerationRequest:
     sampling: SamplingParams = field(default=GREEDY)
     stop: tuple[str, ...] = ()
     deadline: float | None = None  # time.monotonic() by which generation must have returned
+    add_special_tokens: bool = True  # False for a rendered chat prompt: its template placed them
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
-from distilgpt2_api.core.errors import ContextLengthExceeded, DeadlineExceeded, TokenBudgetExceeded
+from distilgpt2_api.core.chat import ChatTemplate
+from distilgpt2_api.core.errors import ChatUnsupported, ContextLengthExceeded, DeadlineExceeded, TokenBudgetExceeded
 from distilgpt2_api.core.request import GenerationRequest, TokenRequest
 from distilgpt2_api.core.stop import cut_at_stop
 from distilgpt2_api.engines import Engine
@@ -54,6 +56,16 @@ class Scheduler:
     def model_name(self) -> str:
         return self.engine.info.name
 
+    @cached_property
+    def chat_template(self) -> ChatTemplate:
+        """The model's chat template, compiled once; ChatUnsupported when it has none."""
+        info = self.engine.info
+        if info.chat_template is None:
+            raise ChatUnsupported(
+                f"model {info.name!r} has no chat template, so it cannot serve chat: use /v1/completions or /generate"
+            )
+        return ChatTemplate(info.chat_template, dict(info.special_tokens))
+
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate without blocking the event loop; requests queue in arrival order."""
         loop = asyncio.get_running_loop()
@@ -62,7 +74,7 @@ class Scheduler:
     def generate_blocking(self, request: GenerationRequest) -> GenerationResult:
         """Generate on the calling thread. Call through `generate` when serving."""
         tokenizer = self.engine.tokenizer
-        prompt_ids = tokenizer.encode(request.prompt)
+        prompt_ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
         context = self.engine.info.context_length
         if len(prompt_ids) + request.max_new_tokens > context:
             raise ContextLengthExceeded(len(prompt_ids), request.max_new_tokens, context)

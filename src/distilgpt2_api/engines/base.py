@@ -15,6 +15,8 @@ from tokenizers import Tokenizer
 
 from distilgpt2_api.core.request import TokenRequest
 
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")  # what chat templates may refer to
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
 PREPARE_HINT = "Prepare one with `make model` (or `python -m distilgpt2_api prepare-model`) and point MODEL_DIR at it."
 
@@ -46,6 +48,8 @@ class ModelInfo:
     name: str
     context_length: int
     eos_token_ids: frozenset[int]
+    chat_template: str | None = None  # Jinja source: chat_template.jinja, else tokenizer_config.json's
+    special_tokens: tuple[tuple[str, str], ...] = ()  # (name, text) from tokenizer_config.json: bos_token, ...
 
     @classmethod
     def read(cls, model_dir: Path, served_name: str | None = None) -> ModelInfo:
@@ -62,17 +66,34 @@ class ModelInfo:
         generation_config = model_dir / "generation_config.json"
         if generation_config.is_file():
             eos |= _int_ids(_read_json(generation_config).get("eos_token_id"))
+        tokenizer_config_file = model_dir / "tokenizer_config.json"
+        tokenizer_config = _read_json(tokenizer_config_file) if tokenizer_config_file.is_file() else {}
         return cls(
             path=model_dir,
             name=served_name or _manifest_model_id(model_dir) or model_dir.resolve().name,
             context_length=context,
             eos_token_ids=frozenset(eos),
+            chat_template=_chat_template(model_dir, tokenizer_config),
+            special_tokens=tuple(
+                (name, value) for name in SPECIAL_TOKENS if isinstance(value := tokenizer_config.get(name), str)
+            ),
         )
 
 
 def context_length(config: dict[str, Any]) -> int | None:
     """The context window named in a model's config.json (its key differs between architectures)."""
     return next((config[k] for k in CONTEXT_KEYS if isinstance(config.get(k), int)), None)
+
+
+def _chat_template(model_dir: Path, tokenizer_config: dict[str, Any]) -> str | None:
+    """The model's chat template as Hugging Face saves it: its own file, or a field of tokenizer_config.json."""
+    template_file = model_dir / CHAT_TEMPLATE_FILE
+    if template_file.is_file():
+        return template_file.read_text()
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):  # named templates: the default one serves chat
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    return template if isinstance(template, str) and template.strip() else None
 
 
 def _manifest_model_id(model_dir: Path) -> str | None:
@@ -113,8 +134,9 @@ class TextTokenizer:
         except Exception as error:  # the Rust library raises its own exception type
             raise ModelLoadError(f"cannot read {path}: {error}. {PREPARE_HINT}") from error
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.backend.encode(text).ids)
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; a rendered chat prompt already holds its special tokens (add none)."""
+        return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, token_ids: list[int]) -> str:
         return str(self.backend.decode(token_ids, skip_special_tokens=True))

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
 
-from distilgpt2_api.core.errors import DeadlineExceeded, RequestTooLarge
+from distilgpt2_api.core.errors import DeadlineExceeded, InvalidRequest
 from distilgpt2_api.http_api.protocol import ErrorBody, ErrorResponse
 from distilgpt2_api.observability import logger, request_id
 
@@ -62,6 +62,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
         message = f"the request body is not valid JSON: {reason} at character {where}"
         return _error(request, 422, "invalid_json", message, detail=detail)
     first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+    if first.get("type") == "extra_forbidden":  # a field of the API this server does not implement
+        first = {**first, "msg": "not supported by this server"}
     field_path = [str(part) for part in first["loc"] if part not in ("body", "query", "path")]
     param = ".".join(field_path) or None
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
@@ -90,9 +92,9 @@ async def _on_api_error(request: Request, exc: Exception) -> Response:
     return response
 
 
-async def _on_too_large(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestTooLarge)
-    return _error(request, 400, exc.code, str(exc), param="max_new_tokens")
+async def _on_invalid_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InvalidRequest)
+    return _error(request, 400, exc.code, str(exc), param=exc.param)
 
 
 async def _on_deadline(request: Request, exc: Exception) -> Response:
@@ -111,6 +113,6 @@ def install_error_handling(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(ApiError, _on_api_error)
-    app.add_exception_handler(RequestTooLarge, _on_too_large)
+    app.add_exception_handler(InvalidRequest, _on_invalid_request)
     app.add_exception_handler(DeadlineExceeded, _on_deadline)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -28,6 +28,7 @@ class Bounds:
     prompt: Any
     max_new_tokens: Any
     sequences: Any
+    max_new_tokens_limit: int  # what a chat answer may take when the request names no limit
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Bounds:
@@ -35,6 +36,7 @@ class Bounds:
             prompt=Annotated[str, StringConstraints(min_length=1, max_length=settings.max_prompt_chars)],
             max_new_tokens=Annotated[int, Field(ge=1, le=settings.max_new_tokens_limit)],
             sequences=Annotated[int, Field(ge=1, le=settings.max_return_sequences)],
+            max_new_tokens_limit=settings.max_new_tokens_limit,
         )
 
 

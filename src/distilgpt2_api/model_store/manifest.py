@@ -23,6 +23,7 @@ MANIFEST_VERSION = 1
 # The fast engine's int8 weights: engines.ctranslate2_engine.CT2_SUBDIR, not imported from there
 # because that module imports ctranslate2 (a test keeps the two equal).
 CT2_SUBDIR = "ctranslate2-int8"
+SMALL_FILES = (".json", ".jinja")  # config, tokenizer, chat template: every engine reads them
 
 # safetensors dtype codes -> the torch names people know.
 _DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64"}
@@ -119,15 +120,16 @@ def read_manifest(model_dir: Path) -> Manifest | None:
 def engine_files(manifest: Manifest, engine: EngineName) -> dict[str, FileEntry]:
     """The manifest's files that `engine` reads (manifest.json itself aside).
 
-    ctranslate2: the int8 subdirectory and the top-level JSON files (config, generation config,
-    tokenizer), never the fp32 weights. transformers: everything except the int8 subdirectory.
+    ctranslate2: the int8 subdirectory and the top-level JSON and Jinja files (config, generation config,
+    tokenizer, chat template), never the fp32 weights. transformers: everything except the int8 subdirectory.
     """
     in_ct2 = {name: name.startswith(f"{CT2_SUBDIR}/") for name in manifest.files}
     if engine == "ctranslate2":
         keep = {
             name
             for name in manifest.files
-            if in_ct2[name] or ("/" not in name and name.endswith(".json") and not name.endswith(".index.json"))
+            if in_ct2[name]
+            or ("/" not in name and name.endswith((".json", ".jinja")) and not name.endswith(".index.json"))
         }
     elif engine == "transformers":
         keep = {name for name in manifest.files if not in_ct2[name]}

@@ -62,13 +62,15 @@ class CompletionChoice(BaseModel):
 
     @classmethod
     def of(cls, completion: Completion, index: int) -> CompletionChoice:
-        # OpenAI has no reason for a time limit: report `length` and flag it.
-        return cls(
-            text=completion.text,
-            index=index,
-            finish_reason="length" if completion.finish_reason in ("length", "time_limit") else "stop",
-            time_limit_reached=completion.finish_reason == "time_limit",
-        )
+        reason, cut = finish_reason_of(completion)
+        return cls(text=completion.text, index=index, finish_reason=reason, time_limit_reached=cut)
+
+
+def finish_reason_of(completion: Completion) -> tuple[Literal["stop", "length"], bool]:
+    """OpenAI's finish_reason, and whether the time budget cut it: OpenAI has no reason for a time limit,
+    so such a choice reports `length` and is flagged."""
+    cut = completion.finish_reason == "time_limit"
+    return ("length" if cut or completion.finish_reason == "length" else "stop"), cut
 
 
 class CompletionResponse(BaseModel):

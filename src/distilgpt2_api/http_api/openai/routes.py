@@ -1,4 +1,4 @@
-"""OpenAI-compatible `/v1/completions` and `/v1/models`, so the official SDK works unchanged.
+"""OpenAI-compatible `/v1/completions`, `/v1/chat/completions` and `/v1/models`: the official SDK works unchanged.
 
 Built from the settings' bounds: no `from __future__ import annotations` (see native/routes.py).
 """
@@ -10,8 +10,15 @@ from fastapi import APIRouter, Request
 
 from distilgpt2_api.http_api.dependencies import ERROR_RESPONSES, Deadline, SchedulerDep, run_generation, usage_of
 from distilgpt2_api.http_api.errors import ApiError
+from distilgpt2_api.http_api.openai.chat_protocol import (
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    chat_request_model,
+)
 from distilgpt2_api.http_api.openai.protocol import (
     CompletionChoice,
+    CompletionRequest,
     CompletionResponse,
     ModelCard,
     ModelList,
@@ -25,6 +32,7 @@ _STARTED_AT = int(time.time())
 def openai_router(bounds: Bounds) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["openai"])
     Body = completion_request_model(bounds)
+    ChatBody = chat_request_model(bounds)
 
     @router.get("/models", response_model=ModelList)
     async def list_models(scheduler: SchedulerDep) -> ModelList:
@@ -41,12 +49,7 @@ def openai_router(bounds: Bounds) -> APIRouter:
         scheduler: SchedulerDep,
         deadline: Deadline,
     ) -> CompletionResponse:
-        if body.stream:
-            raise ApiError(400, "stream_unsupported", "streaming is not supported yet: send stream=false", "stream")
-        # Requests never choose what is loaded: a name other than the served one is an error.
-        if body.model is not None and body.model != scheduler.model_name:
-            message = f"model {body.model!r} is not served here; use {scheduler.model_name!r}"
-            raise ApiError(404, "model_not_found", message, "model")
+        _check(body, scheduler.model_name)
         result = await run_generation(request, scheduler, body.to_generation_request(deadline))
         return CompletionResponse(
             id=f"cmpl-{uuid.uuid4().hex}",
@@ -56,4 +59,41 @@ def openai_router(bounds: Bounds) -> APIRouter:
             usage=usage_of(result),
         )
 
+    @router.post(
+        "/chat/completions",
+        response_model=ChatCompletionResponse,
+        responses={**ERROR_RESPONSES, 404: ERROR_RESPONSES[422] | {"description": "Unknown model."}},
+    )
+    async def create_chat_completion(
+        request: Request,
+        body: ChatBody,  # type: ignore[valid-type]
+        scheduler: SchedulerDep,
+        deadline: Deadline,
+    ) -> ChatCompletionResponse:
+        """The conversation rendered with the model's chat template; the answer ends at its end-of-turn token.
+        Without max_tokens / max_completion_tokens an answer may take MAX_NEW_TOKENS_LIMIT tokens."""
+        _check(body, scheduler.model_name)
+        job = body.to_generation_request(
+            scheduler.chat_template, default_max_tokens=bounds.max_new_tokens_limit, deadline=deadline
+        )
+        result = await run_generation(request, scheduler, job)
+        return ChatCompletionResponse(
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=scheduler.model_name,
+            choices=[ChatChoice.of(c, i) for i, c in enumerate(result.completions)],
+            usage=usage_of(result),
+        )
+
     return router
+
+
+def _check(body: CompletionRequest | ChatCompletionRequest, served: str) -> None:
+    """What the schema cannot say: no streaming or logprobs yet, and only the served model."""
+    if body.stream:
+        raise ApiError(400, "stream_unsupported", "streaming is not supported yet: send stream=false", "stream")
+    if getattr(body, "logprobs", False):
+        raise ApiError(400, "logprobs_unsupported", "logprobs are not supported yet: send logprobs=false", "logprobs")
+    # Requests never choose what is loaded: a name other than the served one is an error.
+    if body.model is not None and body.model != served:
+        raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here; use {served!r}", "model")

@@ -1,0 +1,139 @@
+"""`POST /v1/chat/completions`: OpenAI's shapes, the model's own chat template, clear 4xx for what is not served."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from transformers import AutoTokenizer
+
+from distilgpt2_api.core.scheduler import Scheduler
+from distilgpt2_api.engines import load_engine
+from distilgpt2_api.http_api.app_factory import create_app
+from distilgpt2_api.settings import Settings
+
+from server_process import serving_in_thread
+
+HELLO = [{"role": "user", "content": "Once upon a time"}]
+
+
+@pytest.fixture(scope="module")
+def chat_app(chat_model_dir: Path) -> FastAPI:
+    scheduler = Scheduler(load_engine(chat_model_dir, "ctranslate2", threads=1))
+    return create_app(scheduler, Settings(model_dir=Path("unused")))
+
+
+@pytest.fixture
+def chat(chat_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(chat_app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def _chat(client: TestClient, **body: Any) -> Any:
+    response = client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 8, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_answer_has_openai_shape_and_usage(chat: TestClient, chat_model_dir: Path) -> None:
+    body = _chat(chat, temperature=0)
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["model"] == "tiny-chat-llama"
+    (choice,) = body["choices"]
+    assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
+    assert choice["finish_reason"] in ("stop", "length")
+    # The prompt is the template's rendering, tokenized without adding special tokens again.
+    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
+    prompt = tokenizer.apply_chat_template(HELLO, tokenize=False, add_generation_prompt=True)
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_greedy_is_deterministic_and_text_parts_equal_a_string(chat: TestClient) -> None:
+    first = _chat(chat, temperature=0)["choices"]
+    assert first == _chat(chat, temperature=0)["choices"]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Once upon "}, {"type": "text", "text": "a time"}]}]
+    assert _chat(chat, temperature=0, messages=parts)["choices"] == first
+
+
+def test_max_completion_tokens_and_n(chat: TestClient) -> None:
+    body = _chat(chat, max_tokens=None, max_completion_tokens=3, n=2, seed=3)
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert body["usage"]["completion_tokens"] <= 6
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({"messages": []}, 422, "validation_error", "messages"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, 422, "validation_error", "messages.0.role"),
+        ({"messages": [{"role": "user"}]}, 422, "validation_error", "messages.0.content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
+            422,
+            "validation_error",
+            None,
+        ),
+        ({"messages": HELLO, "tools": [{"type": "function"}]}, 422, "validation_error", "tools"),
+        ({"messages": HELLO, "response_format": {"type": "json_object"}}, 422, "validation_error", "response_format"),
+        ({"messages": HELLO, "max_tokens": 5, "max_completion_tokens": 5}, 422, "validation_error", None),
+        ({"messages": HELLO, "max_tokens": 513}, 422, "validation_error", "max_tokens"),
+        ({"messages": HELLO, "stream": True}, 400, "stream_unsupported", "stream"),
+        ({"messages": HELLO, "logprobs": True}, 400, "logprobs_unsupported", "logprobs"),
+        ({"messages": HELLO, "model": "gpt-4"}, 404, "model_not_found", "model"),
+        ({"messages": [{"role": "user", "content": "word " * 300}]}, 400, "context_length_exceeded", "max_new_tokens"),
+    ],
+    ids=[
+        "empty",
+        "unknown-role",
+        "no-content",
+        "image-part",
+        "tools",
+        "response-format",
+        "two-limits",
+        "over-limit",
+        "stream",
+        "logprobs",
+        "other-model",
+        "too-long",
+    ],
+)
+def test_what_is_not_served_gets_a_clear_error(
+    chat: TestClient, body: dict[str, Any], status: int, code: str, param: str | None
+) -> None:
+    response = chat.post("/v1/chat/completions", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    if param is not None:
+        assert error["param"] == param
+    if code == "validation_error" and param in ("tools", "response_format"):
+        assert error["message"] == f"{param}: not supported by this server"
+
+
+def test_a_model_without_a_chat_template_says_so(client: TestClient) -> None:
+    response = client.post("/v1/chat/completions", json={"messages": HELLO})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "chat_template_missing" and "no chat template" in error["message"]
+
+
+def test_openai_sdk_chat(chat_app: FastAPI) -> None:
+    with serving_in_thread(chat_app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+        completion = client.chat.completions.create(
+            model="tiny-chat-llama",
+            messages=HELLO,
+            max_completion_tokens=6,
+            temperature=0,  # type: ignore[arg-type]
+        )
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage is not None and completion.usage.completion_tokens >= 1
