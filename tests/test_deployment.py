@@ -164,7 +164,7 @@ def test_template_environment_and_defaults() -> None:
         ("MAX_NEW_TOKENS_LIMIT", "MaxNewTokensLimit", 512),
         ("MAX_RETURN_SEQUENCES", "MaxReturnSequences", 8),
         ("MAX_PROMPT_CHARS", "MaxPromptChars", 8000),
-        ("MAX_BATCH_TOKENS", "MaxBatchTokens", 4096),
+        ("MAX_BATCH_TOKENS", "MaxBatchTokens", 3072),
     ]:
         assert variables[variable] == {"Ref": parameter}
         assert parameters[parameter]["Default"] == default
