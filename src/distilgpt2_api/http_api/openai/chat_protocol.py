@@ -11,10 +11,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, create_model, model_validator
 
 from distilgpt2_api.core.chat import ChatMessage, ChatTemplate, Role
-from distilgpt2_api.core.request import GREEDY, GenerationRequest, SamplingParams
+from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.scheduler import Completion
-from distilgpt2_api.http_api.openai.protocol import GREEDY_BELOW_TEMPERATURE, finish_reason_of
-from distilgpt2_api.http_api.protocol import Bounds, Seed, StopList, StopString, StrictModel, TopP, Usage
+from distilgpt2_api.http_api.openai.protocol import Choice, OpenAIRequest
+from distilgpt2_api.http_api.protocol import Bounds, StrictModel, Usage
 
 MAX_MESSAGES = 256
 
@@ -33,23 +33,13 @@ class Message(StrictModel):
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(StrictModel):
+class ChatCompletionRequest(OpenAIRequest):
     """OpenAI `POST /v1/chat/completions`; `chat_request_model` bounds the conversation from the settings."""
 
-    model: str | None = None
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_tokens: int | None = Field(None, description="Deprecated by OpenAI for max_completion_tokens; either works.")
     max_completion_tokens: int | None = None
-    n: int = 1
-    temperature: float = Field(
-        1.0, ge=0.0, le=2.0, description=f"Below {GREEDY_BELOW_TEMPERATURE} (0 included): greedy decoding."
-    )
-    top_p: TopP = 1.0
-    stop: StopString | StopList | None = None
-    seed: Seed | None = None
-    stream: bool = Field(False, description="Streaming is not supported yet: true is rejected.")
     logprobs: bool = Field(False, description="Not supported yet: true is rejected.")
-    user: str | None = None
 
     @model_validator(mode="after")
     def _one_token_limit(self) -> ChatCompletionRequest:
@@ -64,14 +54,12 @@ class ChatCompletionRequest(StrictModel):
         self, template: ChatTemplate, *, default_max_tokens: int, deadline: float | None
     ) -> GenerationRequest:
         messages = [ChatMessage(role=m.role, content=m.text()) for m in self.messages]
-        sampled = self.temperature >= GREEDY_BELOW_TEMPERATURE
-        sampling = SamplingParams(do_sample=True, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
         return GenerationRequest(
             prompt=template.render(messages),
             max_new_tokens=self.max_new_tokens(default_max_tokens),
             n=self.n,
-            sampling=sampling if sampled else GREEDY,
-            stop=(self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ()),
+            sampling=self.sampling(),
+            stop=self.stop_strings(),
             deadline=deadline,
             add_special_tokens=False,  # the template wrote them
         )
@@ -101,21 +89,12 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
-    index: int
+class ChatChoice(Choice):
     message: ChatMessageOut
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"]
-    time_limit_reached: bool = Field(
-        False, description="Generation stopped at the request's time budget (finish_reason is then `length`)."
-    )
 
     @classmethod
     def of(cls, completion: Completion, index: int) -> ChatChoice:
-        reason, cut = finish_reason_of(completion)
-        return cls(
-            index=index, message=ChatMessageOut(content=completion.text), finish_reason=reason, time_limit_reached=cut
-        )
+        return cls(index=index, message=ChatMessageOut(content=completion.text), **cls.ending(completion))
 
 
 class ChatCompletionResponse(BaseModel):

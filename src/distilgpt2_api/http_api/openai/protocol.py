@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -17,12 +17,10 @@ GREEDY_BELOW_TEMPERATURE = 0.01  # OpenAI allows any temperature >= 0; near 0, s
 OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's own default for /v1/completions
 
 
-class CompletionRequest(StrictModel):
-    """OpenAI `POST /v1/completions`; `completion_request_model` bounds prompt and counts from the settings."""
+class OpenAIRequest(StrictModel):
+    """The fields completions and chat share, and how they choose tokens."""
 
     model: str | None = None
-    prompt: str
-    max_tokens: int = OPENAI_DEFAULT_MAX_TOKENS
     n: int = 1
     temperature: float = Field(
         1.0, ge=0.0, le=2.0, description=f"Below {GREEDY_BELOW_TEMPERATURE} (0 included): greedy decoding."
@@ -33,15 +31,28 @@ class CompletionRequest(StrictModel):
     stream: bool = Field(False, description="Streaming is not supported yet: true is rejected.")
     user: str | None = None
 
+    def sampling(self) -> SamplingParams:
+        if self.temperature < GREEDY_BELOW_TEMPERATURE:
+            return GREEDY
+        return SamplingParams(do_sample=True, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+    def stop_strings(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class CompletionRequest(OpenAIRequest):
+    """OpenAI `POST /v1/completions`; `completion_request_model` bounds prompt and counts from the settings."""
+
+    prompt: str
+    max_tokens: int = OPENAI_DEFAULT_MAX_TOKENS
+
     def to_generation_request(self, deadline: float | None) -> GenerationRequest:
-        sampled = self.temperature >= GREEDY_BELOW_TEMPERATURE
-        sampling = SamplingParams(do_sample=True, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
         return GenerationRequest(
             prompt=self.prompt,
             max_new_tokens=self.max_tokens,
             n=self.n,
-            sampling=sampling if sampled else GREEDY,
-            stop=(self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ()),
+            sampling=self.sampling(),
+            stop=self.stop_strings(),
             deadline=deadline,
         )
 
@@ -51,8 +62,9 @@ def completion_request_model(bounds: Bounds) -> type[CompletionRequest]:
     return bounded(CompletionRequest, bounds, tokens="max_tokens", sequences="n")
 
 
-class CompletionChoice(BaseModel):
-    text: str
+class Choice(BaseModel):
+    """What every OpenAI choice carries besides its text."""
+
     index: int
     logprobs: None = None
     finish_reason: Literal["stop", "length"]
@@ -60,17 +72,21 @@ class CompletionChoice(BaseModel):
         False, description="Generation stopped at the request's time budget (finish_reason is then `length`)."
     )
 
+    @staticmethod
+    def ending(completion: Completion) -> dict[str, Any]:
+        """OpenAI's finish_reason, and the time-limit flag: OpenAI has no reason for a time limit, so such
+        a choice reports `length` and is flagged."""
+        cut = completion.finish_reason == "time_limit"
+        reason = "length" if cut or completion.finish_reason == "length" else "stop"
+        return {"finish_reason": reason, "time_limit_reached": cut}
+
+
+class CompletionChoice(Choice):
+    text: str
+
     @classmethod
     def of(cls, completion: Completion, index: int) -> CompletionChoice:
-        reason, cut = finish_reason_of(completion)
-        return cls(text=completion.text, index=index, finish_reason=reason, time_limit_reached=cut)
-
-
-def finish_reason_of(completion: Completion) -> tuple[Literal["stop", "length"], bool]:
-    """OpenAI's finish_reason, and whether the time budget cut it: OpenAI has no reason for a time limit,
-    so such a choice reports `length` and is flagged."""
-    cut = completion.finish_reason == "time_limit"
-    return ("length" if cut or completion.finish_reason == "length" else "stop"), cut
+        return cls(text=completion.text, index=index, **cls.ending(completion))
 
 
 class CompletionResponse(BaseModel):

@@ -27,6 +27,7 @@ from distilgpt2_api.http_api.openai.protocol import (
 from distilgpt2_api.http_api.protocol import Bounds
 
 _STARTED_AT = int(time.time())
+OPENAI_ERRORS = {**ERROR_RESPONSES, 404: ERROR_RESPONSES[422] | {"description": "Unknown model."}}
 
 
 def openai_router(bounds: Bounds) -> APIRouter:
@@ -38,11 +39,7 @@ def openai_router(bounds: Bounds) -> APIRouter:
     async def list_models(scheduler: SchedulerDep) -> ModelList:
         return ModelList(data=[ModelCard(id=scheduler.model_name, created=_STARTED_AT)])
 
-    @router.post(
-        "/completions",
-        response_model=CompletionResponse,
-        responses={**ERROR_RESPONSES, 404: ERROR_RESPONSES[422] | {"description": "Unknown model."}},
-    )
+    @router.post("/completions", response_model=CompletionResponse, responses=OPENAI_ERRORS)
     async def create_completion(
         request: Request,
         body: Body,  # type: ignore[valid-type]
@@ -59,11 +56,7 @@ def openai_router(bounds: Bounds) -> APIRouter:
             usage=usage_of(result),
         )
 
-    @router.post(
-        "/chat/completions",
-        response_model=ChatCompletionResponse,
-        responses={**ERROR_RESPONSES, 404: ERROR_RESPONSES[422] | {"description": "Unknown model."}},
-    )
+    @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=OPENAI_ERRORS)
     async def create_chat_completion(
         request: Request,
         body: ChatBody,  # type: ignore[valid-type]
