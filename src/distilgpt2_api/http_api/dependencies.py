@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -27,29 +28,38 @@ def get_scheduler(request: Request) -> Scheduler:
     return scheduler
 
 
-def get_deadline(request: Request) -> float:
-    """The request's time budget as an absolute time.monotonic(): the one form it takes, end to end."""
-    return float(request.app.state.time_budget.deadline_for(request.scope))
-
-
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
-Deadline = Annotated[float, Depends(get_deadline)]
 
 
-async def run_generation(request: Request, scheduler: Scheduler, job: GenerationRequest) -> GenerationResult:
-    """Generate, and record what happened for the request's log line and metrics."""
-    result = await scheduler.generate(job)
-    record_generation(
-        request,
-        GenerationRecord(
-            prompt=job.prompt,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            finish_reasons=[c.finish_reason for c in result.completions],
-            seconds=result.seconds,
-        ),
-    )
-    return result
+@dataclass(frozen=True)
+class Generation:
+    """What a generating route needs: the model's scheduler, the request's deadline, and a way to run a job."""
+
+    request: Request
+    scheduler: Scheduler
+    deadline: float  # time.monotonic(): the one form the time budget takes, end to end
+
+    async def run(self, job: GenerationRequest) -> GenerationResult:
+        """Generate, and record what happened for the request's log line and metrics."""
+        result = await self.scheduler.generate(job)
+        record_generation(
+            self.request,
+            GenerationRecord(
+                prompt=job.prompt,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                finish_reasons=[c.finish_reason for c in result.completions],
+                seconds=result.seconds,
+            ),
+        )
+        return result
+
+
+def get_generation(request: Request, scheduler: SchedulerDep) -> Generation:
+    return Generation(request, scheduler, request.app.state.time_budget.deadline_for(request.scope))
+
+
+GenerationDep = Annotated[Generation, Depends(get_generation)]
 
 
 def usage_of(result: GenerationResult) -> Usage:

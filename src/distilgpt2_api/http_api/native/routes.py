@@ -6,11 +6,11 @@ FastAPI reads each endpoint's annotations, and some of them are local to the bui
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query
 
 from distilgpt2_api import __version__
 from distilgpt2_api.core.request import DEFAULT_MAX_NEW_TOKENS, tutorial_request
-from distilgpt2_api.http_api.dependencies import ERROR_RESPONSES, Deadline, SchedulerDep, run_generation, usage_of
+from distilgpt2_api.http_api.dependencies import ERROR_RESPONSES, GenerationDep, SchedulerDep, usage_of
 from distilgpt2_api.http_api.native.protocol import (
     GeneratedSequences,
     GenerateResponse,
@@ -45,16 +45,14 @@ def generation_router(bounds: Bounds) -> APIRouter:
 
     @router.post("/generate", response_model=GenerateResponse, responses=ERROR_RESPONSES)
     async def generate(
-        request: Request,
         body: Body,  # type: ignore[valid-type]
-        scheduler: SchedulerDep,
-        deadline: Deadline,
+        generation: GenerationDep,
     ) -> GenerateResponse:
         """Generate continuations of `prompt` (parameter names follow text-generation-inference)."""
-        result = await run_generation(request, scheduler, body.to_generation_request(deadline))
+        result = await generation.run(body.to_generation_request(generation.deadline))
         return GenerateResponse(
             generated_sequences=with_prompt(body.prompt if body.return_full_text else "", result.completions),
-            model=scheduler.model_name,
+            model=generation.scheduler.model_name,
             finish_reasons=[c.finish_reason for c in result.completions],
             usage=usage_of(result),
             seed=result.seed,
@@ -62,16 +60,14 @@ def generation_router(bounds: Bounds) -> APIRouter:
 
     @router.get("/{prompt}", response_model=GeneratedSequences, responses=ERROR_RESPONSES)
     async def generate_from_path(
-        request: Request,
         prompt: Annotated[bounds.prompt, Path()],  # type: ignore[name-defined]
-        scheduler: SchedulerDep,
-        deadline: Deadline,
+        generation: GenerationDep,
         max_new_tokens: Annotated[bounds.max_new_tokens, Query()] = DEFAULT_MAX_NEW_TOKENS,  # type: ignore[name-defined]
         num_return_sequences: Annotated[bounds.sequences, Query()] = 1,  # type: ignore[name-defined]
     ) -> GeneratedSequences:
         """The tutorial's route: sampled continuations (top-k 50, as its pipeline did), prompt included."""
-        job = tutorial_request(prompt, max_new_tokens, num_return_sequences, deadline)
-        result = await run_generation(request, scheduler, job)
+        job = tutorial_request(prompt, max_new_tokens, num_return_sequences, generation.deadline)
+        result = await generation.run(job)
         return GeneratedSequences(generated_sequences=with_prompt(prompt, result.completions))
 
     return router

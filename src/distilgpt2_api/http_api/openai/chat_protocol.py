@@ -6,6 +6,7 @@ the conversation with the model's own chat template.
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
@@ -13,8 +14,8 @@ from pydantic import BaseModel, Field, create_model, model_validator
 from distilgpt2_api.core.chat import ChatMessage, ChatTemplate, Role
 from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.scheduler import Completion
-from distilgpt2_api.http_api.openai.protocol import Choice, OpenAIRequest
-from distilgpt2_api.http_api.protocol import Bounds, StrictModel, Usage
+from distilgpt2_api.http_api.openai.protocol import Choice, OpenAIRequest, Response
+from distilgpt2_api.http_api.protocol import Bounds, StrictModel
 
 MAX_MESSAGES = 256
 
@@ -97,10 +98,7 @@ class ChatChoice(Choice):
         return cls(index=index, message=ChatMessageOut(content=completion.text), **cls.ending(completion))
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionResponse(Response):
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
-    usage: Usage

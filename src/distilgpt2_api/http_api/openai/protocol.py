@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -89,13 +91,18 @@ class CompletionChoice(Choice):
         return cls(text=completion.text, index=index, **cls.ending(completion))
 
 
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
+class Response(BaseModel):
+    """What every OpenAI generation response carries besides its id, object and choices."""
+
+    created: int = Field(default_factory=lambda: int(time.time()))
     model: str
-    choices: list[CompletionChoice]
     usage: Usage
+
+
+class CompletionResponse(Response):
+    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
 
 
 class ModelCard(BaseModel):

@@ -4,11 +4,10 @@ Built from the settings' bounds: no `from __future__ import annotations` (see na
 """
 
 import time
-import uuid
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from distilgpt2_api.http_api.dependencies import ERROR_RESPONSES, Deadline, SchedulerDep, run_generation, usage_of
+from distilgpt2_api.http_api.dependencies import ERROR_RESPONSES, GenerationDep, SchedulerDep, usage_of
 from distilgpt2_api.http_api.errors import ApiError
 from distilgpt2_api.http_api.openai.chat_protocol import (
     ChatChoice,
@@ -41,39 +40,33 @@ def openai_router(bounds: Bounds) -> APIRouter:
 
     @router.post("/completions", response_model=CompletionResponse, responses=OPENAI_ERRORS)
     async def create_completion(
-        request: Request,
         body: Body,  # type: ignore[valid-type]
-        scheduler: SchedulerDep,
-        deadline: Deadline,
+        generation: GenerationDep,
     ) -> CompletionResponse:
-        _check(body, scheduler.model_name)
-        result = await run_generation(request, scheduler, body.to_generation_request(deadline))
+        _check(body, generation.scheduler.model_name)
+        result = await generation.run(body.to_generation_request(generation.deadline))
         return CompletionResponse(
-            id=f"cmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
-            model=scheduler.model_name,
+            model=generation.scheduler.model_name,
             choices=[CompletionChoice.of(c, i) for i, c in enumerate(result.completions)],
             usage=usage_of(result),
         )
 
     @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=OPENAI_ERRORS)
     async def create_chat_completion(
-        request: Request,
         body: ChatBody,  # type: ignore[valid-type]
-        scheduler: SchedulerDep,
-        deadline: Deadline,
+        generation: GenerationDep,
     ) -> ChatCompletionResponse:
         """The conversation rendered with the model's chat template; the answer ends at its end-of-turn token.
         Without max_tokens / max_completion_tokens an answer may take MAX_NEW_TOKENS_LIMIT tokens."""
-        _check(body, scheduler.model_name)
+        _check(body, generation.scheduler.model_name)
         job = body.to_generation_request(
-            scheduler.chat_template, default_max_tokens=bounds.max_new_tokens_limit, deadline=deadline
+            generation.scheduler.chat_template,
+            default_max_tokens=bounds.max_new_tokens_limit,
+            deadline=generation.deadline,
         )
-        result = await run_generation(request, scheduler, job)
+        result = await generation.run(job)
         return ChatCompletionResponse(
-            id=f"chatcmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
-            model=scheduler.model_name,
+            model=generation.scheduler.model_name,
             choices=[ChatChoice.of(c, i) for i, c in enumerate(result.completions)],
             usage=usage_of(result),
         )
