@@ -41,6 +41,8 @@ KEYED: dict[tuple[str, str], dict[str, Any]] = {
         "json": {"messages": [{"role": "user", "content": "Hi"}]},
     },
 }
+KEYED[("POST", "/tokenize")] = {"url": "/tokenize", "json": {"prompt": "Once"}}
+KEYED[("POST", "/detokenize")] = {"url": "/detokenize", "json": {"tokens": [1, 2]}}
 PAST_THE_KEY = {("POST", "/v1/chat/completions"): 400}  # the tiny GPT-2 has no chat template: served, and refused
 
 

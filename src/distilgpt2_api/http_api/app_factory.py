@@ -17,6 +17,7 @@ from distilgpt2_api.http_api.errors import install_error_handling
 from distilgpt2_api.http_api.native.routes import generation_router, health_router
 from distilgpt2_api.http_api.openai.routes import openai_router
 from distilgpt2_api.http_api.protocol import Bounds
+from distilgpt2_api.http_api.tokens.routes import tokens_router
 from distilgpt2_api.observability import RequestLogging, silence_access_log
 from distilgpt2_api.settings import Settings
 
@@ -45,6 +46,7 @@ def create_app(scheduler: Scheduler, settings: Settings) -> FastAPI:
     keyed, bounds = [Depends(require_api_key)], Bounds.from_settings(settings)
     app.include_router(health_router())
     app.include_router(openai_router(bounds), dependencies=keyed)
+    app.include_router(tokens_router(bounds), dependencies=keyed)
     app.include_router(generation_router(bounds), dependencies=keyed)  # last: `/{prompt}` matches any segment
     return app
 

@@ -66,14 +66,19 @@ class ChatCompletionRequest(OpenAIRequest):
         )
 
 
-def chat_request_model(bounds: Bounds) -> type[ChatCompletionRequest]:
-    """`ChatCompletionRequest` with the settings' limits on message length, token counts and n."""
-    bounded_message = create_model(
+def message_model(bounds: Bounds) -> type[Message]:
+    """`Message` with the settings' limit on its text."""
+    return create_model(
         "Message",
         __base__=Message,
         __module__=__name__,
         content=(bounds.prompt | Annotated[list[TextPart], Field(min_length=1)], ...),
     )
+
+
+def chat_request_model(bounds: Bounds) -> type[ChatCompletionRequest]:
+    """`ChatCompletionRequest` with the settings' limits on message length, token counts and n."""
+    bounded_message = message_model(bounds)
     return create_model(
         "ChatCompletionRequest",
         __base__=ChatCompletionRequest,
