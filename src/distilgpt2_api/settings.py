@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     max_return_sequences: int = Field(8, ge=1, description="Upper bound for num_return_sequences / n.")
     max_prompt_chars: int = Field(8000, ge=1, description="Upper bound for the prompt length in characters.")
     max_batch_tokens: int = Field(
-        3072,  # SmolLM2's worst admitted request then peaks at 1.13 GB, its prompt pass at 12.5 s (WORST_CASE.md)
+        3072,  # SmolLM2's worst admitted requests peak at 1.31 GB (1.40 GB on transformers), 13 s prompt pass
         ge=1,
         description="Upper bound for sampled sequences x (prompt + max_new_tokens) tokens in one request: "
         "memory and uninterruptible prefill time grow with it (README, Lambda sizing).",
