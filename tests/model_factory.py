@@ -69,6 +69,11 @@ def build_tiny_llama(path: Path) -> Path:
     """A 2-layer Llama (hidden 64, 4 heads, 2 KV heads) with random weights (seed 0) in `path`."""
     tokenizer = build_tokenizer()
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    return _save(_tiny_llama(tokenizer, bos_id=eos_id, eos_id=eos_id), tokenizer, path, "tiny-llama")
+
+
+def _tiny_llama(tokenizer: PreTrainedTokenizerFast, *, bos_id: int, eos_id: int) -> LlamaForCausalLM:
+    """A 2-layer Llama (hidden 64, 4 heads, 2 KV heads) with random weights (seed 0) for `tokenizer`."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -77,11 +82,11 @@ def build_tiny_llama(path: Path) -> Path:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        bos_token_id=eos_id,
+        bos_token_id=bos_id,
         eos_token_id=eos_id,
     )
     torch.manual_seed(0)
-    return _save(LlamaForCausalLM(config), tokenizer, path, "tiny-llama")
+    return LlamaForCausalLM(config)
 
 
 CHATML = (  # the ChatML template SmolLM2 and many others use, with a system prompt by default
@@ -99,16 +104,5 @@ def build_tiny_chat_llama(path: Path) -> Path:
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.chat_template = CHATML
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.convert_tokens_to_ids(EOS),
-        eos_token_id=end_of_turn,
-    )
-    torch.manual_seed(0)
-    return _save(LlamaForCausalLM(config), tokenizer, path, "tiny-chat-llama")
+    model = _tiny_llama(tokenizer, bos_id=tokenizer.convert_tokens_to_ids(EOS), eos_id=end_of_turn)
+    return _save(model, tokenizer, path, "tiny-chat-llama")

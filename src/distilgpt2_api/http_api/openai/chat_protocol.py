@@ -54,9 +54,8 @@ class ChatCompletionRequest(OpenAIRequest):
     def to_generation_request(
         self, template: ChatTemplate, *, default_max_tokens: int, deadline: float | None
     ) -> GenerationRequest:
-        messages = [ChatMessage(role=m.role, content=m.text()) for m in self.messages]
         return GenerationRequest(
-            prompt=template.render(messages),
+            prompt=chat_prompt(template, self.messages),
             max_new_tokens=self.max_new_tokens(default_max_tokens),
             n=self.n,
             sampling=self.sampling(),
@@ -64,6 +63,11 @@ class ChatCompletionRequest(OpenAIRequest):
             deadline=deadline,
             add_special_tokens=False,  # the template wrote them
         )
+
+
+def chat_prompt(template: ChatTemplate, messages: list[Message]) -> str:
+    """The conversation as the model sees it: rendered with its chat template (special tokens included)."""
+    return template.render([ChatMessage(role=m.role, content=m.text()) for m in messages])
 
 
 def message_model(bounds: Bounds) -> type[Message]:

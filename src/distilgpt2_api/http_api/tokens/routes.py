@@ -5,10 +5,9 @@ Built from the settings' bounds: no `from __future__ import annotations` (see na
 
 from fastapi import APIRouter
 
-from distilgpt2_api.core.chat import ChatMessage
 from distilgpt2_api.http_api.dependencies import ERROR_RESPONSES, SchedulerDep
 from distilgpt2_api.http_api.errors import ApiError
-from distilgpt2_api.http_api.openai.chat_protocol import message_model
+from distilgpt2_api.http_api.openai.chat_protocol import chat_prompt, message_model
 from distilgpt2_api.http_api.protocol import Bounds
 from distilgpt2_api.http_api.tokens.protocol import (
     DetokenizeRequest,
@@ -27,8 +26,7 @@ def tokens_router(bounds: Bounds) -> APIRouter:
         """Token ids of a prompt, or of chat messages as `/v1/chat/completions` would send them to the model."""
         tokenizer = scheduler.engine.tokenizer
         if body.messages is not None:
-            messages = [ChatMessage(role=m.role, content=m.text()) for m in body.messages]
-            ids = tokenizer.encode(scheduler.chat_template.render(messages), add_special_tokens=False)
+            ids = tokenizer.encode(chat_prompt(scheduler.chat_template, body.messages), add_special_tokens=False)
         else:
             ids = tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
         return TokenizeResponse(
