@@ -3,36 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from distilgpt2_api.engines import Engine, ctranslate2_engine
-from distilgpt2_api.engines.transformers_engine import TransformersEngine
+from distilgpt2_api.core.request import TokenRequest
+from distilgpt2_api.engines import Engine
+from distilgpt2_api.engines.base import StepCallback, TokenStep
 
-
-class _SlowClock:
-    """A clock that moves 50 ms further on every reading: each CTranslate2 step looks slow."""
-
-    def __init__(self) -> None:
-        self.readings = 0
-
-    def monotonic(self) -> float:
-        self.readings += 1
-        return time.monotonic() + 0.05 * self.readings
+STEP_SECONDS = 0.05
 
 
 def slow_down(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every generated token of `engine` take about 50 ms: a deliberately slowed model."""
-    if isinstance(engine, TransformersEngine):
-        original: Callable[..., Any] = engine.model.forward
+    """Make every generated token of `engine` take at least 50 ms more: a deliberately slowed model."""
+    generate = engine.generate
 
-        def slow_forward(*args: Any, **kwargs: Any) -> Any:
-            time.sleep(0.05)
-            return original(*args, **kwargs)
+    def slow_generate(job: TokenRequest, on_step: StepCallback) -> None:
+        def slow_step(step: TokenStep) -> bool:
+            time.sleep(STEP_SECONDS)
+            return on_step(step)
 
-        monkeypatch.setattr(engine.model, "forward", slow_forward)
-    else:
-        # CTranslate2's forward pass is native code; its per-token callback reads this clock.
-        monkeypatch.setattr(ctranslate2_engine, "time", _SlowClock())
+        generate(job, slow_step)
+
+    monkeypatch.setattr(engine, "generate", slow_generate)

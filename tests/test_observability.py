@@ -60,10 +60,10 @@ def test_health_emits_no_metrics(client: TestClient, capsys: pytest.CaptureFixtu
 def test_errors_metric_on_internal_error(
     client: TestClient, app: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def explode(request: object) -> None:
+    def explode(job: object, on_step: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(app.state.scheduler, "generate_blocking", explode)
+    monkeypatch.setattr(app.state.scheduler.engine, "generate", explode)
     capsys.readouterr()
     assert client.post("/generate", json={"prompt": "hi"}).status_code == 500
     documents = _emf_documents(capsys.readouterr().out)

@@ -51,3 +51,32 @@ def test_a_closed_engine_frees_its_generator(model_dir: Path) -> None:
     engine.close()
     engine.close()  # idempotent
     assert not hasattr(engine, "generator")
+
+
+REPLACING = """
+import sys
+from pathlib import Path
+from distilgpt2_api.engines import load_engine
+from distilgpt2_api.core.request import GenerationRequest
+from distilgpt2_api.core.scheduler import Scheduler
+
+for _ in range(6):  # as the benchmark does: an engine per configuration, each dropped after use
+    Scheduler(load_engine(Path(sys.argv[1]), "ctranslate2", threads=1)).generate_blocking(GenerationRequest("Once", 8))
+print("ok")
+"""
+
+
+def test_an_engine_dropped_right_after_generating_is_freed_on_this_thread(model_dir: Path) -> None:
+    # The per-token callback lives in CTranslate2's job until its worker frees it. Were the engine reachable
+    # from it, dropping the engine could leave the callback as its last reference, and the generator would be
+    # destroyed on its own worker thread, which cannot join itself: "Resource deadlock avoided", abort.
+    command = [sys.executable, "-c", REPLACING, str(model_dir)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(
+            pool.map(
+                lambda _: subprocess.run(command, capture_output=True, text=True, timeout=EXIT_TIMEOUT_S, check=False),
+                range(4),
+            )
+        )
+    failures = [(run.returncode, run.stderr[-300:]) for run in runs if run.returncode != 0 or "ok" not in run.stdout]
+    assert not failures, f"{len(failures)} of 4 processes failed: {failures[:2]}"

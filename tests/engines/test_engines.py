@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
+from distilgpt2_api.core import sequence
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
 from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.engines import Engine, ModelInfo, ModelLoadError, ctranslate2_engine, load_engine
+from distilgpt2_api.engines import Engine, ModelInfo, ModelLoadError, load_engine
 from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR, QUALITY_FILE
 from distilgpt2_api.model_store.convert import COMPUTE_TYPES, QUALITY_TOLERANCE, convert_for_ctranslate2
 
@@ -167,7 +168,7 @@ def test_a_failing_stop_check_is_an_error_not_a_crash(model_dir: Path, monkeypat
     def broken(text: str, stop: tuple[str, ...]) -> str | None:
         raise ValueError("broken stop check")
 
-    monkeypatch.setattr(ctranslate2_engine, "cut_at_stop", broken)
+    monkeypatch.setattr(sequence, "cut_at_stop", broken)
     with pytest.raises(ValueError, match="broken stop check"):
         _generate(engine, stop=("x",))
 

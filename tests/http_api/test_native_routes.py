@@ -183,10 +183,10 @@ def test_unknown_route_and_method_are_json(client: TestClient) -> None:
 def test_internal_error_is_a_500_with_request_id_and_no_traceback(
     client: TestClient, app: FastAPI, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    def explode(request: object) -> None:
+    def explode(job: object, on_step: object) -> None:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(app.state.scheduler, "generate_blocking", explode)
+    monkeypatch.setattr(app.state.scheduler.engine, "generate", explode)
     response = client.post("/generate", json={"prompt": "hi"})
     assert response.status_code == 500
     body = response.json()

@@ -56,12 +56,6 @@ def test_sdk_stop_string(sdk: openai.OpenAI) -> None:
     assert stopped.choices[0].text == free[: free.find(stop)]
 
 
-def test_sdk_stream_is_refused_clearly(sdk: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as raised:
-        sdk.completions.create(model="tiny-gpt2", prompt="hi", stream=True)
-    assert "stream" in str(raised.value)
-
-
 def test_sdk_unknown_model_is_not_found(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as raised:
         sdk.completions.create(model="gpt-4", prompt="hi", max_tokens=2)

@@ -40,6 +40,20 @@ class TokenBudgetExceeded(RequestTooLarge):
         )
 
 
+class LogprobsBudgetExceeded(InvalidRequest):
+    """Alternatives (top logprobs) keep every step's logits until the request ends: their steps are bounded."""
+
+    code = "logprobs_budget_exceeded"
+    param = "logprobs"
+
+    def __init__(self, sequences: int, max_new_tokens: int, budget: int) -> None:
+        super().__init__(
+            f"with alternative tokens (top logprobs), {sequences} sequence(s) x {max_new_tokens} new tokens = "
+            f"{sequences * max_new_tokens} steps, more than this server's {budget}: lower n or max_tokens, "
+            "or ask for the chosen tokens' logprobs only"
+        )
+
+
 class DeadlineExceeded(RuntimeError):
     """The request's time budget ran out before generation could start (it waited in the queue)."""
 

@@ -34,18 +34,21 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     deadline: float | None = None  # time.monotonic() by which generation must have returned
     add_special_tokens: bool = True  # False for a rendered chat prompt: its template placed them
+    logprobs: int | None = None  # None: none; k: each token's log-probability and its k likeliest alternatives
 
 
 @dataclass(frozen=True)
 class TokenRequest:
-    """What an engine computes: `n` sequences of new token ids after `prompt_ids`, nothing it does not use."""
+    """What an engine computes: `n` sequences of new token ids after `prompt_ids`, nothing it does not use.
+
+    Stop strings, deadlines and cancellation are the caller's: it ends a sequence from the step callback.
+    """
 
     prompt_ids: tuple[int, ...]
     n: int
     max_new_tokens: int
     sampling: SamplingParams
-    stop: tuple[str, ...]  # a sequence ends once its text holds one
-    deadline: float | None  # time.monotonic(): every sequence stops with what it has
+    logprobs: int | None = None  # None: none; k: each chosen token's log-probability and the k likeliest
 
 
 def tutorial_request(prompt: str, max_new_tokens: int, n: int, deadline: float | None = None) -> GenerationRequest:

@@ -1,4 +1,4 @@
-"""Stop strings: where a text must end."""
+"""Stop strings: where a text must end, and how much of it could still become one."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str | None:
     return text[: min(positions)] if positions else None
 
 
-def tail_tokens_for(stop: tuple[str, ...]) -> int:
-    """How many trailing tokens to decode to see any stop string that a new token may have completed."""
-    return max(map(len, stop)) + 8  # a token is at least one character; a few more for merges across tokens
+def stop_prefix_start(text: str, stop: tuple[str, ...]) -> int:
+    """Where the longest end of `text` that begins some stop string starts; len(text) if none does.
+
+    Text before that index can be shown: no stop string can begin there any more.
+    """
+    longest = 0
+    for s in stop:
+        for length in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:length]):
+                longest = length
+                break
+    return len(text) - longest

@@ -7,10 +7,13 @@ Both engines tokenize with the `tokenizers` library from tokenizer.json, through
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from distilgpt2_api.core.request import TokenRequest
@@ -104,17 +107,48 @@ def _manifest_model_id(model_dir: Path) -> str | None:
     return model_id if isinstance(model_id, str) and model_id else None
 
 
+@dataclass(frozen=True)
+class TokenStep:
+    """One token an engine generated for one sequence of a job, as soon as it is chosen."""
+
+    sequence: int  # which of the job's `n` sequences
+    token_id: int
+    logprob: float | None = None  # log-softmax of the model's logits (before temperature), if asked for
+    top_logprobs: tuple[tuple[int, float], ...] = ()  # the k likeliest (token id, logprob), likeliest first
+
+
+# Called for every generated token, in order, on the engine's thread; True ends that sequence there.
+StepCallback = Callable[[TokenStep], bool]
+
+
+def logprobs_of(logits: np.ndarray, token_id: int, top: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """The chosen token's log-probability under `logits` (one row, the model's raw scores) and the `top` likeliest."""
+    shifted = logits.astype(np.float64) - logits.max()
+    logprobs = shifted - np.log(np.exp(shifted).sum())
+    top = min(top, logprobs.size - 1)
+    if top <= 0:
+        return float(logprobs[token_id]), ()
+    best = np.argpartition(-logprobs, top)[:top]
+    best = best[np.argsort(-logprobs[best], kind="stable")]
+    return float(logprobs[token_id]), tuple((int(i), float(logprobs[i])) for i in best)
+
+
 class Engine(Protocol):
     """A loaded model that turns token ids into more token ids; it only computes.
 
-    The scheduler tokenizes, validates and decodes; an engine receives only what it uses.
+    The scheduler tokenizes, validates, decodes and decides when a sequence ends; an engine receives only what
+    it uses.
     """
 
     info: ModelInfo
     tokenizer: TextTokenizer
 
-    def generate(self, job: TokenRequest) -> list[list[int]]:
-        """New token ids for `job.n` sequences, each ending with an EOS token if the model produced one."""
+    def generate(self, job: TokenRequest, on_step: StepCallback) -> None:
+        """Generate `job.n` sequences, passing each new token to `on_step` as soon as it is chosen.
+
+        A sequence ends at an EOS token (passed on too), at `job.max_new_tokens`, or when `on_step` returns True.
+        Returns once every sequence has ended; an exception raised by `on_step` is raised here.
+        """
         ...
 
     def close(self) -> None:
@@ -140,6 +174,17 @@ class TextTokenizer:
 
     def decode(self, token_ids: list[int]) -> str:
         return str(self.backend.decode(token_ids, skip_special_tokens=True))
+
+    def token_text(self, token_id: int) -> str:
+        """One token's own text, special tokens included (an unfinished character shows as U+FFFD)."""
+        return str(self.backend.decode([token_id], skip_special_tokens=False))
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special_ids
+
+    @cached_property
+    def _special_ids(self) -> frozenset[int]:
+        return frozenset(i for i, token in self.backend.get_added_tokens_decoder().items() if token.special)
 
     def tokens(self, token_ids: list[int]) -> list[str]:
         """The token strings of `token_ids` (what CTranslate2 takes as input)."""

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import atexit
 import json
-import time
 import weakref
 from pathlib import Path
 
 import ctranslate2
+import numpy as np
 
 from distilgpt2_api.core.request import SamplingParams, TokenRequest
-from distilgpt2_api.core.stop import cut_at_stop, tail_tokens_for
-from distilgpt2_api.engines.base import PREPARE_HINT, ModelInfo, ModelLoadError, TextTokenizer
+from distilgpt2_api.engines.base import (
+    PREPARE_HINT,
+    ModelInfo,
+    ModelLoadError,
+    StepCallback,
+    TextTokenizer,
+    TokenStep,
+    logprobs_of,
+)
 
 CT2_SUBDIR = "ctranslate2-int8"
 QUALITY_FILE = "quality.json"  # written at prepare time: the compute type that keeps quality
@@ -77,29 +84,25 @@ class CTranslate2Engine:
         """
         vars(self).pop("generator", None)
 
-    def generate(self, job: TokenRequest) -> list[list[int]]:
-        sampling, stop, deadline = job.sampling, job.stop, job.deadline
+    def generate(self, job: TokenRequest, on_step: StepCallback) -> None:
+        sampling = job.sampling
         if sampling.do_sample and sampling.seed is not None:
             self._reseed(sampling.seed)
-        generated: list[list[int]] = [[] for _ in range(job.n)]
         failures: list[Exception] = []
-        tail = tail_tokens_for(stop) if stop else 0
+        to_step = _StepReader(job.logprobs)
 
-        def should_stop(step: ctranslate2.GenerationStepResult) -> bool:
-            # Called after each token, on CTranslate2's worker thread: returning True ends that
-            # sequence with what it has. An exception escaping here would abort the process.
+        # Called after each token, on CTranslate2's worker thread: returning True ends that sequence
+        # with what it has. An exception escaping here would abort the process. The worker frees this
+        # function after the job, so it must not hold the engine: were that the engine's last reference,
+        # the generator would be destroyed on its own worker thread, which cannot join itself (abort).
+        def step(result: ctranslate2.GenerationStepResult) -> bool:
             try:
-                generated[step.batch_id].append(step.token_id)
-                if deadline is not None and time.monotonic() >= deadline:
-                    return True
-                if not stop:
-                    return False
-                return cut_at_stop(self.tokenizer.decode(generated[step.batch_id][-tail:]), stop) is not None
+                return on_step(to_step(result))
             except Exception as error:  # noqa: BLE001 - re-raised on the calling thread below
                 failures.append(error)
                 return True
 
-        results = self.generator.generate_batch(
+        self.generator.generate_batch(
             [self.tokenizer.tokens(list(job.prompt_ids))] * job.n,
             max_length=job.max_new_tokens,
             include_prompt_in_result=False,
@@ -109,11 +112,13 @@ class CTranslate2Engine:
             sampling_topk=self._top_k(sampling),
             sampling_topp=sampling.top_p if sampling.do_sample else 1.0,
             sampling_temperature=sampling.temperature if sampling.do_sample else 1.0,
-            callback=should_stop if (stop or deadline is not None) else None,
+            # The chosen token's log-probability comes with the scores; alternatives need every logit.
+            return_scores=job.logprobs is not None,
+            return_logits_vocab=bool(job.logprobs),
+            callback=step,
         )
         if failures:
             raise failures[0]
-        return [list(result.sequences_ids[0]) for result in results]
 
     def _top_k(self, sampling: SamplingParams) -> int:
         if not sampling.do_sample:
@@ -129,3 +134,30 @@ class CTranslate2Engine:
         ctranslate2.set_random_seed(seed % 2**32)
         self.close()
         self.generator = ctranslate2.Generator(**self._generator_args)
+
+
+class _StepReader:
+    """Turns CTranslate2's step results into TokenSteps, with the log-probabilities the job asked for.
+
+    The chosen token's log-probability comes with each result. Alternatives need the logits, which
+    CTranslate2 hands over once per step for the whole batch of unfinished sequences: the step's first
+    result can read them, and the k-th result of a step is row k.
+    """
+
+    def __init__(self, logprobs: int | None) -> None:
+        self._logprobs = logprobs
+        self._step = -1
+        self._rows: np.ndarray | None = None
+        self._row = 0
+
+    def __call__(self, result: ctranslate2.GenerationStepResult) -> TokenStep:
+        if not self._logprobs:  # None: not asked for; 0: the chosen token's alone, which CTranslate2 computed
+            logprob = None if self._logprobs is None else float(result.log_prob)
+            return TokenStep(result.batch_id, result.token_id, logprob)
+        if result.step != self._step:
+            self._step, self._rows, self._row = result.step, np.array(result.logits), 0
+        assert self._rows is not None
+        logits = self._rows[self._row]
+        self._row += 1
+        logprob, top = logprobs_of(logits, result.token_id, self._logprobs)
+        return TokenStep(result.batch_id, result.token_id, logprob, top)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.utils import logging as transformers_logging
 
 from distilgpt2_api.core.request import TokenRequest
-from distilgpt2_api.engines.base import PREPARE_HINT, ModelInfo, ModelLoadError, TextTokenizer
+from distilgpt2_api.engines.base import (
+    PREPARE_HINT,
+    ModelInfo,
+    ModelLoadError,
+    StepCallback,
+    TextTokenizer,
+    TokenStep,
+    logprobs_of,
+)
 
 
 class TransformersEngine:
@@ -19,8 +27,6 @@ class TransformersEngine:
         torch.set_num_threads(threads)
         transformers_logging.disable_progress_bar()  # progress bars are noise in service logs
         self.tokenizer = TextTokenizer(info.path)
-        # transformers' stop strings need its own tokenizer class: the same tokenizer.json, wrapped.
-        self._stop_tokenizer = PreTrainedTokenizerFast(tokenizer_object=self.tokenizer.backend)
         try:
             # local_files_only: a bad path must fail here, never turn into a Hub download.
             self.model = AutoModelForCausalLM.from_pretrained(
@@ -36,8 +42,8 @@ class TransformersEngine:
     def close(self) -> None:
         """Nothing native outlives the interpreter here: torch's thread pool shuts down with it."""
 
-    def generate(self, job: TokenRequest) -> list[list[int]]:
-        sampling, deadline = job.sampling, job.deadline
+    def generate(self, job: TokenRequest, on_step: StepCallback) -> None:
+        sampling = job.sampling
         # Under OpenMP the thread count is per OS thread: apply it in the worker that generates.
         if torch.get_num_threads() != self._threads:
             torch.set_num_threads(self._threads)
@@ -56,25 +62,48 @@ class TransformersEngine:
             repetition_penalty=sampling.repetition_penalty,
             eos_token_id=sorted(self.info.eos_token_ids),
             pad_token_id=self._pad_id,
-            stop_strings=list(job.stop) or None,
-            # transformers counts time from the call: the one place the deadline becomes relative.
-            max_time=None if deadline is None else max(0.0, deadline - time.monotonic()),
             **sampled,
         )
-        with torch.inference_mode():
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                generation_config=config,
-                tokenizer=self._stop_tokenizer if job.stop else None,
-            )
-        return [self._trim(row[len(job.prompt_ids) :].tolist()) for row in output]
+        steps = _Steps(on_step, job, self.info.eos_token_ids)
+        # The model's own logits for the last position, as each forward pass leaves them (before any
+        # processing: logprobs describe the model's distribution, whatever the sampling settings).
+        hook = self.model.register_forward_hook(steps.keep_logits) if job.logprobs is not None else None
+        try:
+            with torch.inference_mode():
+                self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    generation_config=config,
+                    stopping_criteria=StoppingCriteriaList([steps]),
+                )
+        finally:
+            if hook is not None:
+                hook.remove()
 
-    def _trim(self, new_ids: list[int]) -> list[int]:
-        """Cut the padding after a finished row, keeping an EOS token."""
-        for index, token in enumerate(new_ids):
-            if token in self.info.eos_token_ids:
-                return new_ids[: index + 1]
-            if token == self._pad_id:
-                return new_ids[:index]
-        return new_ids
+
+class _Steps(StoppingCriteria):
+    """Passes each new token to the step callback; a row ends when it returns True or the token is an EOS."""
+
+    def __init__(self, on_step: StepCallback, job: TokenRequest, eos_token_ids: frozenset[int]) -> None:
+        super().__init__()
+        self._on_step = on_step
+        self._logprobs = job.logprobs
+        self._eos = eos_token_ids
+        self._ended = [False] * job.n
+        self._logits: torch.Tensor | None = None
+
+    def keep_logits(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self._logits = output.logits[:, -1, :]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        tokens = input_ids[:, -1].tolist()
+        for row, token in enumerate(tokens):
+            if not self._ended[row]:  # finished rows only receive padding
+                self._ended[row] = self._on_step(self._step(row, token)) or token in self._eos
+        return torch.tensor(self._ended, dtype=torch.bool)  # type: ignore[return-value]
+
+    def _step(self, row: int, token: int) -> TokenStep:
+        if self._logprobs is None or self._logits is None:
+            return TokenStep(row, token)
+        logprob, top = logprobs_of(self._logits[row].float().numpy(), token, self._logprobs)
+        return TokenStep(row, token, logprob, top)

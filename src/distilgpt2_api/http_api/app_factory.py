@@ -14,9 +14,12 @@ from distilgpt2_api.engines import load_engine
 from distilgpt2_api.http_api.auth import install_api_keys, require_api_key
 from distilgpt2_api.http_api.body_limit import BodySizeLimit
 from distilgpt2_api.http_api.errors import install_error_handling
+from distilgpt2_api.http_api.native import routes as native
 from distilgpt2_api.http_api.native.routes import generation_router, health_router
+from distilgpt2_api.http_api.openai import routes as openai
 from distilgpt2_api.http_api.openai.routes import openai_router
 from distilgpt2_api.http_api.protocol import Bounds
+from distilgpt2_api.http_api.streaming import document_events
 from distilgpt2_api.http_api.tokens.routes import tokens_router
 from distilgpt2_api.observability import RequestLogging, silence_access_log
 from distilgpt2_api.settings import Settings
@@ -48,6 +51,7 @@ def create_app(scheduler: Scheduler, settings: Settings) -> FastAPI:
     app.include_router(openai_router(bounds), dependencies=keyed)
     app.include_router(tokens_router(bounds), dependencies=keyed)
     app.include_router(generation_router(bounds), dependencies=keyed)  # last: `/{prompt}` matches any segment
+    document_events(app, [*openai.EVENTS, *native.EVENTS])
     return app
 
 

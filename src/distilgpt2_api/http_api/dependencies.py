@@ -42,17 +42,21 @@ class Generation:
     async def run(self, job: GenerationRequest) -> GenerationResult:
         """Generate, and record what happened for the request's log line and metrics."""
         result = await self.scheduler.generate(job)
-        record_generation(
-            self.request,
-            GenerationRecord(
-                prompt=job.prompt,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                finish_reasons=[c.finish_reason for c in result.completions],
-                seconds=result.seconds,
-            ),
+        self.record(
+            job.prompt,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            finish_reasons=[c.finish_reason for c in result.completions],
+            seconds=result.seconds,
         )
         return result
+
+    def record(
+        self, prompt: str, *, prompt_tokens: int, completion_tokens: int, finish_reasons: list[str], seconds: float
+    ) -> None:
+        """What a generation did, for the request's log line and metrics."""
+        record = GenerationRecord(prompt, prompt_tokens, completion_tokens, finish_reasons, seconds)
+        record_generation(self.request, record)
 
 
 def get_generation(request: Request, scheduler: SchedulerDep) -> Generation:

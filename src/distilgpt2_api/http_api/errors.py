@@ -33,6 +33,31 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def error_body(
+    request: Request,
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    param: str | None = None,
+    detail: list[dict[str, object]] | None = None,
+) -> ErrorResponse:
+    error_type = "invalid_request_error" if status_code < 500 else "server_error"
+    return ErrorResponse(
+        error=ErrorBody(message=message, type=error_type, code=code, param=param),
+        request_id=request_id(request),
+        detail=detail,
+    )
+
+
+def stream_error(request: Request, exc: Exception) -> ErrorResponse:
+    """The error event that ends a stream whose response has already begun (its status was 200)."""
+    if isinstance(exc, DeadlineExceeded):
+        return error_body(request, 503, "deadline_exceeded", str(exc))
+    logger.exception("error while streaming request %s", request_id(request))
+    return error_body(request, 500, "internal_error", "internal error while generating; quote the request_id")
+
+
 def _error(
     request: Request,
     status_code: int,
@@ -42,12 +67,7 @@ def _error(
     param: str | None = None,
     detail: list[dict[str, object]] | None = None,
 ) -> JSONResponse:
-    error_type = "invalid_request_error" if status_code < 500 else "server_error"
-    body = ErrorResponse(
-        error=ErrorBody(message=message, type=error_type, code=code, param=param),
-        request_id=request_id(request),
-        detail=detail,
-    )
+    body = error_body(request, status_code, code, message, param=param, detail=detail)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code)
 
 

@@ -19,6 +19,9 @@ TopP = Annotated[float, Field(ge=0.001, le=1.0)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 StopList = Annotated[list[StopString], Field(max_length=4)]
+DONE = "[DONE]"  # the last event of an OpenAI stream
+MAX_TOP_LOGPROBS = 5
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
 
 
 @dataclass(frozen=True)

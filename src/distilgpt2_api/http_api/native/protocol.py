@@ -5,13 +5,37 @@ Each request model turns itself into the core's GenerationRequest: the one trans
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
 
 from distilgpt2_api.core.request import DEFAULT_MAX_NEW_TOKENS, GenerationRequest, SamplingParams
-from distilgpt2_api.core.scheduler import Completion, FinishReason
-from distilgpt2_api.http_api.protocol import Bounds, Seed, StopList, StrictModel, TopP, Usage, bounded
+from distilgpt2_api.core.scheduler import Completion
+from distilgpt2_api.core.sequence import Delta, FinishReason, GeneratedToken
+from distilgpt2_api.http_api.protocol import (
+    Bounds,
+    ErrorResponse,
+    Seed,
+    StopList,
+    StrictModel,
+    TopLogprobs,
+    TopP,
+    Usage,
+    bounded,
+)
 
-__all__ = ["GenerateRequest", "GenerateResponse", "GeneratedSequences", "generate_request_model", "with_prompt"]
+if TYPE_CHECKING:
+    from distilgpt2_api.http_api.streaming import StreamTally
+
+__all__ = [
+    "GenerateRequest",
+    "GenerateResponse",
+    "GeneratedSequences",
+    "StreamEvents",
+    "StreamResponse",
+    "generate_request_model",
+    "with_prompt",
+]
 
 
 class GeneratedSequences(BaseModel):
@@ -32,8 +56,11 @@ class GenerateRequest(StrictModel):
     seed: Seed | None = None
     stop: StopList = Field(default_factory=list, description="Each output is cut before the first stop string.")
     return_full_text: bool = Field(True, description="Prefix each sequence with the prompt.")
+    details: bool = Field(False, description="Per sequence: its tokens with their logprobs, and why it ended.")
+    top_n_tokens: TopLogprobs = Field(0, description="With details, or streamed: the likeliest alternatives per token.")
 
-    def to_generation_request(self, deadline: float | None) -> GenerationRequest:
+    def to_generation_request(self, deadline: float | None, *, logprobs: bool = False) -> GenerationRequest:
+        """`logprobs`: every token's logprob whatever `details` says (streamed events always carry them)."""
         sampling = SamplingParams(
             do_sample=self.do_sample,
             temperature=self.temperature,
@@ -49,6 +76,7 @@ class GenerateRequest(StrictModel):
             sampling=sampling,
             stop=tuple(self.stop),
             deadline=deadline,
+            logprobs=self.top_n_tokens if (self.details or logprobs or self.top_n_tokens) else None,
         )
 
 
@@ -57,12 +85,104 @@ def generate_request_model(bounds: Bounds) -> type[GenerateRequest]:
     return bounded(GenerateRequest, bounds, tokens="max_new_tokens", sequences="num_return_sequences")
 
 
+class Token(BaseModel):
+    """A generated token, as text-generation-inference shows one."""
+
+    id: int
+    text: str
+    logprob: float | None
+    special: bool
+
+    @classmethod
+    def of(cls, token: GeneratedToken, *, text: str | None = None) -> Token:
+        shown = token.token if text is None else text
+        return cls(id=token.id, text=shown, logprob=token.logprob, special=token.special)
+
+
+def top_tokens(token: GeneratedToken) -> list[Token]:
+    return [Token(id=alt.id, text=alt.token, logprob=alt.logprob, special=False) for alt in token.top_logprobs]
+
+
+class Details(BaseModel):
+    """One sequence's tokens (text-generation-inference's `details`)."""
+
+    finish_reason: FinishReason
+    generated_tokens: int
+    seed: int | None
+    tokens: list[Token]
+    top_tokens: list[list[Token]] | None = None
+
+    @classmethod
+    def of(cls, completion: Completion, seed: int | None, *, top: bool) -> Details:
+        return cls(
+            finish_reason=completion.finish_reason,
+            generated_tokens=completion.completion_tokens,
+            seed=seed,
+            tokens=[Token.of(token) for token in completion.tokens],
+            top_tokens=[top_tokens(token) for token in completion.tokens] if top else None,
+        )
+
+
 class GenerateResponse(BaseModel):
     generated_sequences: list[str]
     model: str
     finish_reasons: list[FinishReason]
     usage: Usage
     seed: int | None = Field(description="The request's seed when sampling with one, else null.")
+    details: list[Details] | None = Field(None, description="With `details: true`: per sequence, its tokens.")
+
+
+class StreamDetails(BaseModel):
+    finish_reason: FinishReason
+    generated_tokens: int
+    seed: int | None
+
+
+class StreamResponse(BaseModel):
+    """One event of `/generate_stream` (text-generation-inference's shape): a token as it is generated.
+
+    `token.text` is what the token added to the text (empty while a character is unfinished or a stop string
+    may be starting; the text follows in a later event). A sequence's last event has `generated_text` and
+    `details`."""
+
+    index: int
+    token: Token
+    top_tokens: list[Token]
+    generated_text: str | None = None
+    details: StreamDetails | None = None
+
+
+class StreamEvents:
+    """`/generate_stream`'s events: one per token, the last of each sequence with its whole text and details."""
+
+    def __init__(self, body: GenerateRequest, seed: int | None) -> None:
+        self._prefix = body.prompt if body.return_full_text else ""
+        self._seed = seed
+        self._texts: dict[int, list[str]] = {}
+
+    def delta(self, delta: Delta) -> list[BaseModel]:
+        texts = self._texts.setdefault(delta.index, [])
+        texts.append(delta.text)
+        tokens = [(token, token.text) for token in delta.tokens]
+        end = delta.end_token
+        if end is not None and (not tokens or tokens[-1][0].id != end.id):
+            tokens.append((end, ""))  # the EOS token, or the one that completed a stop string: no text
+        events = [
+            StreamResponse(index=delta.index, token=Token.of(token, text=text), top_tokens=top_tokens(token))
+            for token, text in tokens
+        ]
+        if delta.finish_reason is not None and events:
+            events[-1].generated_text = self._prefix + "".join(texts)
+            events[-1].details = StreamDetails(
+                finish_reason=delta.finish_reason, generated_tokens=delta.completion_tokens, seed=self._seed
+            )
+        return events
+
+    def end(self, tally: StreamTally) -> list[BaseModel | str]:
+        return []
+
+    def error(self, error: ErrorResponse) -> list[BaseModel | str]:
+        return [error]
 
 
 def with_prompt(prompt: str, completions: list[Completion]) -> list[str]:

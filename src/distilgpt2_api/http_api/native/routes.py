@@ -7,17 +7,25 @@ FastAPI reads each endpoint's annotations, and some of them are local to the bui
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.responses import Response
 
 from distilgpt2_api import __version__
 from distilgpt2_api.core.request import DEFAULT_MAX_NEW_TOKENS, tutorial_request
 from distilgpt2_api.http_api.dependencies import ERROR_RESPONSES, GenerationDep, SchedulerDep, usage_of
 from distilgpt2_api.http_api.native.protocol import (
+    Details,
     GeneratedSequences,
     GenerateResponse,
+    StreamEvents,
+    StreamResponse,
     generate_request_model,
     with_prompt,
 )
 from distilgpt2_api.http_api.protocol import Bounds, HealthResponse
+from distilgpt2_api.http_api.streaming import event_stream, sse_response_doc
+
+EVENTS = (StreamResponse,)  # what its streams send, for the OpenAPI schema
+STREAM_DOC = "Server-Sent Events: one per token; a sequence's last one carries `generated_text` and `details`."
 
 
 def health_router() -> APIRouter:
@@ -50,13 +58,31 @@ def generation_router(bounds: Bounds) -> APIRouter:
     ) -> GenerateResponse:
         """Generate continuations of `prompt` (parameter names follow text-generation-inference)."""
         result = await generation.run(body.to_generation_request(generation.deadline))
+        details = body.details or body.top_n_tokens > 0
+        top = body.top_n_tokens > 0
         return GenerateResponse(
             generated_sequences=with_prompt(body.prompt if body.return_full_text else "", result.completions),
             model=generation.scheduler.model_name,
             finish_reasons=[c.finish_reason for c in result.completions],
             usage=usage_of(result),
             seed=result.seed,
+            details=[Details.of(c, result.seed, top=top) for c in result.completions] if details else None,
         )
+
+    @router.post(
+        "/generate_stream",
+        response_class=Response,
+        responses={**ERROR_RESPONSES, 200: sse_response_doc(StreamResponse, description=STREAM_DOC)},
+    )
+    async def generate_stream(
+        body: Body,  # type: ignore[valid-type]
+        generation: GenerationDep,
+    ) -> Response:
+        """`POST /generate`'s request, answered token by token as Server-Sent Events (text-generation-inference's
+        events). An error after the first event ends the stream with an error event."""
+        job = body.to_generation_request(generation.deadline, logprobs=True)
+        seed = job.sampling.seed if job.sampling.do_sample else None
+        return await event_stream(generation, job, StreamEvents(body, seed))
 
     @router.get("/{prompt}", response_model=GeneratedSequences, responses=ERROR_RESPONSES)
     async def generate_from_path(

@@ -6,16 +6,21 @@ the conversation with the model's own chat template.
 
 from __future__ import annotations
 
+import time
 import uuid
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
 from distilgpt2_api.core.chat import ChatMessage, ChatTemplate, Role
 from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.scheduler import Completion
+from distilgpt2_api.core.sequence import Delta, GeneratedToken
 from distilgpt2_api.http_api.openai.protocol import Choice, OpenAIRequest, Response
-from distilgpt2_api.http_api.protocol import Bounds, StrictModel
+from distilgpt2_api.http_api.protocol import DONE, Bounds, ErrorResponse, StrictModel, TopLogprobs, Usage
+
+if TYPE_CHECKING:
+    from distilgpt2_api.http_api.streaming import StreamTally
 
 MAX_MESSAGES = 256
 
@@ -40,12 +45,17 @@ class ChatCompletionRequest(OpenAIRequest):
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_tokens: int | None = Field(None, description="Deprecated by OpenAI for max_completion_tokens; either works.")
     max_completion_tokens: int | None = None
-    logprobs: bool = Field(False, description="Not supported yet: true is rejected.")
+    logprobs: bool = Field(False, description="Each answer token's log-probability.")
+    top_logprobs: TopLogprobs | None = Field(
+        None, description="With logprobs: also this many likeliest alternatives per token."
+    )
 
     @model_validator(mode="after")
-    def _one_token_limit(self) -> ChatCompletionRequest:
+    def _consistent(self) -> ChatCompletionRequest:
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise ValueError("send max_completion_tokens or max_tokens, not both")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         return self
 
     def max_new_tokens(self, default: int) -> int:
@@ -62,6 +72,7 @@ class ChatCompletionRequest(OpenAIRequest):
             stop=self.stop_strings(),
             deadline=deadline,
             add_special_tokens=False,  # the template wrote them
+            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
         )
 
 
@@ -99,15 +110,106 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
-class ChatChoice(Choice):
-    message: ChatMessageOut
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
 
     @classmethod
-    def of(cls, completion: Completion, index: int) -> ChatChoice:
-        return cls(index=index, message=ChatMessageOut(content=completion.text), **cls.ending(completion))
+    def of(cls, token: str, logprob: float) -> TopLogprob:
+        return cls(token=token, logprob=logprob, bytes=list(token.encode("utf-8", errors="replace")))
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+    @classmethod
+    def of(cls, tokens: tuple[GeneratedToken, ...]) -> ChatLogprobs:
+        return cls(
+            content=[
+                TokenLogprob(
+                    **TopLogprob.of(token.token, token.logprob or 0.0).model_dump(),
+                    top_logprobs=[TopLogprob.of(alt.token, alt.logprob) for alt in token.top_logprobs],
+                )
+                for token in tokens
+            ]
+        )
+
+
+class ChatChoice(Choice):
+    message: ChatMessageOut
+    logprobs: ChatLogprobs | None = None
+
+    @classmethod
+    def of(cls, completion: Completion, index: int, *, logprobs: bool) -> ChatChoice:
+        return cls(
+            index=index,
+            message=ChatMessageOut(content=completion.text),
+            logprobs=ChatLogprobs.of(completion.tokens) if logprobs else None,
+            **cls.ending(completion.finish_reason),
+        )
 
 
 class ChatCompletionResponse(Response):
     id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+    time_limit_reached: bool = False
+
+
+class ChatCompletionChunk(BaseModel):
+    """One event of a streamed chat answer: what each choice's message gained; its finish_reason at its end."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class ChatEvents:
+    """A streamed chat answer's events, OpenAI's way: the role first, then content, usage if asked, `[DONE]`."""
+
+    def __init__(self, model: str, body: ChatCompletionRequest) -> None:
+        self._chunk = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+        self._logprobs = body.logprobs
+        self._include_usage = body.include_usage
+        self._started: set[int] = set()
+
+    def delta(self, delta: Delta) -> list[BaseModel]:
+        first = delta.index not in self._started
+        if not (first or delta.text or delta.finish_reason):
+            return []  # nothing a client could see (a special token, an unfinished character)
+        self._started.add(delta.index)
+        choice = ChatChunkChoice(
+            index=delta.index,
+            delta=ChatDelta(role="assistant" if first else None, content=delta.text),
+            logprobs=ChatLogprobs.of(delta.tokens) if self._logprobs else None,
+            **Choice.ending(delta.finish_reason),
+        )
+        return [ChatCompletionChunk(**self._chunk, choices=[choice])]
+
+    def end(self, tally: StreamTally) -> list[BaseModel | str]:
+        usage = [ChatCompletionChunk(**self._chunk, choices=[], usage=tally.usage)] if self._include_usage else []
+        return [*usage, DONE]
+
+    def error(self, error: ErrorResponse) -> list[BaseModel | str]:
+        return [error, DONE]

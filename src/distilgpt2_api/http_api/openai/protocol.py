@@ -7,16 +7,36 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from distilgpt2_api.core.request import GREEDY, GenerationRequest, SamplingParams
 from distilgpt2_api.core.scheduler import Completion
-from distilgpt2_api.http_api.protocol import Bounds, Seed, StopList, StopString, StrictModel, TopP, Usage, bounded
+from distilgpt2_api.core.sequence import Delta, GeneratedToken
+from distilgpt2_api.http_api.protocol import (
+    DONE,
+    Bounds,
+    ErrorResponse,
+    Seed,
+    StopList,
+    StopString,
+    StrictModel,
+    TopLogprobs,
+    TopP,
+    Usage,
+    bounded,
+)
+
+if TYPE_CHECKING:
+    from distilgpt2_api.http_api.streaming import StreamTally
 
 GREEDY_BELOW_TEMPERATURE = 0.01  # OpenAI allows any temperature >= 0; near 0, sampling is greedy anyway
 OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's own default for /v1/completions
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool = Field(False, description="Send a last chunk with the usage (and no choices).")
 
 
 class OpenAIRequest(StrictModel):
@@ -30,8 +50,19 @@ class OpenAIRequest(StrictModel):
     top_p: TopP = 1.0
     stop: StopString | StopList | None = None
     seed: Seed | None = None
-    stream: bool = Field(False, description="Streaming is not supported yet: true is rejected.")
+    stream: bool = Field(False, description="Server-Sent Events: chunks as tokens are generated, then `[DONE]`.")
+    stream_options: StreamOptions | None = None
     user: str | None = None
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> OpenAIRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
 
     def sampling(self) -> SamplingParams:
         if self.temperature < GREEDY_BELOW_TEMPERATURE:
@@ -47,6 +78,9 @@ class CompletionRequest(OpenAIRequest):
 
     prompt: str
     max_tokens: int = OPENAI_DEFAULT_MAX_TOKENS
+    logprobs: TopLogprobs | None = Field(
+        None, description="Each token's log-probability and up to this many likeliest alternatives."
+    )
 
     def to_generation_request(self, deadline: float | None) -> GenerationRequest:
         return GenerationRequest(
@@ -56,6 +90,7 @@ class CompletionRequest(OpenAIRequest):
             sampling=self.sampling(),
             stop=self.stop_strings(),
             deadline=deadline,
+            logprobs=self.logprobs,
         )
 
 
@@ -68,27 +103,60 @@ class Choice(BaseModel):
     """What every OpenAI choice carries besides its text."""
 
     index: int
-    logprobs: None = None
     finish_reason: Literal["stop", "length"]
     time_limit_reached: bool = Field(
         False, description="Generation stopped at the request's time budget (finish_reason is then `length`)."
     )
 
     @staticmethod
-    def ending(completion: Completion) -> dict[str, Any]:
+    def ending(finish_reason: str | None) -> dict[str, Any]:
         """OpenAI's finish_reason, and the time-limit flag: OpenAI has no reason for a time limit, so such
         a choice reports `length` and is flagged."""
-        cut = completion.finish_reason == "time_limit"
-        reason = "length" if cut or completion.finish_reason == "length" else "stop"
+        if finish_reason is None:
+            return {"finish_reason": None}
+        cut = finish_reason == "time_limit"
+        reason = "length" if cut or finish_reason == "length" else "stop"
         return {"finish_reason": reason, "time_limit_reached": cut}
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy logprobs: per token its text, log-probability, likeliest alternatives and offset."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+    @classmethod
+    def of(cls, tokens: tuple[GeneratedToken, ...], offset: int = 0) -> CompletionLogprobs:
+        offsets = []
+        for token in tokens:
+            offsets.append(offset)
+            offset += len(token.text)
+        return cls(
+            tokens=[token.token for token in tokens],
+            token_logprobs=[token.logprob for token in tokens],
+            # The chosen token is always among them, as OpenAI does: up to logprobs + 1 entries.
+            top_logprobs=[
+                {alt.token: alt.logprob for alt in token.top_logprobs} | {token.token: token.logprob or 0.0}
+                for token in tokens
+            ],
+            text_offset=offsets,
+        )
 
 
 class CompletionChoice(Choice):
     text: str
+    logprobs: CompletionLogprobs | None = None
 
     @classmethod
-    def of(cls, completion: Completion, index: int) -> CompletionChoice:
-        return cls(text=completion.text, index=index, **cls.ending(completion))
+    def of(cls, completion: Completion, index: int, *, logprobs: bool) -> CompletionChoice:
+        return cls(
+            text=completion.text,
+            index=index,
+            logprobs=CompletionLogprobs.of(completion.tokens) if logprobs else None,
+            **cls.ending(completion.finish_reason),
+        )
 
 
 class Response(BaseModel):
@@ -103,6 +171,51 @@ class CompletionResponse(Response):
     id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
+
+
+class CompletionChunkChoice(CompletionChoice):
+    finish_reason: Literal["stop", "length"] | None = None  # type: ignore[assignment]
+
+
+class CompletionChunk(BaseModel):
+    """One event of a streamed completion: the text each choice gained, its finish_reason at its end."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionEvents:
+    """A streamed completion's events, OpenAI's way: chunks, an optional usage chunk, then `[DONE]`."""
+
+    def __init__(self, model: str, body: CompletionRequest) -> None:
+        self._chunk = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+        self._logprobs = body.logprobs is not None
+        self._include_usage = body.include_usage
+        self._offsets: dict[int, int] = {}
+
+    def delta(self, delta: Delta) -> list[BaseModel]:
+        if not delta.text and delta.finish_reason is None:
+            return []  # nothing a client could see (a special token, an unfinished character)
+        offset = self._offsets.get(delta.index, 0)
+        self._offsets[delta.index] = offset + len(delta.text)
+        choice = CompletionChunkChoice(
+            index=delta.index,
+            text=delta.text,
+            logprobs=CompletionLogprobs.of(delta.tokens, offset) if self._logprobs else None,
+            **CompletionChunkChoice.ending(delta.finish_reason),
+        )
+        return [CompletionChunk(**self._chunk, choices=[choice])]
+
+    def end(self, tally: StreamTally) -> list[BaseModel | str]:
+        usage = [CompletionChunk(**self._chunk, choices=[], usage=tally.usage)] if self._include_usage else []
+        return [*usage, DONE]
+
+    def error(self, error: ErrorResponse) -> list[BaseModel | str]:
+        return [error, DONE]
 
 
 class ModelCard(BaseModel):

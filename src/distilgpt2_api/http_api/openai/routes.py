@@ -6,17 +6,23 @@ Built from the settings' bounds: no `from __future__ import annotations` (see na
 import time
 
 from fastapi import APIRouter
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from distilgpt2_api.http_api.dependencies import ERROR_RESPONSES, GenerationDep, SchedulerDep, usage_of
 from distilgpt2_api.http_api.errors import ApiError
 from distilgpt2_api.http_api.openai.chat_protocol import (
     ChatChoice,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatEvents,
     chat_request_model,
 )
 from distilgpt2_api.http_api.openai.protocol import (
     CompletionChoice,
+    CompletionChunk,
+    CompletionEvents,
     CompletionRequest,
     CompletionResponse,
     ModelCard,
@@ -24,9 +30,12 @@ from distilgpt2_api.http_api.openai.protocol import (
     completion_request_model,
 )
 from distilgpt2_api.http_api.protocol import Bounds
+from distilgpt2_api.http_api.streaming import event_stream, sse_response_doc
 
 _STARTED_AT = int(time.time())
 OPENAI_ERRORS = {**ERROR_RESPONSES, 404: ERROR_RESPONSES[422] | {"description": "Unknown model."}}
+EVENTS = (CompletionChunk, ChatCompletionChunk)  # what its streams send, for the OpenAPI schema
+STREAM_DOC = "The answer; with `stream: true`, Server-Sent Events of chunks like this, then `data: [DONE]`."
 
 
 def openai_router(bounds: Bounds) -> APIRouter:
@@ -38,36 +47,54 @@ def openai_router(bounds: Bounds) -> APIRouter:
     async def list_models(scheduler: SchedulerDep) -> ModelList:
         return ModelList(data=[ModelCard(id=scheduler.model_name, created=_STARTED_AT)])
 
-    @router.post("/completions", response_model=CompletionResponse, responses=OPENAI_ERRORS)
+    @router.post(
+        "/completions",
+        response_model=CompletionResponse,
+        responses={**OPENAI_ERRORS, 200: sse_response_doc(CompletionChunk, description=STREAM_DOC, done=True)},
+    )
     async def create_completion(
         body: Body,  # type: ignore[valid-type]
         generation: GenerationDep,
-    ) -> CompletionResponse:
+    ) -> BaseModel | Response:
+        """With `stream: true`, Server-Sent Events: a chunk per piece of text as it is generated, then `[DONE]`."""
         _check(body, generation.scheduler.model_name)
-        result = await generation.run(body.to_generation_request(generation.deadline))
+        job = body.to_generation_request(generation.deadline)
+        model = generation.scheduler.model_name
+        if body.stream:
+            return await event_stream(generation, job, CompletionEvents(model, body))
+        result = await generation.run(job)
+        logprobs = body.logprobs is not None
         return CompletionResponse(
-            model=generation.scheduler.model_name,
-            choices=[CompletionChoice.of(c, i) for i, c in enumerate(result.completions)],
+            model=model,
+            choices=[CompletionChoice.of(c, i, logprobs=logprobs) for i, c in enumerate(result.completions)],
             usage=usage_of(result),
         )
 
-    @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=OPENAI_ERRORS)
+    @router.post(
+        "/chat/completions",
+        response_model=ChatCompletionResponse,
+        responses={**OPENAI_ERRORS, 200: sse_response_doc(ChatCompletionChunk, description=STREAM_DOC, done=True)},
+    )
     async def create_chat_completion(
         body: ChatBody,  # type: ignore[valid-type]
         generation: GenerationDep,
-    ) -> ChatCompletionResponse:
+    ) -> BaseModel | Response:
         """The conversation rendered with the model's chat template; the answer ends at its end-of-turn token.
-        Without max_tokens / max_completion_tokens an answer may take MAX_NEW_TOKENS_LIMIT tokens."""
+        Without max_tokens / max_completion_tokens an answer may take MAX_NEW_TOKENS_LIMIT tokens.
+        With `stream: true`, Server-Sent Events: chunks as the answer is generated, then `[DONE]`."""
         _check(body, generation.scheduler.model_name)
         job = body.to_generation_request(
             generation.scheduler.chat_template,
             default_max_tokens=bounds.max_new_tokens_limit,
             deadline=generation.deadline,
         )
+        model = generation.scheduler.model_name
+        if body.stream:
+            return await event_stream(generation, job, ChatEvents(model, body))
         result = await generation.run(job)
         return ChatCompletionResponse(
-            model=generation.scheduler.model_name,
-            choices=[ChatChoice.of(c, i) for i, c in enumerate(result.completions)],
+            model=model,
+            choices=[ChatChoice.of(c, i, logprobs=body.logprobs) for i, c in enumerate(result.completions)],
             usage=usage_of(result),
         )
 
@@ -75,11 +102,7 @@ def openai_router(bounds: Bounds) -> APIRouter:
 
 
 def _check(body: CompletionRequest | ChatCompletionRequest, served: str) -> None:
-    """What the schema cannot say: no streaming or logprobs yet, and only the served model."""
-    if body.stream:
-        raise ApiError(400, "stream_unsupported", "streaming is not supported yet: send stream=false", "stream")
-    if getattr(body, "logprobs", False):
-        raise ApiError(400, "logprobs_unsupported", "logprobs are not supported yet: send logprobs=false", "logprobs")
+    """What the schema cannot say: only the served model."""
     # Requests never choose what is loaded: a name other than the served one is an error.
     if body.model is not None and body.model != served:
         raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here; use {served!r}", "model")

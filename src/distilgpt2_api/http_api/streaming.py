@@ -1,0 +1,136 @@
+"""Server-Sent Events, the same way for every API that streams; sse-starlette frames them.
+
+The first delta is awaited before the response begins, so an error before the first token keeps its
+status and JSON body. After it, an error ends the stream with an error event. A client that leaves
+cancels its generation: sse-starlette cancels the body on disconnect, and closing the stream frees
+the model within a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from distilgpt2_api.core.request import GenerationRequest
+from distilgpt2_api.core.scheduler import GenerationStream
+from distilgpt2_api.core.sequence import Delta
+from distilgpt2_api.http_api.dependencies import Generation
+from distilgpt2_api.http_api.errors import stream_error
+from distilgpt2_api.http_api.protocol import DONE, ErrorResponse, Usage
+
+REF_PREFIX = "#/components/schemas/"
+PING_SECONDS = 15  # a comment line while a long prompt is read, so proxies keep the connection open
+
+
+@dataclass
+class StreamTally:
+    """What a stream has produced so far: for the final usage, and the request's log line."""
+
+    prompt_tokens: int
+    completion_tokens: dict[int, int] = field(default_factory=dict)
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+
+    def add(self, delta: Delta) -> None:
+        self.completion_tokens[delta.index] = delta.completion_tokens
+        if delta.finish_reason is not None:
+            self.finish_reasons[delta.index] = delta.finish_reason
+
+    @property
+    def usage(self) -> Usage:
+        completion = sum(self.completion_tokens.values())
+        return Usage(
+            prompt_tokens=self.prompt_tokens, completion_tokens=completion, total_tokens=self.prompt_tokens + completion
+        )
+
+
+class EventFormat(Protocol):
+    """How one API shows a stream: events for each delta, events after the last one, the error event."""
+
+    def delta(self, delta: Delta) -> Iterable[BaseModel]: ...
+
+    def end(self, tally: StreamTally) -> Iterable[BaseModel | str]: ...
+
+    def error(self, error: ErrorResponse) -> Iterable[BaseModel | str]: ...
+
+
+async def event_stream(generation: Generation, job: GenerationRequest, events: EventFormat) -> EventSourceResponse:
+    """Start `job` and answer with its events; raises (for a normal error response) until the first delta."""
+    stream = generation.scheduler.stream(job)
+    try:
+        first = await anext(stream)
+    except BaseException:
+        await stream.aclose()
+        raise
+    return EventSourceResponse(_body(generation, stream, first, events), ping=PING_SECONDS)
+
+
+async def _body(
+    generation: Generation, stream: GenerationStream, first: Delta, events: EventFormat
+) -> AsyncIterator[ServerSentEvent]:
+    tally = StreamTally(stream.prompt_tokens)
+    try:
+        tally.add(first)
+        for event in events.delta(first):
+            yield _sse(event)
+        async for delta in stream:
+            tally.add(delta)
+            for event in events.delta(delta):
+                yield _sse(event)
+        for event in events.end(tally):
+            yield _sse(event)
+    except Exception as error:  # noqa: BLE001 - the status is sent: the stream ends with an error event
+        for event in events.error(stream_error(generation.request, error)):
+            yield _sse(event)
+    finally:
+        await stream.aclose()  # a client that left, or an error: stop generating
+        request = stream.job.request
+        generation.record(
+            request.prompt,
+            prompt_tokens=tally.prompt_tokens,
+            completion_tokens=tally.usage.completion_tokens,
+            # A choice without a finish reason was cut short by the client leaving (or an error).
+            finish_reasons=[tally.finish_reasons.get(i, "cancelled") for i in range(request.n)],
+            seconds=stream.seconds,
+        )
+
+
+def _sse(event: BaseModel | str) -> ServerSentEvent:
+    return ServerSentEvent(data=event if isinstance(event, str) else event.model_dump_json())
+
+
+def sse_response_doc(event: type[BaseModel], *, description: str, done: bool = False) -> dict[str, Any]:
+    """OpenAPI for a response of Server-Sent Events whose `data` are JSON objects of `event`'s shape, or the
+    error that ends a stream which failed after it began; `done`: the stream ends with `data: [DONE]`.
+
+    FastAPI lists only the models routes return: `document_events` adds `event` to the schema's components.
+    """
+    shapes = [{"$ref": f"{REF_PREFIX}{event.__name__}"}, {"$ref": f"{REF_PREFIX}{ErrorResponse.__name__}"}]
+    json_data = {"type": "string", "contentMediaType": "application/json", "contentSchema": {"anyOf": shapes}}
+    data = {"anyOf": [json_data, {"const": DONE}]} if done else json_data
+    # OpenAPI 3.2's form for event streams (FastAPI's own, for its SSE routes): the schema of each event.
+    item = {"type": "object", "required": ["data"], "properties": {"data": data, "event": {"type": "string"}}}
+    return {"description": description, "content": {"text/event-stream": {"itemSchema": item}}}
+
+
+def document_events(app: FastAPI, events: Iterable[type[BaseModel]]) -> None:
+    """Add the stream event models to `app`'s OpenAPI components, next to the models FastAPI found itself."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            _, definitions = models_json_schema(
+                [(event, "serialization") for event in events], ref_template=REF_PREFIX + "{model}"
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in definitions.get("$defs", {}).items():
+                components.setdefault(name, definition)
+        return app.openapi_schema or schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
