@@ -13,6 +13,7 @@ from distilgpt2_api.core.time_budget import TimeBudget
 from distilgpt2_api.engines import load_engine
 from distilgpt2_api.http_api.auth import install_api_keys, require_api_key
 from distilgpt2_api.http_api.body_limit import BodySizeLimit
+from distilgpt2_api.http_api.docs import install_docs
 from distilgpt2_api.http_api.errors import install_error_handling
 from distilgpt2_api.http_api.native import routes as native
 from distilgpt2_api.http_api.native.routes import generation_router, health_router
@@ -31,6 +32,8 @@ def create_app(scheduler: Scheduler, settings: Settings) -> FastAPI:
         title="distilgpt2-api",
         version=__version__,
         summary="Text generation with a Hugging Face causal language model.",
+        docs_url=None,  # install_docs serves the docs pages, with their assets from this service
+        redoc_url=None,
     )
     app.state.scheduler = scheduler
     app.state.time_budget = TimeBudget(
@@ -47,6 +50,7 @@ def create_app(scheduler: Scheduler, settings: Settings) -> FastAPI:
     if settings.cors_allow_origins:  # closed unless origins are configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"])
     keyed, bounds = [Depends(require_api_key)], Bounds.from_settings(settings)
+    install_docs(app)  # open, like health
     app.include_router(health_router())
     app.include_router(openai_router(bounds), dependencies=keyed)
     app.include_router(tokens_router(bounds), dependencies=keyed)

@@ -1,0 +1,146 @@
+"""`/docs` (Swagger UI) and `/redoc` (ReDoc), with every script, style and icon served by the service itself.
+
+FastAPI's own pages load Swagger UI, ReDoc and Google fonts from public CDNs, so they render blank
+without internet access. Here the assets come from the `fastapi-offline` package and are served at
+`/docs/assets/{name}`; every URL a page holds carries the request's root_path (an API Gateway stage
+such as `/Prod`, or uvicorn's `--root-path`), and a Content-Security-Policy keeps the pages from
+reaching any other origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+
+DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
+OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
+ASSETS_URL = "/docs/assets"
+
+# name -> content type; nothing else is served from the package's folder.
+ASSET_TYPES = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "redoc.standalone.js": "text/javascript; charset=utf-8",
+    "favicon.png": "image/png",
+}
+# Resolved at import, so an image without the package fails at its cold start, not on a page view.
+ASSETS_DIR = files("fastapi_offline") / "static"
+ASSET_CACHE_CONTROL = "public, max-age=86400"  # the files change only with the package
+
+# Same origin only. The inline parts are FastAPI's page scripts and the styles both UIs inject;
+# ReDoc runs its search in a worker built from a blob, and both draw icons from data: URLs.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self' 'unsafe-inline'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self' data:",
+        "worker-src 'self' blob:",
+        "connect-src 'self'",
+        "frame-ancestors 'self'",
+        "base-uri 'self'",
+        "form-action 'self'",
+    ]
+)
+
+
+# ReDoc's side menu shows Redocly's logo from Redocly's CDN (and hides it when it fails to load): an
+# empty image in its place, so the page never even tries another origin.
+REDOC_LOGO_URL = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+EMPTY_IMAGE_URL = b"data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/svg%22 width=%220%22 height=%220%22/%3E"
+ASSET_PATCHES = {"redoc.standalone.js": [(REDOC_LOGO_URL, EMPTY_IMAGE_URL)]}
+
+
+@dataclass(frozen=True)
+class Asset:
+    content: bytes
+    media_type: str
+    etag: str
+
+
+@cache
+def load_asset(name: str) -> Asset:
+    """One of ASSET_TYPES, read from the installed package once per process (and patched)."""
+    content = (ASSETS_DIR / name).read_bytes()
+    for old, new in ASSET_PATCHES.get(name, []):
+        content = content.replace(old, new)
+    return Asset(content, ASSET_TYPES[name], f'"{hashlib.sha256(content).hexdigest()[:32]}"')
+
+
+def _root(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _page(response: HTMLResponse) -> HTMLResponse:
+    response.headers["content-security-policy"] = CONTENT_SECURITY_POLICY
+    response.headers["cache-control"] = "no-cache"
+    return response
+
+
+def docs_router(app: FastAPI) -> APIRouter:
+    """The docs pages and their assets, for `app`'s title and schema URL. Open even when API keys are set."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get(DOCS_URL)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = _root(request)
+        return _page(
+            get_swagger_ui_html(
+                openapi_url=f"{root}{app.openapi_url}",
+                title=f"{app.title} - Swagger UI",
+                swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
+                swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
+                swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+                oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT_URL}",
+                init_oauth=app.swagger_ui_init_oauth,
+                # No validator badge: it would ask a public validator about the schema.
+                swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None},
+            )
+        )
+
+    @router.get(OAUTH2_REDIRECT_URL)
+    async def swagger_ui_oauth2_redirect() -> HTMLResponse:
+        return _page(get_swagger_ui_oauth2_redirect_html())
+
+    @router.get(REDOC_URL)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = _root(request)
+        return _page(
+            get_redoc_html(
+                openapi_url=f"{root}{app.openapi_url}",
+                title=f"{app.title} - ReDoc",
+                redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+                redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+                with_google_fonts=False,
+            )
+        )
+
+    @router.get(ASSETS_URL + "/{name}")
+    async def docs_asset(name: str, request: Request) -> Response:
+        if name not in ASSET_TYPES:
+            raise HTTPException(404, f"no docs asset named {name!r}")
+        asset = load_asset(name)
+        headers = {"etag": asset.etag, "cache-control": ASSET_CACHE_CONTROL, "x-content-type-options": "nosniff"}
+        if asset.etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(asset.content, media_type=asset.media_type, headers=headers)
+
+    return router
+
+
+def install_docs(app: FastAPI) -> None:
+    """Serve the docs pages on `app`, which must be built with `docs_url=None, redoc_url=None`.
+
+    Install before any catch-all route: `GET /{prompt}` would otherwise take `/docs`.
+    """
+    if app.docs_url is not None or app.redoc_url is not None:
+        raise ValueError("build the app with docs_url=None and redoc_url=None: install_docs serves those pages")
+    app.include_router(docs_router(app))
