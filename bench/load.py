@@ -3,9 +3,10 @@
     python bench/load.py --model-dir models/default --clients 8 --duration 60 --json load.json
 
 Starts `uvicorn distilgpt2_api.api:app` on 127.0.0.1 (a free port) in a subprocess, warms it up,
-then runs a mix of GET /, GET /{prompt}, POST /generate and POST /v1/completions until the
-duration is over, and stops the server. Prints a markdown table, writes the same figures as JSON,
-and exits non-zero if any request failed or the server's RSS grew by 10 % or more.
+then runs a mix of GET /, GET /{prompt}, POST /generate, POST /v1/completions and the streamed
+POST /v1/completions and POST /generate_stream (read to their last event; time to first event
+reported too) until the duration is over, and stops the server. Prints a markdown table, writes the
+same figures as JSON, and exits non-zero if any request failed or the server's RSS grew by 10 % or more.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Route:
     label: str
     method: str
     build: Callable[[str, int], tuple[str, dict[str, Any] | None]]  # (prompt, tokens) -> (url, json body)
+    last_event: str | None = None  # a streamed route: what its last event's data holds
 
 
 ROUTES = [
@@ -52,6 +54,18 @@ ROUTES = [
         "POST",
         lambda prompt, tokens: ("/v1/completions", {"prompt": prompt, "max_tokens": tokens}),
     ),
+    Route(
+        "POST /v1/completions stream",
+        "POST",
+        lambda prompt, tokens: ("/v1/completions", {"prompt": prompt, "max_tokens": tokens, "stream": True}),
+        last_event="[DONE]",
+    ),
+    Route(
+        "POST /generate_stream",
+        "POST",
+        lambda prompt, tokens: ("/generate_stream", {"prompt": prompt, "max_new_tokens": tokens}),
+        last_event='"generated_text":"',
+    ),
 ]
 
 
@@ -59,6 +73,7 @@ ROUTES = [
 class Samples:
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
+    first_event_ms: list[float] = field(default_factory=list)  # streamed routes: time to the first event
 
 
 def free_port() -> int:
@@ -90,7 +105,7 @@ def percentile(sorted_values: list[float], pct: float) -> float:
 
 def summarize(samples: Samples) -> dict[str, float | int]:
     values = sorted(samples.latencies_ms)
-    return {
+    summary: dict[str, float | int] = {
         "requests": len(values),
         "errors": samples.errors,
         "p50_ms": round(percentile(values, 50), 1),
@@ -98,6 +113,9 @@ def summarize(samples: Samples) -> dict[str, float | int]:
         "p99_ms": round(percentile(values, 99), 1),
         "max_ms": round(values[-1], 1) if values else 0.0,
     }
+    if samples.first_event_ms:
+        summary["first_event_p50_ms"] = round(percentile(sorted(samples.first_event_ms), 50), 1)
+    return summary
 
 
 class Server:
@@ -145,17 +163,29 @@ class Server:
         self._log.close()
 
 
-async def one_request(client: httpx.AsyncClient, route: Route, prompt: str, tokens: int) -> tuple[float, str | None]:
-    """Latency in ms, and an error description if the request failed."""
+async def one_request(
+    client: httpx.AsyncClient, route: Route, prompt: str, tokens: int
+) -> tuple[float, float | None, str | None]:
+    """Latency in ms, time to the first event in ms (streamed routes), and an error description if it failed."""
     url, body = route.build(prompt, tokens)
     started = time.perf_counter()
+    first_event_ms = None
     try:
-        response = await client.request(route.method, url, json=body)
-        ok = response.status_code == 200
-        error = None if ok else f"{route.label}: HTTP {response.status_code} {response.text[:200]}"
+        if route.last_event is None:
+            response = await client.request(route.method, url, json=body)
+            error = None if response.status_code == 200 else f"{route.label}: HTTP {response.status_code}"
+        else:
+            async with client.stream(route.method, url, json=body) as response:
+                events = []
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        first_event_ms = first_event_ms or (time.perf_counter() - started) * 1000
+                        events.append(line)
+            complete = response.status_code == 200 and bool(events) and route.last_event in events[-1]
+            error = None if complete else f"{route.label}: HTTP {response.status_code}, ended {events[-1:]}"
     except httpx.HTTPError as exc:
         error = f"{route.label}: {type(exc).__name__}: {exc}"
-    return (time.perf_counter() - started) * 1000, error
+    return (time.perf_counter() - started) * 1000, first_event_ms, error
 
 
 async def client_loop(
@@ -168,8 +198,10 @@ async def client_loop(
         while time.monotonic() < until:
             route = ROUTES[turn % len(ROUTES)]
             turn += 1
-            latency_ms, error = await one_request(client, route, rng.choice(PROMPTS), tokens)
+            latency_ms, first_event_ms, error = await one_request(client, route, rng.choice(PROMPTS), tokens)
             samples[route.label].latencies_ms.append(latency_ms)
+            if first_event_ms is not None:
+                samples[route.label].first_event_ms.append(first_event_ms)
             if error is not None:
                 samples[route.label].errors += 1
                 error_log.append(error)
@@ -207,16 +239,17 @@ def warm_up(base_url: str, tokens: int) -> None:
     with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S, trust_env=False) as client:
         for route in ROUTES:
             url, body = route.build(PROMPTS[0], tokens)
-            client.request(route.method, url, json=body).raise_for_status()
+            client.request(route.method, url, json=body).raise_for_status()  # a stream, read whole
 
 
 def markdown(report: dict[str, Any]) -> str:
     rows = [
-        "| route | requests | errors | p50 ms | p95 ms | p99 ms | max ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| route | requests | errors | p50 ms | p95 ms | p99 ms | max ms | first event p50 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, s in report["latency"].items():
-        cells = [label, s["requests"], s["errors"], s["p50_ms"], s["p95_ms"], s["p99_ms"], s["max_ms"]]
+        first = s.get("first_event_p50_ms", "")
+        cells = [label, s["requests"], s["errors"], s["p50_ms"], s["p95_ms"], s["p99_ms"], s["max_ms"], first]
         rows.append("| " + " | ".join(map(str, cells)) + " |")
     mb = 1024 * 1024
     rss = report["rss"]

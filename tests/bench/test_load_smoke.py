@@ -19,10 +19,13 @@ def test_load_run_reports_every_route_without_errors(model_dir: Path, tmp_path: 
     # Memory growth over 3 s is noise, so the exit code may be 1 for that reason alone, never for errors.
     assert exit_code in (0, 1)
     assert report["requests"] > 0 and report["throughput_rps"] > 0
-    routes = {"overall", "GET /", "GET /{prompt}", "POST /generate", "POST /v1/completions"}
+    streamed = {"POST /v1/completions stream", "POST /generate_stream"}
+    routes = {"overall", "GET /", "GET /{prompt}", "POST /generate", "POST /v1/completions", *streamed}
     assert set(report["latency"]) == routes
     for figures in report["latency"].values():
         assert figures["requests"] > 0
         assert {"p50_ms", "p95_ms", "p99_ms"} <= figures.keys()
+    for route in streamed:  # read to their last event, and timed to their first
+        assert 0 < report["latency"][route]["first_event_p50_ms"] <= report["latency"][route]["p50_ms"]
     assert report["rss"]["start_bytes"] > 0 and report["rss"]["end_bytes"] > 0
     assert "growth_pct" in report["rss"]
