@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="Upper bound for sampled sequences x (prompt + max_new_tokens) tokens in one request: "
         "memory and uninterruptible prefill time grow with it (README, Lambda sizing).",
     )
+    max_batch_size: int = Field(
+        8,
+        ge=1,
+        description="Sequences that concurrent requests may share in one engine call (dynamic batching); "
+        "1 turns batching off. Lambda serves one request per instance, so there it never batches.",
+    )
     max_body_bytes: int = Field(131_072, ge=1024, description="Larger request bodies get a 413.")
     max_request_seconds: float = Field(25.0, gt=0, description="Time budget for one generation request.")
     gateway_timeout_seconds: float = Field(30.0, gt=0, description="API Gateway's integration timeout.")

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from distilgpt2_api.core.errors import LogprobsBudgetExceeded
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
-from distilgpt2_api.core.scheduler import MAX_ALTERNATIVES_STEPS, Completion, Scheduler
+from distilgpt2_api.core.scheduler import MAX_ALTERNATIVES_STEPS, Scheduler
+from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.engines import Engine, ModelInfo, load_engine
 from distilgpt2_api.engines.ctranslate2_engine import CTranslate2Engine
 

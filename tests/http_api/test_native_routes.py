@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from distilgpt2_api import __version__
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
-from distilgpt2_api.core.scheduler import GenerationResult
+from distilgpt2_api.core.stream import GenerationStream
 
 
 def test_health_names_the_model(client: TestClient) -> None:
@@ -31,13 +31,13 @@ def test_prompt_route_samples_as_the_tutorial_did(
 ) -> None:
     generator = app.state.scheduler
     seen: list[GenerationRequest] = []
-    generate = generator.generate
+    stream = generator.stream
 
-    async def spy(request: GenerationRequest) -> GenerationResult:
+    def spy(request: GenerationRequest) -> GenerationStream:
         seen.append(request)
-        return await generate(request)
+        return stream(request)
 
-    monkeypatch.setattr(generator, "generate", spy)
+    monkeypatch.setattr(generator, "stream", spy)
     (sequence,) = client.get("/Once upon a time").json()["generated_sequences"]
     assert sequence.startswith("Once upon a time") and len(sequence) > len("Once upon a time")
     (request,) = seen

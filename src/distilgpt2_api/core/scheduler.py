@@ -1,19 +1,22 @@
-"""Requests take turns on the model: one at a time, in arrival order, off the event loop.
+"""Requests queue for the model; one thread runs them, batching the compatible ones.
 
 Every request runs as a stream of deltas (text as it becomes final, token by token); a plain response is
 the same stream collected. Closing a stream early cancels its generation within a token.
+
+When the model frees up, the worker takes the oldest waiting request and, up to `max_batch_size`
+sequences, every later one that may share its engine call (core/batch.py); the rest wait for the next
+call, in arrival order, so none starves. With `max_batch_size` 1, requests run one at a time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from functools import cached_property
 
+from distilgpt2_api.core.batch import compatible, run_batch
 from distilgpt2_api.core.chat import ChatTemplate
 from distilgpt2_api.core.errors import (
     ChatUnsupported,
@@ -23,136 +26,30 @@ from distilgpt2_api.core.errors import (
     TokenBudgetExceeded,
 )
 from distilgpt2_api.core.request import GenerationRequest, TokenRequest
-from distilgpt2_api.core.sequence import Delta, FinishReason, GeneratedToken, Sequence
+from distilgpt2_api.core.sequence import Delta
+from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Job, Sink, gather
 from distilgpt2_api.engines import Engine
-from distilgpt2_api.engines.base import TokenStep
 
 # With alternatives (top logprobs), CTranslate2 keeps every step's full logits until the job ends:
 # sequences x max_new_tokens x vocabulary floats. 512 steps of a 50k vocabulary hold about 200 MB.
 MAX_ALTERNATIVES_STEPS = 512
 
-Emit = Callable[[Delta], None]
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One generated continuation (without the prompt)."""
-
-    text: str
-    finish_reason: FinishReason
-    completion_tokens: int
-    tokens: tuple[GeneratedToken, ...] = ()  # the visible tokens, with their logprobs when asked for
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    completions: list[Completion]
-    prompt_tokens: int
-    seed: int | None  # the caller's seed, when sampling with one
-    seconds: float  # time spent generating
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(completion.completion_tokens for completion in self.completions)
-
-
-@dataclass(frozen=True)
-class _Job:
-    """A validated request: what the engine computes, and what the sequences need to end it."""
-
-    request: GenerationRequest
-    tokens: TokenRequest
-    prompt_tokens: int
-
-    @property
-    def copies(self) -> int:
-        """Greedy decoding gives identical sequences: one is computed and each choice repeats it."""
-        return 1 if self.tokens.n == self.request.n else self.request.n
-
-
-class GenerationStream:
-    """The deltas of one request, as the model produces them; `aclose` (or the client leaving) cancels it."""
-
-    def __init__(self, scheduler: Scheduler, job: _Job) -> None:
-        self.job = job
-        self.seconds = 0.0
-        self._queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
-        self._cancelled = threading.Event()
-        loop = asyncio.get_running_loop()
-
-        def emit(delta: Delta) -> None:
-            loop.call_soon_threadsafe(self._queue.put_nowait, delta)
-
-        self._future = loop.run_in_executor(scheduler._executor, scheduler._execute, job, emit, self._cancelled)
-        self._future.add_done_callback(self._ended)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.job.prompt_tokens
-
-    def _ended(self, future: asyncio.Future[float]) -> None:
-        if future.cancelled():
-            self._queue.put_nowait(DeadlineExceeded("generation was cancelled"))
-        elif (error := future.exception()) is not None:
-            self._queue.put_nowait(error)
-        else:
-            self.seconds = future.result()
-            self._queue.put_nowait(None)
-
-    def __aiter__(self) -> GenerationStream:
-        return self
-
-    async def __anext__(self) -> Delta:
-        item = await self._queue.get()
-        if item is None:
-            self._queue.put_nowait(None)  # stay exhausted
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    async def aclose(self) -> None:
-        """Stop generating for this request: the model is free again within a token."""
-        self._cancelled.set()
-
-    async def collect(self) -> GenerationResult:
-        """Every delta, gathered into whole completions."""
-        deltas = [delta async for delta in self]
-        return _gather(self.job, deltas, self.seconds)
-
-
-def _gather(job: _Job, deltas: list[Delta], seconds: float) -> GenerationResult:
-    """A request's deltas, in order, as whole completions."""
-    request = job.request
-    texts: list[list[str]] = [[] for _ in range(request.n)]
-    tokens: list[list[GeneratedToken]] = [[] for _ in range(request.n)]
-    ends: list[Delta | None] = [None] * request.n
-    for delta in deltas:
-        texts[delta.index].append(delta.text)
-        tokens[delta.index].extend(delta.tokens)
-        if delta.finish_reason is not None:
-            ends[delta.index] = delta
-    completions = [
-        Completion("".join(text), end.finish_reason, end.completion_tokens, tuple(toks))
-        for text, toks, end in zip(texts, tokens, ends, strict=True)
-        if end is not None and end.finish_reason is not None
-    ]
-    sampling = request.sampling
-    seed = sampling.seed if sampling.do_sample else None  # a seed means nothing to greedy decoding
-    return GenerationResult(completions, job.prompt_tokens, seed, seconds)
-
 
 class Scheduler:
     """Runs requests on an engine.
 
-    Generation is CPU-bound and an engine already spreads one generation over every
-    configured core, so requests run one at a time on a single worker thread:
-    the event loop stays free and concurrent requests never oversubscribe cores.
+    Generation is CPU-bound and an engine already spreads one generation over every configured core,
+    so one worker thread runs one engine call at a time: the event loop stays free and concurrent
+    requests never oversubscribe cores. Concurrent requests share that call when they can.
     """
 
-    def __init__(self, engine: Engine, *, max_batch_tokens: int | None = None) -> None:
+    def __init__(self, engine: Engine, *, max_batch_tokens: int | None = None, max_batch_size: int = 1) -> None:
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens  # None: only the context length bounds a request
+        self.max_batch_size = max_batch_size if engine.batching else 1  # sequences per engine call
+        self._waiting: deque[Sink] = deque()
+        self._lock = threading.Lock()
+        # One thread; the executor joins it at interpreter exit, before engines close (engines/ctranslate2_engine).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
     @property
@@ -174,7 +71,11 @@ class Scheduler:
 
         Call from the event loop. The caller must iterate to the end or `aclose` the stream.
         """
-        return GenerationStream(self, self._job(request))
+        stream = GenerationStream(self._job(request))
+        with self._lock:
+            self._waiting.append(stream.sink)
+        self._executor.submit(self._run_next)  # one turn per request: a turn may find it already served
+        return stream
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate without blocking the event loop; requests queue in arrival order."""
@@ -185,13 +86,17 @@ class Scheduler:
             await stream.aclose()
 
     def generate_blocking(self, request: GenerationRequest) -> GenerationResult:
-        """Generate on the calling thread (scripts, notebooks, benchmarks)."""
+        """Generate on the calling thread, alone (scripts, notebooks, benchmarks)."""
         job = self._job(request)
         deltas: list[Delta] = []
-        seconds = self._execute(job, deltas.append, threading.Event())
-        return _gather(job, deltas, seconds)
+        outcome: list[BaseException | None] = []
+        sink = Sink(job, lambda item: deltas.append(item) if isinstance(item, Delta) else outcome.append(item))
+        self._start([sink])
+        if outcome and outcome[0] is not None:
+            raise outcome[0]
+        return gather(job, deltas, sink.timings.generating_seconds)
 
-    def _job(self, request: GenerationRequest) -> _Job:
+    def _job(self, request: GenerationRequest) -> Job:
         tokenizer = self.engine.tokenizer
         prompt_ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
         context = self.engine.info.context_length
@@ -213,50 +118,53 @@ class Scheduler:
             sampling=sampling,
             logprobs=request.logprobs,
         )
-        return _Job(request, job, len(prompt_ids))
+        return Job(request, job, len(prompt_ids))
 
-    def _execute(self, job: _Job, emit: Emit, cancelled: threading.Event) -> float:
-        """Run one job on this thread, emitting deltas as they become final; the seconds spent generating."""
-        request = job.request
-        if cancelled.is_set():
-            return 0.0
-        deadline = request.deadline
-        if deadline is not None and time.monotonic() >= deadline:
-            raise DeadlineExceeded("the request's time budget ran out while it waited for the model")
-        started = time.perf_counter()
-        info = self.engine.info
-        sequences = [
-            Sequence(
-                self.engine.tokenizer,
-                max_new_tokens=request.max_new_tokens,
-                stop=request.stop,
-                eos_token_ids=info.eos_token_ids,
-            )
-            for _ in range(job.tokens.n)
-        ]
+    def _run_next(self) -> None:
+        """On the worker thread: run the oldest waiting request, with what may share its engine call."""
+        with self._lock:
+            batch = self._take()
+        if batch:
+            self._start(batch)
 
-        def publish(index: int, sequence: Sequence) -> None:
-            delta = sequence.take(index)
-            if delta is None:
-                return
-            if job.copies == 1:
-                emit(delta)
-            else:  # one greedy sequence, every choice a copy
-                for copy in range(job.copies):
-                    emit(replace(delta, index=copy))
+    def _take(self) -> list[Sink]:
+        """The next batch: the oldest live request, then later compatible ones while they fit."""
+        while self._waiting and self._waiting[0].cancelled.is_set():
+            self._waiting.popleft().end()
+        if not self._waiting:
+            return []
+        first = self._waiting.popleft()
+        batch, rows = [first], first.job.tokens.n
+        tokens = _tokens(first)
+        for sink in list(self._waiting):
+            if rows >= self.max_batch_size:
+                break
+            fits = rows + sink.job.tokens.n <= self.max_batch_size
+            within_budget = self.max_batch_tokens is None or tokens + _tokens(sink) <= self.max_batch_tokens
+            if fits and within_budget and not sink.cancelled.is_set() and compatible(first.job, sink.job):
+                self._waiting.remove(sink)
+                batch.append(sink)
+                rows += sink.job.tokens.n
+                tokens += _tokens(sink)
+        return batch
 
-        def on_step(step: TokenStep) -> bool:
-            sequence = sequences[step.sequence]
-            sequence.add(step)
-            if not sequence.finished and deadline is not None and time.monotonic() >= deadline:
-                sequence.finish("time_limit")
-            publish(step.sequence, sequence)
-            return sequence.finished or cancelled.is_set()
+    def _start(self, batch: list[Sink]) -> None:
+        """Run `batch` on this thread, less the requests whose time budget ran out while they waited."""
+        now = time.monotonic()
+        live = []
+        for sink in batch:
+            deadline = sink.job.request.deadline
+            if deadline is not None and now >= deadline:
+                sink.end(DeadlineExceeded("the request's time budget ran out while it waited for the model"))
+            elif sink.cancelled.is_set():
+                sink.end()
+            else:
+                live.append(sink)
+        if live:
+            run_batch(self.engine, live)
 
-        self.engine.generate(job.tokens, on_step)
-        if not cancelled.is_set():
-            for index, sequence in enumerate(sequences):
-                # Ended by the engine without a reason of ours: it reached max_new_tokens.
-                sequence.finish("length")
-                publish(index, sequence)
-        return time.perf_counter() - started
+
+def _tokens(sink: Sink) -> int:
+    """What a request holds in memory while it generates: sequences x (prompt + new tokens)."""
+    job = sink.job
+    return job.tokens.n * (job.prompt_tokens + job.request.max_new_tokens)

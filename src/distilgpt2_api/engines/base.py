@@ -7,7 +7,7 @@ Both engines tokenize with the `tokenizers` library from tokenizer.json, through
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -142,12 +142,15 @@ class Engine(Protocol):
 
     info: ModelInfo
     tokenizer: TextTokenizer
+    batching: bool  # whether one call may carry several jobs (else exactly one)
 
-    def generate(self, job: TokenRequest, on_step: StepCallback) -> None:
-        """Generate `job.n` sequences, passing each new token to `on_step` as soon as it is chosen.
+    def generate(self, jobs: Sequence[TokenRequest], on_step: StepCallback) -> None:
+        """Generate every job's `n` sequences in one call, passing each new token to `on_step` as soon as it is
+        chosen. `TokenStep.sequence` counts the sequences of all jobs, in order (job 0's first).
 
-        A sequence ends at an EOS token (passed on too), at `job.max_new_tokens`, or when `on_step` returns True.
-        Returns once every sequence has ended; an exception raised by `on_step` is raised here.
+        The jobs share their sampling parameters and logprobs setting (the scheduler batches only such jobs).
+        A sequence ends at an EOS token (passed on too), at its job's `max_new_tokens`, or when `on_step`
+        returns True. Returns once every sequence has ended; an exception raised by `on_step` is raised here.
         """
         ...
 

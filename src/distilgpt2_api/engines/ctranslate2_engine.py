@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import json
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 import ctranslate2
@@ -84,12 +85,15 @@ class CTranslate2Engine:
         """
         vars(self).pop("generator", None)
 
-    def generate(self, job: TokenRequest, on_step: StepCallback) -> None:
-        sampling = job.sampling
+    batching = True
+
+    def generate(self, jobs: Sequence[TokenRequest], on_step: StepCallback) -> None:
+        first = jobs[0]
+        sampling = first.sampling
         if sampling.do_sample and sampling.seed is not None:
             self._reseed(sampling.seed)
         failures: list[Exception] = []
-        to_step = _StepReader(job.logprobs)
+        to_step = _StepReader(first.logprobs)
 
         # Called after each token, on CTranslate2's worker thread: returning True ends that sequence
         # with what it has. An exception escaping here would abort the process. The worker frees this
@@ -103,8 +107,8 @@ class CTranslate2Engine:
                 return True
 
         self.generator.generate_batch(
-            [self.tokenizer.tokens(list(job.prompt_ids))] * job.n,
-            max_length=job.max_new_tokens,
+            [self.tokenizer.tokens(list(job.prompt_ids)) for job in jobs for _ in range(job.n)],
+            max_length=max(job.max_new_tokens for job in jobs),  # each sequence stops at its own from on_step
             include_prompt_in_result=False,
             end_token=sorted(self.info.eos_token_ids) or None,
             return_end_token=True,
@@ -113,8 +117,8 @@ class CTranslate2Engine:
             sampling_topp=sampling.top_p if sampling.do_sample else 1.0,
             sampling_temperature=sampling.temperature if sampling.do_sample else 1.0,
             # The chosen token's log-probability comes with the scores; alternatives need every logit.
-            return_scores=job.logprobs is not None,
-            return_logits_vocab=bool(job.logprobs),
+            return_scores=first.logprobs is not None,
+            return_logits_vocab=bool(first.logprobs),
             callback=step,
         )
         if failures:

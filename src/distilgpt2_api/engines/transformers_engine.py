@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -42,7 +43,10 @@ class TransformersEngine:
     def close(self) -> None:
         """Nothing native outlives the interpreter here: torch's thread pool shuts down with it."""
 
-    def generate(self, job: TokenRequest, on_step: StepCallback) -> None:
+    batching = False  # the reference engine: one job per call, no padding to get right
+
+    def generate(self, jobs: Sequence[TokenRequest], on_step: StepCallback) -> None:
+        (job,) = jobs
         sampling = job.sampling
         # Under OpenMP the thread count is per OS thread: apply it in the worker that generates.
         if torch.get_num_threads() != self._threads:

@@ -20,14 +20,16 @@ from distilgpt2_api.http_api.native.routes import generation_router, health_rout
 from distilgpt2_api.http_api.openai import routes as openai
 from distilgpt2_api.http_api.openai.routes import openai_router
 from distilgpt2_api.http_api.protocol import Bounds
+from distilgpt2_api.http_api.server_timing import ServerTiming
 from distilgpt2_api.http_api.streaming import document_events
 from distilgpt2_api.http_api.tokens.routes import tokens_router
 from distilgpt2_api.observability import RequestLogging, silence_access_log
 from distilgpt2_api.settings import Settings
 
 
-def create_app(scheduler: Scheduler, settings: Settings) -> FastAPI:
-    """Build the app around an already loaded model; every limit comes from `settings`."""
+def create_app(scheduler: Scheduler, settings: Settings, *, cold_start_seconds: float | None = None) -> FastAPI:
+    """Build the app around an already loaded model; every limit comes from `settings`. `cold_start_seconds`:
+    what loading took, reported in the first response's Server-Timing header."""
     app = FastAPI(
         title="distilgpt2-api",
         version=__version__,
@@ -44,6 +46,7 @@ def create_app(scheduler: Scheduler, settings: Settings) -> FastAPI:
     install_error_handling(app)
     install_api_keys(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ServerTiming, cold_start_seconds=cold_start_seconds)
     app.add_middleware(RequestLogging, log_prompts=settings.log_prompts)  # outermost: sees every request
     if not settings.log_prompts:
         silence_access_log()
@@ -76,4 +79,4 @@ def load_scheduler(settings: Settings) -> Scheduler:
         served_name=settings.served_model_name,
         compute_type=settings.compute_type,
     )
-    return Scheduler(engine, max_batch_tokens=settings.max_batch_tokens)
+    return Scheduler(engine, max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size)

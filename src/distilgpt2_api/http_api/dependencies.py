@@ -8,8 +8,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from distilgpt2_api.core.request import GenerationRequest
-from distilgpt2_api.core.scheduler import GenerationResult, Scheduler
+from distilgpt2_api.core.scheduler import Scheduler
+from distilgpt2_api.core.stream import GenerationResult
 from distilgpt2_api.http_api.protocol import ErrorResponse, Usage
+from distilgpt2_api.http_api.server_timing import add_timings, generation_timings
 from distilgpt2_api.observability import GenerationRecord, record_generation
 
 # Documented so clients (and schema-driven tests) know error bodies too.
@@ -40,8 +42,18 @@ class Generation:
     deadline: float  # time.monotonic(): the one form the time budget takes, end to end
 
     async def run(self, job: GenerationRequest) -> GenerationResult:
-        """Generate, and record what happened for the request's log line and metrics."""
-        result = await self.scheduler.generate(job)
+        """Generate, and record what happened for the request's log line, metrics and Server-Timing header."""
+        stream = self.scheduler.stream(job)
+        try:
+            result = await stream.collect()
+        finally:
+            await stream.aclose()
+        add_timings(
+            self.request,
+            generation_timings(
+                stream.timings, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
+            ),
+        )
         self.record(
             job.prompt,
             prompt_tokens=result.prompt_tokens,

@@ -18,11 +18,12 @@ from pydantic.json_schema import models_json_schema
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from distilgpt2_api.core.request import GenerationRequest
-from distilgpt2_api.core.scheduler import GenerationStream
 from distilgpt2_api.core.sequence import Delta
+from distilgpt2_api.core.stream import GenerationStream
 from distilgpt2_api.http_api.dependencies import Generation
 from distilgpt2_api.http_api.errors import stream_error
 from distilgpt2_api.http_api.protocol import DONE, ErrorResponse, Usage
+from distilgpt2_api.http_api.server_timing import add_timings, generation_timings
 
 REF_PREFIX = "#/components/schemas/"
 PING_SECONDS = 15  # a comment line while a long prompt is read, so proxies keep the connection open
@@ -67,6 +68,8 @@ async def event_stream(generation: Generation, job: GenerationRequest, events: E
     except BaseException:
         await stream.aclose()
         raise
+    timings = generation_timings(stream.timings, prompt_tokens=stream.prompt_tokens, completion_tokens=None)
+    add_timings(generation.request, timings)
     return EventSourceResponse(_body(generation, stream, first, events), ping=PING_SECONDS)
 
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from distilgpt2_api.core.request import DEFAULT_MAX_NEW_TOKENS, GenerationRequest, SamplingParams
-from distilgpt2_api.core.scheduler import Completion
 from distilgpt2_api.core.sequence import Delta, FinishReason, GeneratedToken
+from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.http_api.protocol import (
     Bounds,
     ErrorResponse,

@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field, create_model, model_validator
 
 from distilgpt2_api.core.chat import ChatMessage, ChatTemplate, Role
 from distilgpt2_api.core.request import GenerationRequest
-from distilgpt2_api.core.scheduler import Completion
 from distilgpt2_api.core.sequence import Delta, GeneratedToken
+from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.http_api.openai.protocol import Choice, OpenAIRequest, Response
 from distilgpt2_api.http_api.protocol import DONE, Bounds, ErrorResponse, StrictModel, TopLogprobs, Usage
 

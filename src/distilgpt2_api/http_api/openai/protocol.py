@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from distilgpt2_api.core.request import GREEDY, GenerationRequest, SamplingParams
-from distilgpt2_api.core.scheduler import Completion
 from distilgpt2_api.core.sequence import Delta, GeneratedToken
+from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.http_api.protocol import (
     DONE,
     Bounds,

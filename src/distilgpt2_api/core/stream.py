@@ -1,0 +1,157 @@
+"""One request's results as they come: deltas on the event loop, its timings, whole completions at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from distilgpt2_api.core.request import GenerationRequest, TokenRequest
+from distilgpt2_api.core.sequence import Delta, FinishReason, GeneratedToken
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated request: what the engine computes, and what its sequences need to end it."""
+
+    request: GenerationRequest
+    tokens: TokenRequest
+    prompt_tokens: int
+
+    @property
+    def copies(self) -> int:
+        """Greedy decoding gives identical sequences: one is computed and each choice repeats it."""
+        return 1 if self.tokens.n == self.request.n else self.request.n
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated continuation (without the prompt)."""
+
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+    tokens: tuple[GeneratedToken, ...] = ()  # the visible tokens, with their logprobs when asked for
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    completions: list[Completion]
+    prompt_tokens: int
+    seed: int | None  # the caller's seed, when sampling with one
+    seconds: float  # time spent generating
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(completion.completion_tokens for completion in self.completions)
+
+
+@dataclass
+class Timings:
+    """Where a request's time went (time.perf_counter() readings), for Server-Timing and logs."""
+
+    submitted: float
+    started: float | None = None  # its batch began
+    first_token: float | None = None
+    ended: float | None = None
+    batch_size: int = 1  # sequences in its batch
+
+    @property
+    def queued_seconds(self) -> float:
+        return (self.started or self.submitted) - self.submitted
+
+    @property
+    def generating_seconds(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.ended or time.perf_counter()) - self.started
+
+
+class Sink:
+    """Where the generating thread puts one job's deltas and its end; read as a `GenerationStream`."""
+
+    def __init__(self, job: Job, deliver: Callable[[Delta | BaseException | None], None]) -> None:
+        self.job = job
+        self.timings = Timings(submitted=time.perf_counter())
+        self.cancelled = threading.Event()
+        self._deliver = deliver
+        self.ended = False
+
+    def delta(self, delta: Delta) -> None:
+        if self.timings.first_token is None:
+            self.timings.first_token = time.perf_counter()
+        self._deliver(delta)
+
+    def end(self, error: BaseException | None = None) -> None:
+        """The job is over: every sequence finished, or `error`. Only the first call counts."""
+        if self.ended:
+            return
+        self.ended = True
+        self.timings.ended = time.perf_counter()
+        self._deliver(error)
+
+
+class GenerationStream:
+    """The deltas of one request, as the model produces them; `aclose` (or the client leaving) cancels it."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self._queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.sink = Sink(job, lambda item: loop.call_soon_threadsafe(self._queue.put_nowait, item))
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.job.prompt_tokens
+
+    @property
+    def timings(self) -> Timings:
+        return self.sink.timings
+
+    @property
+    def seconds(self) -> float:
+        return self.timings.generating_seconds
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> Delta:
+        item = await self._queue.get()
+        if item is None:
+            self._queue.put_nowait(None)  # stay exhausted
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        """Stop generating for this request: the model is free of it within a token."""
+        self.sink.cancelled.set()
+
+    async def collect(self) -> GenerationResult:
+        """Every delta, gathered into whole completions."""
+        deltas = [delta async for delta in self]
+        return gather(self.job, deltas, self.seconds)
+
+
+def gather(job: Job, deltas: list[Delta], seconds: float) -> GenerationResult:
+    """A request's deltas, in order, as whole completions."""
+    request = job.request
+    texts: list[list[str]] = [[] for _ in range(request.n)]
+    tokens: list[list[GeneratedToken]] = [[] for _ in range(request.n)]
+    ends: list[Delta | None] = [None] * request.n
+    for delta in deltas:
+        texts[delta.index].append(delta.text)
+        tokens[delta.index].extend(delta.tokens)
+        if delta.finish_reason is not None:
+            ends[delta.index] = delta
+    completions = [
+        Completion("".join(text), end.finish_reason, end.completion_tokens, tuple(toks))
+        for text, toks, end in zip(texts, tokens, ends, strict=True)
+        if end is not None and end.finish_reason is not None
+    ]
+    sampling = request.sampling
+    seed = sampling.seed if sampling.do_sample else None  # a seed means nothing to greedy decoding
+    return GenerationResult(completions, job.prompt_tokens, seed, seconds)
