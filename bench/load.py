@@ -57,7 +57,10 @@ ROUTES = [
     Route(
         "POST /v1/completions stream",
         "POST",
-        lambda prompt, tokens: ("/v1/completions", {"prompt": prompt, "max_tokens": tokens, "stream": True}),
+        lambda prompt, tokens: (
+            "/v1/completions",
+            {"prompt": prompt, "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True}},
+        ),
         last_event="[DONE]",
     ),
     Route(
@@ -74,6 +77,7 @@ class Samples:
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
     first_event_ms: list[float] = field(default_factory=list)  # streamed routes: time to the first event
+    completion_tokens: int = 0
 
 
 def free_port() -> int:
@@ -121,10 +125,10 @@ def summarize(samples: Samples) -> dict[str, float | int]:
 class Server:
     """The app under uvicorn in a child process, on loopback."""
 
-    def __init__(self, model_dir: Path, port: int, log_path: Path) -> None:
+    def __init__(self, model_dir: Path, port: int, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.log_path = log_path
-        env = {**os.environ, "MODEL_DIR": str(model_dir)}
+        env = {**os.environ, "MODEL_DIR": str(model_dir), **(env or {})}
         command = [sys.executable, "-m", "uvicorn", "distilgpt2_api.api:app", "--host", HOST, "--port", str(port)]
         command += ["--log-level", "warning", "--no-access-log"]
         self._log = log_path.open("wb")
@@ -163,48 +167,77 @@ class Server:
         self._log.close()
 
 
-async def one_request(
-    client: httpx.AsyncClient, route: Route, prompt: str, tokens: int
-) -> tuple[float, float | None, str | None]:
-    """Latency in ms, time to the first event in ms (streamed routes), and an error description if it failed."""
+@dataclass
+class Outcome:
+    latency_ms: float
+    first_event_ms: float | None = None  # streamed routes
+    completion_tokens: int = 0  # what the response reports (usage, or the last event's details)
+    error: str | None = None
+
+
+def completion_tokens(payloads: list[Any]) -> int:
+    """Generated tokens as a response reports them: `usage`, or a stream's last `details`."""
+    for payload in reversed(payloads):
+        if isinstance(payload, dict):
+            if isinstance(payload.get("usage"), dict):
+                return int(payload["usage"]["completion_tokens"])
+            if isinstance(payload.get("details"), dict):
+                return int(payload["details"]["generated_tokens"])
+    return 0
+
+
+async def one_request(client: httpx.AsyncClient, route: Route, prompt: str, tokens: int) -> Outcome:
+    """One request, read to its end: latency, time to the first event (streamed routes), tokens, error."""
     url, body = route.build(prompt, tokens)
     started = time.perf_counter()
-    first_event_ms = None
+    outcome = Outcome(0.0)
     try:
         if route.last_event is None:
             response = await client.request(route.method, url, json=body)
-            error = None if response.status_code == 200 else f"{route.label}: HTTP {response.status_code}"
+            ok = response.status_code == 200
+            outcome.error = None if ok else f"{route.label}: HTTP {response.status_code}"
+            outcome.completion_tokens = completion_tokens([response.json()]) if ok and body else 0
         else:
             async with client.stream(route.method, url, json=body) as response:
                 events = []
                 async for line in response.aiter_lines():
                     if line.startswith("data:"):
-                        first_event_ms = first_event_ms or (time.perf_counter() - started) * 1000
-                        events.append(line)
+                        outcome.first_event_ms = outcome.first_event_ms or (time.perf_counter() - started) * 1000
+                        events.append(line[len("data:") :].strip())
             complete = response.status_code == 200 and bool(events) and route.last_event in events[-1]
-            error = None if complete else f"{route.label}: HTTP {response.status_code}, ended {events[-1:]}"
+            outcome.error = None if complete else f"{route.label}: HTTP {response.status_code}, ended {events[-1:]}"
+            outcome.completion_tokens = completion_tokens([json.loads(e) for e in events if e.startswith("{")])
     except httpx.HTTPError as exc:
-        error = f"{route.label}: {type(exc).__name__}: {exc}"
-    return (time.perf_counter() - started) * 1000, first_event_ms, error
+        outcome.error = f"{route.label}: {type(exc).__name__}: {exc}"
+    outcome.latency_ms = (time.perf_counter() - started) * 1000
+    return outcome
 
 
 async def client_loop(
-    index: int, base_url: str, until: float, tokens: int, samples: dict[str, Samples], error_log: list[str]
+    index: int,
+    base_url: str,
+    until: float,
+    tokens: int,
+    routes: list[Route],
+    samples: dict[str, Samples],
+    error_log: list[str],
 ) -> None:
     # Each client cycles through the routes from its own offset, so the mix stays even.
     rng = random.Random(index)
     async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S, trust_env=False) as client:
         turn = index
         while time.monotonic() < until:
-            route = ROUTES[turn % len(ROUTES)]
+            route = routes[turn % len(routes)]
             turn += 1
-            latency_ms, first_event_ms, error = await one_request(client, route, rng.choice(PROMPTS), tokens)
-            samples[route.label].latencies_ms.append(latency_ms)
-            if first_event_ms is not None:
-                samples[route.label].first_event_ms.append(first_event_ms)
-            if error is not None:
-                samples[route.label].errors += 1
-                error_log.append(error)
+            outcome = await one_request(client, route, rng.choice(PROMPTS), tokens)
+            sample = samples[route.label]
+            sample.latencies_ms.append(outcome.latency_ms)
+            sample.completion_tokens += outcome.completion_tokens
+            if outcome.first_event_ms is not None:
+                sample.first_event_ms.append(outcome.first_event_ms)
+            if outcome.error is not None:
+                sample.errors += 1
+                error_log.append(outcome.error)
 
 
 async def sample_rss(pid: int, until: float, peak: list[int]) -> None:
@@ -213,31 +246,35 @@ async def sample_rss(pid: int, until: float, peak: list[int]) -> None:
         await asyncio.sleep(0.5)
 
 
-async def run_load(base_url: str, pid: int, clients: int, duration_s: float, tokens: int) -> dict[str, Any]:
-    samples = {route.label: Samples() for route in ROUTES}
+async def run_load(
+    base_url: str, pid: int, clients: int, duration_s: float, tokens: int, routes: list[Route]
+) -> dict[str, Any]:
+    samples = {route.label: Samples() for route in routes}
     error_log: list[str] = []
     peak = [rss_bytes(pid)]
     started = time.monotonic()
     until = started + duration_s
-    loops = [client_loop(i, base_url, until, tokens, samples, error_log) for i in range(clients)]
+    loops = [client_loop(i, base_url, until, tokens, routes, samples, error_log) for i in range(clients)]
     await asyncio.gather(sample_rss(pid, until, peak), *loops)
     elapsed = time.monotonic() - started
     overall = Samples([v for s in samples.values() for v in s.latencies_ms], sum(s.errors for s in samples.values()))
+    generated = sum(s.completion_tokens for s in samples.values())
     return {
         "elapsed_s": round(elapsed, 2),
         "requests": len(overall.latencies_ms),
         "errors": overall.errors,
         "throughput_rps": round(len(overall.latencies_ms) / elapsed, 2),
+        "tokens_per_s": round(generated / elapsed, 1),
         "latency": {"overall": summarize(overall)} | {label: summarize(s) for label, s in samples.items()},
         "error_samples": error_log[:5],
         "rss_peak_bytes": peak[0],
     }
 
 
-def warm_up(base_url: str, tokens: int) -> None:
+def warm_up(base_url: str, tokens: int, routes: list[Route]) -> None:
     """One request per route: first-call allocations (caches, arenas) are not growth under load."""
     with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S, trust_env=False) as client:
-        for route in ROUTES:
+        for route in routes:
             url, body = route.build(PROMPTS[0], tokens)
             client.request(route.method, url, json=body).raise_for_status()  # a stream, read whole
 
@@ -256,8 +293,9 @@ def markdown(report: dict[str, Any]) -> str:
     rows += [
         "",
         f"{report['config']['clients']} clients × {report['config']['duration_s']:g} s, "
-        f"max_new_tokens {report['config']['max_new_tokens']}: {report['requests']} requests in "
-        f"{report['elapsed_s']} s, {report['throughput_rps']} req/s, {report['errors']} errors",
+        f"max_new_tokens {report['config']['max_new_tokens']}, MAX_BATCH_SIZE {report['config']['max_batch_size']}: "
+        f"{report['requests']} requests in {report['elapsed_s']} s, {report['throughput_rps']} req/s, "
+        f"{report['tokens_per_s']} tokens/s, {report['errors']} errors",
         f"server RSS: {rss['after_startup_bytes'] / mb:.0f} MB after startup, {rss['start_bytes'] / mb:.0f} MB after "
         f"warm-up, {rss['end_bytes'] / mb:.0f} MB at the end (peak {rss['peak_bytes'] / mb:.0f} MB), "
         f"growth {rss['growth_pct']:+.1f} %",
@@ -274,6 +312,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the report here as JSON")
     parser.add_argument("--max-rss-growth", type=float, default=10.0, help="fail at this RSS growth, in percent")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the server")
+    parser.add_argument("--routes", nargs="+", choices=[r.label for r in ROUTES], help="only these (default: all)")
+    parser.add_argument("--max-batch-size", type=int, help="the server's MAX_BATCH_SIZE (default: its own)")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS:
         parser.error(f"--clients must be 1 to {MAX_CLIENTS}")
@@ -284,22 +324,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One load run as `args` say: the server started, loaded, stopped; the report (RuntimeError on failure)."""
+    routes = [route for route in ROUTES if not args.routes or route.label in args.routes]
+    env = {} if args.max_batch_size is None else {"MAX_BATCH_SIZE": str(args.max_batch_size)}
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
-        server = Server(args.model_dir.resolve(), free_port(), Path(tmp) / "server.log")
+        server = Server(args.model_dir.resolve(), free_port(), Path(tmp) / "server.log", env)
         try:
             server.wait_ready(args.startup_timeout)
             after_startup = rss_bytes(server.process.pid)
-            warm_up(server.base_url, args.max_new_tokens)
+            warm_up(server.base_url, args.max_new_tokens, routes)
             start = rss_bytes(server.process.pid)
             load = asyncio.run(
-                run_load(server.base_url, server.process.pid, args.clients, args.duration, args.max_new_tokens)
+                run_load(server.base_url, server.process.pid, args.clients, args.duration, args.max_new_tokens, routes)
             )
             end = rss_bytes(server.process.pid)
-        except (RuntimeError, httpx.HTTPError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        except httpx.HTTPError as exc:
+            raise RuntimeError(str(exc)) from exc
         finally:
             server.stop()
     growth_pct = (end - start) / start * 100
@@ -309,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             "clients": args.clients,
             "duration_s": args.duration,
             "max_new_tokens": args.max_new_tokens,
+            "max_batch_size": args.max_batch_size or "default",
         },
         **{key: value for key, value in load.items() if key != "rss_peak_bytes"},
         "rss": {
@@ -320,6 +362,16 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     report["passed"] = report["errors"] == 0 and growth_pct < args.max_rss_growth
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(markdown(report))
     for sample in report["error_samples"]:
         print(f"error: {sample}", file=sys.stderr)

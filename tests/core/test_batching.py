@@ -28,6 +28,16 @@ def scheduler(engine: Engine) -> Iterator[Scheduler]:
     yield Scheduler(engine, max_batch_size=8)
 
 
+@pytest.fixture(scope="module")
+def same_length(engine: Engine) -> list[str]:
+    """Prompts of one token length: greedy requests share a call only with such."""
+    length = len(engine.tokenizer.encode("Once upon a time"))
+    candidates = [f"{w} upon a time" for w in ("Once", "Twice", "Thrice", "Four", "Five", "Six", "Seven", "Nine")]
+    chosen = [p for p in candidates if len(engine.tokenizer.encode(p)) == length]
+    assert len(chosen) >= 4
+    return chosen
+
+
 def _queued_together(scheduler: Scheduler, requests: list[GenerationRequest]) -> list[GenerationStream]:
     """Start `requests` while the worker is held, so they are all waiting when it frees up."""
     gate = threading.Event()
@@ -51,15 +61,30 @@ def _texts(result: GenerationResult) -> list[tuple[str, str, int]]:
     return [(c.text, c.finish_reason, c.completion_tokens) for c in result.completions]
 
 
-def test_greedy_results_do_not_depend_on_batch_mates(scheduler: Scheduler) -> None:
+def test_greedy_results_do_not_depend_on_batch_mates(scheduler: Scheduler, same_length: list[str]) -> None:
     requests = [
         GenerationRequest(prompt=prompt, max_new_tokens=4 + 3 * i, stop=(" the",) if i % 2 else ())
-        for i, prompt in enumerate(PROMPTS)
+        for i, prompt in enumerate(same_length)
     ]
     results, streams = _run_together(scheduler, requests)
     assert {stream.timings.batch_size for stream in streams} == {len(requests)}  # one engine call
     for request, result in zip(requests, results, strict=True):
         assert _texts(result) == _texts(scheduler.generate_blocking(request))  # alone
+
+
+def test_greedy_prompts_of_other_lengths_are_kept_apart(scheduler: Scheduler) -> None:
+    # A longer prompt's extra tokens would go through the decoding loop, whose arithmetic can flip a
+    # near-tie: greedy requests share a call only with prompts of their own length.
+    tokenizer = scheduler.engine.tokenizer
+    prompts = ["Once upon a time", "Once upon a time there was a tiny model"]
+    assert len(tokenizer.encode(prompts[0])) != len(tokenizer.encode(prompts[1]))
+    _, streams = _run_together(scheduler, [GenerationRequest(prompt=p, max_new_tokens=3) for p in prompts])
+    assert [s.timings.batch_size for s in streams] == [1, 1]
+    sampled = SamplingParams(do_sample=True)
+    _, streams = _run_together(
+        scheduler, [GenerationRequest(prompt=p, max_new_tokens=3, sampling=sampled) for p in prompts]
+    )
+    assert [s.timings.batch_size for s in streams] == [2, 2]  # sampled: no answer to keep, so they share
 
 
 def test_each_request_ends_with_its_own_sequences(scheduler: Scheduler) -> None:
@@ -72,22 +97,22 @@ def test_each_request_ends_with_its_own_sequences(scheduler: Scheduler) -> None:
         assert short_stream.timings.ended < long_stream.timings.ended
 
 
-def test_seeded_requests_run_alone_and_stay_reproducible(scheduler: Scheduler) -> None:
+def test_seeded_requests_run_alone_and_stay_reproducible(scheduler: Scheduler, same_length: list[str]) -> None:
     seeded = GenerationRequest(prompt="Once", max_new_tokens=8, n=2, sampling=SamplingParams(do_sample=True, seed=5))
-    others = [GenerationRequest(prompt=p, max_new_tokens=8) for p in PROMPTS[:3]]
+    others = [GenerationRequest(prompt=p, max_new_tokens=8) for p in same_length[:3]]
     results, streams = _run_together(scheduler, [*others[:1], seeded, *others[1:]])
     assert _texts(results[1]) == _texts(scheduler.generate_blocking(seeded))
     assert streams[1].timings.batch_size == 2  # its own two sequences, nobody else's
     assert streams[0].timings.batch_size == 3  # the greedy ones went together, around it
 
 
-def test_only_compatible_requests_share_and_the_oldest_goes_first(scheduler: Scheduler) -> None:
+def test_only_compatible_requests_share_and_the_oldest_goes_first(scheduler: Scheduler, same_length: list[str]) -> None:
     warm = SamplingParams(do_sample=True, temperature=0.7)
     requests = [
-        GenerationRequest(prompt="Once", max_new_tokens=3, sampling=warm),
-        GenerationRequest(prompt="Twice", max_new_tokens=3),
-        GenerationRequest(prompt="Thrice", max_new_tokens=3, sampling=warm),
-        GenerationRequest(prompt="Four", max_new_tokens=3, sampling=GREEDY),
+        GenerationRequest(prompt=same_length[0], max_new_tokens=3, sampling=warm),
+        GenerationRequest(prompt=same_length[1], max_new_tokens=3),
+        GenerationRequest(prompt=same_length[2], max_new_tokens=3, sampling=warm),
+        GenerationRequest(prompt=same_length[3], max_new_tokens=3, sampling=GREEDY),
     ]
     _, streams = _run_together(scheduler, requests)
     sizes = [s.timings.batch_size for s in streams]
@@ -111,18 +136,18 @@ def test_batching_off_runs_requests_one_at_a_time(engine: Engine) -> None:
     assert {s.timings.batch_size for s in streams} == {1}
 
 
-def test_a_cancelled_request_leaves_its_batch_mates_running(scheduler: Scheduler) -> None:
-    async def main() -> tuple[GenerationResult, GenerationResult]:
-        keep, leave = _queued_together(
-            scheduler,
-            [GenerationRequest(prompt="Once", max_new_tokens=30), GenerationRequest(prompt="Twice", max_new_tokens=30)],
-        )
+def test_a_cancelled_request_leaves_its_batch_mates_running(scheduler: Scheduler, same_length: list[str]) -> None:
+    keep_request, leave_request = (GenerationRequest(prompt=p, max_new_tokens=30) for p in same_length[:2])
+
+    async def main() -> tuple[GenerationResult, GenerationStream]:
+        keep, leave = _queued_together(scheduler, [keep_request, leave_request])
         await anext(leave)
         await leave.aclose()
-        return await keep.collect(), scheduler.generate_blocking(GenerationRequest(prompt="Once", max_new_tokens=30))
+        return await keep.collect(), leave
 
-    together, alone = asyncio.run(main())
-    assert _texts(together) == _texts(alone)
+    together, left = asyncio.run(main())
+    assert left.timings.batch_size == 2  # it did share the call it left
+    assert _texts(together) == _texts(scheduler.generate_blocking(keep_request))
 
 
 def test_the_reference_engine_does_not_batch(model_dir: Path) -> None:
