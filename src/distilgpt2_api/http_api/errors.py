@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -58,16 +60,8 @@ def stream_error(request: Request, exc: Exception) -> ErrorResponse:
     return error_body(request, 500, "internal_error", "internal error while generating; quote the request_id")
 
 
-def _error(
-    request: Request,
-    status_code: int,
-    code: str,
-    message: str,
-    *,
-    param: str | None = None,
-    detail: list[dict[str, object]] | None = None,
-) -> JSONResponse:
-    body = error_body(request, status_code, code, message, param=param, detail=detail)
+def _error(request: Request, status_code: int, code: str, message: str, **fields: Any) -> JSONResponse:
+    body = error_body(request, status_code, code, message, **fields)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code)
 
 

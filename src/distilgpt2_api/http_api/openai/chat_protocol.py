@@ -6,7 +6,6 @@ the conversation with the model's own chat template.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -16,11 +15,11 @@ from distilgpt2_api.core.chat import ChatMessage, ChatTemplate, Role
 from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.sequence import Delta, GeneratedToken
 from distilgpt2_api.core.stream import Completion
-from distilgpt2_api.http_api.openai.protocol import Choice, OpenAIRequest, Response
-from distilgpt2_api.http_api.protocol import DONE, Bounds, ErrorResponse, StrictModel, TopLogprobs, Usage
+from distilgpt2_api.http_api.openai.protocol import Choice, OpenAIEvents, OpenAIRequest, Response
+from distilgpt2_api.http_api.protocol import Bounds, StrictModel, TopLogprobs, Usage
 
 if TYPE_CHECKING:
-    from distilgpt2_api.http_api.streaming import StreamTally
+    pass
 
 MAX_MESSAGES = 256
 
@@ -185,13 +184,15 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
-class ChatEvents:
-    """A streamed chat answer's events, OpenAI's way: the role first, then content, usage if asked, `[DONE]`."""
+class ChatEvents(OpenAIEvents):
+    """A streamed chat answer's events: each choice's role first, then its content as it comes."""
+
+    chunk = ChatCompletionChunk
+    id_prefix = "chatcmpl"
 
     def __init__(self, model: str, body: ChatCompletionRequest) -> None:
-        self._chunk = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+        super().__init__(model, body)
         self._logprobs = body.logprobs
-        self._include_usage = body.include_usage
         self._started: set[int] = set()
 
     def delta(self, delta: Delta) -> list[BaseModel]:
@@ -206,10 +207,3 @@ class ChatEvents:
             **Choice.ending(delta.finish_reason),
         )
         return [ChatCompletionChunk(**self._chunk, choices=[choice])]
-
-    def end(self, tally: StreamTally) -> list[BaseModel | str]:
-        usage = [ChatCompletionChunk(**self._chunk, choices=[], usage=tally.usage)] if self._include_usage else []
-        return [*usage, DONE]
-
-    def error(self, error: ErrorResponse) -> list[BaseModel | str]:
-        return [error, DONE]

@@ -188,13 +188,33 @@ class CompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
-class CompletionEvents:
-    """A streamed completion's events, OpenAI's way: chunks, an optional usage chunk, then `[DONE]`."""
+class OpenAIEvents:
+    """What OpenAI's streams share: one id for every chunk, a usage chunk when asked for, then `[DONE]`."""
+
+    chunk: type[BaseModel]
+    id_prefix: str
+
+    def __init__(self, model: str, body: OpenAIRequest) -> None:
+        self._chunk = {"id": f"{self.id_prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+        self._include_usage = body.include_usage
+
+    def end(self, tally: StreamTally) -> list[BaseModel | str]:
+        usage = [self.chunk(**self._chunk, choices=[], usage=tally.usage)] if self._include_usage else []
+        return [*usage, DONE]
+
+    def error(self, error: ErrorResponse) -> list[BaseModel | str]:
+        return [error, DONE]
+
+
+class CompletionEvents(OpenAIEvents):
+    """A streamed completion's events: a chunk for each piece of text."""
+
+    chunk = CompletionChunk
+    id_prefix = "cmpl"
 
     def __init__(self, model: str, body: CompletionRequest) -> None:
-        self._chunk = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+        super().__init__(model, body)
         self._logprobs = body.logprobs is not None
-        self._include_usage = body.include_usage
         self._offsets: dict[int, int] = {}
 
     def delta(self, delta: Delta) -> list[BaseModel]:
@@ -209,13 +229,6 @@ class CompletionEvents:
             **CompletionChunkChoice.ending(delta.finish_reason),
         )
         return [CompletionChunk(**self._chunk, choices=[choice])]
-
-    def end(self, tally: StreamTally) -> list[BaseModel | str]:
-        usage = [CompletionChunk(**self._chunk, choices=[], usage=tally.usage)] if self._include_usage else []
-        return [*usage, DONE]
-
-    def error(self, error: ErrorResponse) -> list[BaseModel | str]:
-        return [error, DONE]
 
 
 class ModelCard(BaseModel):
