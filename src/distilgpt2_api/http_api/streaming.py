@@ -26,7 +26,7 @@ from distilgpt2_api.http_api.protocol import DONE, ErrorResponse, Usage
 from distilgpt2_api.http_api.server_timing import add_timings, generation_timings
 
 REF_PREFIX = "#/components/schemas/"
-PING_SECONDS = 15  # a comment line while a long prompt is read, so proxies keep the connection open
+PING_SECONDS = 15  # a comment line when nothing else was sent for this long, so proxies keep a quiet stream open
 
 
 @dataclass
