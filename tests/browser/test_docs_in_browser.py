@@ -42,8 +42,10 @@ def render_swagger_ui(page: Any, base_url: str) -> list[tuple[str, str]]:
     """Open /docs and wait for every operation of the schema: the (METHOD, path) Swagger UI lists."""
     expected = operations(base_url)
     page.goto(f"{base_url}/docs")
+    # A function, not an expression: Playwright evaluates an expression anew at every poll, which the
+    # page's policy (no 'unsafe-eval') refuses once the first check has not yet found the operations.
     page.wait_for_function(
-        f"document.querySelectorAll('.opblock').length >= {len(expected)}", timeout=RENDER_TIMEOUT_MS
+        "(count) => document.querySelectorAll('.opblock').length >= count", arg=len(expected), timeout=RENDER_TIMEOUT_MS
     )
     listed: list[list[str]] = page.eval_on_selector_all(
         ".opblock",

@@ -22,7 +22,7 @@ from route_table import app_routes
 from server_process import serving_in_thread
 
 KEYS = "old-key-123, new-key-456"  # two keys live at once: rotation
-OPEN = {  # never run the model: health, docs, the icon browsers ask for
+OPEN = {  # never run the model: health, docs, the playground page (it asks for the key), the icon browsers ask for
     ("GET", "/"),
     ("GET", "/docs"),
     ("GET", "/redoc"),
@@ -30,6 +30,8 @@ OPEN = {  # never run the model: health, docs, the icon browsers ask for
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/docs/assets/{name}"),
     ("GET", "/favicon.ico"),
+    ("GET", "/playground"),
+    ("GET", "/playground/assets/{name}"),
 }
 # One request per keyed route; test_every_model_route_is_listed keeps this list complete.
 KEYED: dict[tuple[str, str], dict[str, Any]] = {
@@ -100,7 +102,7 @@ def test_a_bad_request_without_a_key_learns_nothing_about_the_schema(locked: Tes
     assert locked.post("/generate", json={"prompt": ""}).status_code == 401
 
 
-@pytest.mark.parametrize("path", ["/", "/docs", "/openapi.json"])
+@pytest.mark.parametrize("path", ["/", "/docs", "/openapi.json", "/playground"])
 def test_health_and_docs_stay_open(locked: TestClient, path: str) -> None:
     assert locked.get(path).status_code == 200
 

@@ -19,6 +19,7 @@ from distilgpt2_api.http_api.native import routes as native
 from distilgpt2_api.http_api.native.routes import generation_router, health_router
 from distilgpt2_api.http_api.openai import routes as openai
 from distilgpt2_api.http_api.openai.routes import openai_router
+from distilgpt2_api.http_api.playground import install_playground
 from distilgpt2_api.http_api.protocol import Bounds
 from distilgpt2_api.http_api.server_timing import ServerTiming
 from distilgpt2_api.http_api.streaming import document_events
@@ -54,6 +55,7 @@ def create_app(scheduler: Scheduler, settings: Settings, *, cold_start_seconds: 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"])
     keyed, bounds = [Depends(require_api_key)], Bounds.from_settings(settings)
     install_docs(app)  # open, like health
+    install_playground(app, settings)  # open too: the page asks for the key when one is needed
     app.include_router(health_router())
     app.include_router(openai_router(bounds), dependencies=keyed)
     app.include_router(tokens_router(bounds), dependencies=keyed)
