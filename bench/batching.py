@@ -185,13 +185,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of each load run")
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--determinism-from", type=Path, help="reuse part 1 from an earlier run's batching.json")
     args = parser.parse_args()
+    earlier = json.loads(args.determinism_from.read_text()) if args.determinism_from else {}
     results: dict[str, Any] = {}
     for spec in args.model:
         name, _, path = spec.partition("=")
         model_dir = Path(path)
         print(f"[{name}] determinism", flush=True)
-        results[name] = {"determinism": determinism(model_dir), "load": []}
+        measured = earlier[name]["determinism"] if name in earlier else determinism(model_dir)
+        results[name] = {"determinism": measured, "load": []}
         determined = results[name]["determinism"]
         print(
             f"[{name}] differing: {determined['differing_mixed_lengths']} mixed, {determined['differing']}", flush=True

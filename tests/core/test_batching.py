@@ -155,3 +155,26 @@ def test_the_reference_engine_does_not_batch(model_dir: Path) -> None:
     assert scheduler.max_batch_size == 1
     _, streams = _run_together(scheduler, [GenerationRequest(prompt=p, max_new_tokens=3) for p in PROMPTS[:3]])
     assert {s.timings.batch_size for s in streams} == {1}
+
+
+def test_after_a_shared_call_the_worker_waits_for_the_clients_next_requests(
+    engine: Engine, same_length: list[str]
+) -> None:
+    # Clients whose answers came back together send their next requests a moment apart; without the
+    # wait, the first would start alone and the others queue behind all of it.
+    scheduler = Scheduler(engine, max_batch_size=8, batch_wait_seconds=5.0)  # ends as soon as all are back
+    requests = [GenerationRequest(prompt=p, max_new_tokens=3) for p in same_length[:3]]
+
+    async def main() -> list[GenerationStream]:
+        first_round = _queued_together(scheduler, requests)
+        await asyncio.gather(*(s.collect() for s in first_round))
+        second_round = []
+        for request in requests:  # one by one, as separate clients would
+            second_round.append(scheduler.stream(request))
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*(s.collect() for s in second_round))
+        return second_round
+
+    streams = asyncio.run(main())
+    assert [s.timings.batch_size for s in streams] == [3, 3, 3]
+    assert max(s.timings.queued_seconds for s in streams) < 4.0  # it waited for them, not for its limit

@@ -6,6 +6,11 @@ the same stream collected. Closing a stream early cancels its generation within 
 When the model frees up, the worker takes the oldest waiting request and, up to `max_batch_size`
 sequences, every later one that may share its engine call (core/batch.py); the rest wait for the next
 call, in arrival order, so none starves. With `max_batch_size` 1, requests run one at a time.
+
+Clients whose answers came back together send their next requests a moment apart: the first would
+start alone and the others wait for all of it. So after a call that served several requests, the
+worker waits up to `batch_wait_seconds` for as many to be waiting again. After a call that served one
+(one client, or Lambda) it never waits.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from distilgpt2_api.core.sequence import Delta
 from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Job, Sink, gather
 from distilgpt2_api.engines import Engine
 
+BATCH_WAIT_SECONDS = 0.01  # a client's next request follows its answer within a few ms on a network
 # With alternatives (top logprobs), CTranslate2 keeps every step's full logits until the job ends:
 # sequences x max_new_tokens x vocabulary floats. 512 steps of a 50k vocabulary hold about 200 MB.
 MAX_ALTERNATIVES_STEPS = 512
@@ -43,12 +49,21 @@ class Scheduler:
     requests never oversubscribe cores. Concurrent requests share that call when they can.
     """
 
-    def __init__(self, engine: Engine, *, max_batch_tokens: int | None = None, max_batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch_tokens: int | None = None,
+        max_batch_size: int = 1,
+        batch_wait_seconds: float = BATCH_WAIT_SECONDS,
+    ) -> None:
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens  # None: only the context length bounds a request
         self.max_batch_size = max_batch_size if engine.batching else 1  # sequences per engine call
+        self.batch_wait_seconds = batch_wait_seconds
         self._waiting: deque[Sink] = deque()
-        self._lock = threading.Lock()
+        self._arrived = threading.Condition()  # guards _waiting
+        self._last_batch_requests = 1
         # One thread; the executor joins it at interpreter exit, before engines close (engines/ctranslate2_engine).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
@@ -72,8 +87,9 @@ class Scheduler:
         Call from the event loop. The caller must iterate to the end or `aclose` the stream.
         """
         stream = GenerationStream(self._job(request))
-        with self._lock:
+        with self._arrived:
             self._waiting.append(stream.sink)
+            self._arrived.notify()
         self._executor.submit(self._run_next)  # one turn per request: a turn may find it already served
         return stream
 
@@ -122,8 +138,14 @@ class Scheduler:
 
     def _run_next(self) -> None:
         """On the worker thread: run the oldest waiting request, with what may share its engine call."""
-        with self._lock:
+        with self._arrived:
+            if self.max_batch_size > 1 and self._last_batch_requests > 1 and self._waiting:
+                # The last call served several clients: give their next requests a moment to arrive.
+                expected = self._last_batch_requests
+                self._arrived.wait_for(lambda: len(self._waiting) >= expected, timeout=self.batch_wait_seconds)
             batch = self._take()
+            if batch:
+                self._last_batch_requests = len(batch)
         if batch:
             self._start(batch)
 
