@@ -8,7 +8,8 @@
    (which applies the rule). Counts the answers that differ from alone.
 2. Load: `bench/load.py` against uvicorn with 1, 4 and 8 clients, batching off (MAX_BATCH_SIZE=1) and on
    (MAX_BATCH_SIZE=8), plain (`POST /generate`) and streamed (`POST /generate_stream`), 50-token greedy
-   requests. Ratios are taken between runs of the same model in this one invocation.
+   requests; `--routes sampled` adds unseeded sampled requests (`do_sample`), which may share a call
+   whatever their prompt lengths. Ratios are taken between runs of the same model in one invocation.
 
 Writes BATCHING.md (and batching.json) into --out.
 """
@@ -41,7 +42,8 @@ SUBJECTS = ["The old lighthouse", "My favourite recipe", "The history of Rome", 
 OPENINGS = ["is", "was never", "can teach us that", "reminds me of", "began when"]
 CLIENT_COUNTS = (1, 4, 8)
 SETTINGS = {"off": 1, "on": BATCH}
-ROUTES = {"plain": "POST /generate", "streamed": "POST /generate_stream"}
+ROUTES = {"plain": "POST /generate", "streamed": "POST /generate_stream", "sampled": "POST /generate sampled"}
+DEFAULT_ROUTES = ("plain", "streamed")
 
 
 def prompts() -> list[str]:
@@ -121,6 +123,12 @@ def load_run(model_dir: Path, clients: int, batch: int, route: str, seconds: flo
     }
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median requests per second (itself, when there is one), and how many it was among."""
+    ranked = sorted(runs, key=lambda run: run["requests_per_s"])
+    return {**ranked[len(ranked) // 2], "repeats": len(runs)}
+
+
 def cpu_name() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -170,7 +178,7 @@ def markdown(results: dict[str, Any], seconds: float) -> str:
     for name, model in results.items():
         runs = {(r["route"], r["clients"], r["batching"]): r for r in model["load"]}
         for route in ROUTES.values():
-            for clients in CLIENT_COUNTS:
+            for clients in sorted({r["clients"] for r in model["load"]}):
                 on, off = runs.get((route, clients, True)), runs.get((route, clients, False))
                 if on and off and off["requests_per_s"] and off["p95_ms"]:
                     rps = on["requests_per_s"] / off["requests_per_s"]
@@ -186,6 +194,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--determinism-from", type=Path, help="reuse part 1 from an earlier run's batching.json")
+    parser.add_argument("--routes", nargs="+", choices=list(ROUTES), default=list(DEFAULT_ROUTES))
+    parser.add_argument("--clients", nargs="+", type=int, default=list(CLIENT_COUNTS))
+    parser.add_argument("--append", action="store_true", help="add these load runs to --out's batching.json")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate off/on this many times; report medians")
     args = parser.parse_args()
     earlier = json.loads(args.determinism_from.read_text()) if args.determinism_from else {}
     results: dict[str, Any] = {}
@@ -201,13 +213,23 @@ def main() -> None:
         )
         if args.skip_load:
             continue
-        for route in ROUTES.values():
-            for clients in CLIENT_COUNTS:
+        for route in (ROUTES[kind] for kind in args.routes):
+            for clients in args.clients:
+                runs: dict[int, list[dict[str, Any]]] = {batch: [] for batch in SETTINGS.values()}
+                for _ in range(args.repeat):  # off, on, off, on, ...: drifting machine noise hits both alike
+                    for batch in SETTINGS.values():
+                        runs[batch].append(load_run(model_dir, clients, batch, route, args.seconds))
+                        print(f"[{name}] {json.dumps(runs[batch][-1])}", flush=True)
                 for batch in SETTINGS.values():
-                    run = load_run(model_dir, clients, batch, route, args.seconds)
-                    print(f"[{name}] {json.dumps(run)}", flush=True)
-                    results[name]["load"].append(run)
+                    results[name]["load"].append(median_run(runs[batch]))
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.append:  # these runs replace earlier ones of the same route and clients
+        before = json.loads((args.out / "batching.json").read_text())
+        for name, model in results.items():
+            kept = before.setdefault(name, {"determinism": model["determinism"], "load": []})
+            new = {(run["route"], run["clients"]) for run in model["load"]}
+            kept["load"] = [r for r in kept["load"] if (r["route"], r["clients"]) not in new] + model["load"]
+        results = before
     (args.out / "batching.json").write_text(json.dumps(results, indent=2) + "\n")
     report = markdown(results, args.seconds)
     (args.out / "BATCHING.md").write_text(report)

@@ -55,6 +55,11 @@ ROUTES = [
         lambda prompt, tokens: ("/v1/completions", {"prompt": prompt, "max_tokens": tokens}),
     ),
     Route(
+        "POST /generate sampled",
+        "POST",
+        lambda prompt, tokens: ("/generate", {"prompt": prompt, "max_new_tokens": tokens, "do_sample": True}),
+    ),
+    Route(
         "POST /v1/completions stream",
         "POST",
         lambda prompt, tokens: (

@@ -20,7 +20,8 @@ def test_load_run_reports_every_route_without_errors(model_dir: Path, tmp_path: 
     assert exit_code in (0, 1)
     assert report["requests"] > 0 and report["throughput_rps"] > 0 and report["tokens_per_s"] > 0
     streamed = {"POST /v1/completions stream", "POST /generate_stream"}
-    routes = {"overall", "GET /", "GET /{prompt}", "POST /generate", "POST /v1/completions", *streamed}
+    plain = {"GET /", "GET /{prompt}", "POST /generate", "POST /generate sampled", "POST /v1/completions"}
+    routes = {"overall", *plain, *streamed}
     assert set(report["latency"]) == routes
     for figures in report["latency"].values():
         assert figures["requests"] > 0
