@@ -100,7 +100,14 @@ class GenerationStream:
         self.job = job
         self._queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self.sink = Sink(job, lambda item: loop.call_soon_threadsafe(self._queue.put_nowait, item))
+
+        def deliver(item: Delta | BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            except RuntimeError:  # its event loop is closed: nobody is listening any more
+                self.sink.cancelled.set()
+
+        self.sink = Sink(job, deliver)
 
     @property
     def prompt_tokens(self) -> int:
