@@ -200,8 +200,11 @@ def prepare_tiny(workdir: Path) -> Path:
 
 
 def prepare_distil(cache_dir: Path) -> Path:
-    """distilgpt2's shape (6 layers, 768 wide, 50257 tokens) with random weights, built once and cached."""
-    path = cache_dir / "distilgpt2-shape-v1"
+    """distilgpt2's shape (6 layers, 768 wide, 50257 tokens) with random weights, built once and cached.
+
+    Its tokenizer is a byte-level BPE of GPT-2's size (50,000 merges, no padding tokens): tokens added on
+    top of a small BPE would make the pipeline's decoding, not its model, the baseline's cost."""
+    path = cache_dir / "distilgpt2-shape-v2"  # v1 padded a 1,000-token BPE with 49,257 added tokens
     if (path / "ctranslate2-int8" / "model.bin").is_file():
         return path
     import shutil
@@ -212,15 +215,19 @@ def prepare_distil(cache_dir: Path) -> Path:
     from distilgpt2_api.model_store import write_manifest
     from distilgpt2_api.model_store.convert import convert_for_ctranslate2
 
-    from model_factory import EOS, build_tokenizer
+    from model_factory import EOS, build_gpt2_size_tokenizer
 
     shutil.rmtree(path, ignore_errors=True)
-    tokenizer = build_tokenizer()
-    # CTranslate2 needs as many vocabulary entries as embedding rows: pad the small BPE to 50257.
-    tokenizer.add_tokens([f"<pad_{i}>" for i in range(len(tokenizer), 50257)])
+    tokenizer = build_gpt2_size_tokenizer()
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
     config = GPT2Config(
-        n_layer=6, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024, bos_token_id=eos_id, eos_token_id=eos_id
+        n_layer=6,
+        n_embd=768,
+        n_head=12,
+        vocab_size=len(tokenizer),
+        n_positions=1024,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
     )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
