@@ -398,13 +398,18 @@ def bench_model(name: str, model_dir: Path, options: Options, workdir: Path) -> 
     )
     score = {"score_tokens": quality.pop("score_tokens"), "score_ids": quality.pop("score_ids")}
 
+    # CTranslate2 picks Intel MKL on Intel CPUs and oneDNN on others (CT2_USE_MKL overrides): the
+    # alternative is whichever backend the default is not.
+    intel = "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+    default_backend = "default (Intel MKL on Intel)" if intel else "default (oneDNN on AMD)"
+    other_backend, other_env = ("oneDNN (CT2_USE_MKL=0)", "0") if intel else ("Intel MKL (CT2_USE_MKL=1)", "1")
     log(f"[{name}] alternatives: CTranslate2 compute types and threads")
     ct2_default = run_worker(
         "ct2_alt",
         {
             **ct2_args,
             **score,
-            "backend": "default (oneDNN on AMD)",
+            "backend": default_backend,
             "compute_types": list(CT2_COMPUTE_TYPES),
             "threads": [1, 2],
             "runs": options.runs,
@@ -413,18 +418,18 @@ def bench_model(name: str, model_dir: Path, options: Options, workdir: Path) -> 
         {},
         workdir,
     )
-    log(f"[{name}] alternatives: CTranslate2 with Intel MKL forced")
-    ct2_mkl = run_worker(
+    log(f"[{name}] alternatives: CTranslate2 with {other_backend}")
+    ct2_other = run_worker(
         "ct2_alt",
         {
             **ct2_args,
             **score,
-            "backend": "Intel MKL (CT2_USE_MKL=1)",
+            "backend": other_backend,
             "compute_types": list(CT2_COMPUTE_TYPES),
             "threads": [2],
-            "runs": 1,  # several times slower than the default backend here: one run tells
+            "runs": 1,  # a first look at the other backend: one run per compute type
         },
-        {"CT2_USE_MKL": "1"},
+        {"CT2_USE_MKL": other_env},
         workdir,
     )
     flags = machine_info()["cpu_flags"]
@@ -437,7 +442,7 @@ def bench_model(name: str, model_dir: Path, options: Options, workdir: Path) -> 
         "systems": systems,
         "quality": quality,
         "alternatives": {
-            "ct2": [ct2_default, ct2_mkl],
+            "ct2": [ct2_default, ct2_other],
             "engine_threads": ct2_default.pop("engine_threads"),
             "torch_dynamic_quantization": quality.pop("torch_dynamic_quantization"),
             "bf16": {
