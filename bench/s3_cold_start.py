@@ -56,9 +56,10 @@ MiB = 1 << 20
 LAMBDA_DEFAULT_TMP_MB = 512
 MODEL_NOTES = {
     "distilgpt2-shape": "bench.py's distilgpt2-shaped GPT-2 with random weights, built in /tmp. Its tokenizer is "
-    "the small test BPE padded to 50,257 tokens, so its tokenizer.json is 8.8 MB where distilgpt2's is 1.3 MB, "
-    "and its safetensors lack the 24 MB of attention-mask buffers in distilgpt2's Hub file: the real distilgpt2 "
-    "needs about 83 MB for ENGINE=ctranslate2 and 340 MB for ENGINE=transformers (from its file sizes, not measured).",
+    "a byte-level BPE of GPT-2's size (50,000 merges) saved as indented JSON, so its tokenizer.json is 3.7 MB "
+    "where distilgpt2's is 1.3 MB, and its safetensors lack the 24 MB of attention-mask buffers in distilgpt2's "
+    "Hub file: the real distilgpt2 needs about 83 MB for ENGINE=ctranslate2 and 340 MB for ENGINE=transformers "
+    "(from its file sizes, not measured).",
 }
 
 

@@ -392,9 +392,10 @@ the margin (a client gets a 504); over 25 s = uncut, the default budget would cu
 Machine: {cpu}, {cores} cores (flags: {flags}); THREADS=1 (the service default, as Lambda's single
 vCPU at {memory} MB), so one generation uses one core. Lambda's CPUs may be slower: read the times as lower bounds.
 
-distilgpt2-shape is bench/bench.py's random-weight GPT-2 with distilgpt2's shape and a 1,000-token BPE (tests'
-corpus) padded to 50,257 entries: English takes more tokens than with GPT-2's own tokenizer, which only moves the
-character count where the context ends; time and memory follow tokens. Its EOS row is zeroed (it rarely stops).
+distilgpt2-shape is bench/bench.py's random-weight GPT-2 with distilgpt2's shape and a byte-level BPE of GPT-2's
+size (50,000 merges, trained on tests' corpus and made-up words): English takes a different number of tokens than
+with GPT-2's own tokenizer, which only moves the character count where the context ends; time and memory follow
+tokens. Its EOS row is zeroed (it rarely stops).
 
 How to read it: the time budget is checked between generated tokens, so it cuts decoding cleanly, but not the
 prefill (the prompt's forward pass, once per sequence: n copies of the prompt); a request whose prefill outlasts
@@ -471,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.build_distil_shape:
             import bench
 
-            # Random weights, a 1000-token BPE padded to 50,257 entries and a zeroed EOS row (never ends early).
+            # Random weights, a BPE of GPT-2's size and a zeroed EOS row (never ends early).
             models = {"distilgpt2-shape": bench.prepare_distil(args.build_distil_shape), **models}
         earlier = json.loads((args.out / "worst_case.json").read_text()) if args.verify_only else None
         results = measure(models, args.out, args.wait_idle, args.verify, args.warm, args.rounds, earlier)

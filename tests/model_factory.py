@@ -1,11 +1,14 @@
 """Tiny random-weight causal LMs with a real byte-level BPE tokenizer, for tests that must not download anything.
 
 Each builder writes a complete model directory (config, safetensors weights, tokenizer, manifest.json)
-in about a second.
+in about a second. `build_gpt2_size_tokenizer` is a BPE of GPT-2's own size, for the benchmarks.
 """
 
 from __future__ import annotations
 
+import random
+from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -38,6 +41,55 @@ def build_tokenizer(vocab_size: int = 1000) -> PreTrainedTokenizerFast:
     )
     tokenizer.train([str(CORPUS)], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS)
+
+
+GPT2_VOCAB_SIZE = 50257  # 256 byte symbols + 50,000 merges + <|endoftext|>, as GPT-2 and distilgpt2
+
+
+def _pseudo_english(lines: int, seed: int) -> Iterator[str]:
+    """tests/data/corpus.txt, then `lines` lines of made-up words from a letter model of its words (each letter
+    drawn given the two before it; random.Random(seed)): enough distinct words for 50,000 merges, in about 2 s."""
+    text = CORPUS.read_text()
+    words = [w.strip(".,;:!?\"'()").lower() for w in text.split()]
+    following: dict[str, list[str]] = defaultdict(list)
+    for word in (w for w in words if w.isalpha()):
+        padded = "^^" + word + "$"
+        for i in range(len(padded) - 2):
+            following[padded[i : i + 2]].append(padded[i + 2])
+    rng = random.Random(seed)
+
+    def made_up_word() -> str:
+        context, letters = "^^", ""
+        while len(letters) < 14:
+            letter = rng.choice(following[context])
+            if letter == "$":
+                break
+            letters += letter
+            context = context[1] + letter
+        return letters
+
+    yield text
+    for _ in range(lines):
+        yield " ".join(made_up_word() for _ in range(20))
+
+
+def build_gpt2_size_tokenizer() -> PreTrainedTokenizerFast:
+    """A GPT-2 style byte-level BPE of GPT-2's size: 256 byte symbols, 50,000 merges and EOS, no added tokens
+    beyond EOS. Trained offline on tests' corpus plus made-up words, deterministically (same seed, same merges)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=GPT2_VOCAB_SIZE,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_pseudo_english(lines=20_000, seed=0), trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS)
+    if len(wrapped) != GPT2_VOCAB_SIZE or set(wrapped.get_added_vocab()) != {EOS}:
+        raise RuntimeError(f"expected {GPT2_VOCAB_SIZE} tokens with EOS the only added one, got {len(wrapped)}")
+    return wrapped
 
 
 def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path, model_id: str) -> Path:
