@@ -9,14 +9,14 @@ reaching any other origin.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
+
+from distilgpt2_api.http_api.static_assets import Asset, asset_response
 
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
@@ -32,7 +32,6 @@ ASSET_TYPES = {
 }
 # Resolved at import, so an image without the package fails at its cold start, not on a page view.
 ASSETS_DIR = files("fastapi_offline") / "static"
-ASSET_CACHE_CONTROL = "public, max-age=86400"  # the files change only with the package
 
 # Same origin only. The inline parts are FastAPI's page scripts and the styles both UIs inject;
 # ReDoc runs its search in a worker built from a blob, and both draw icons from data: URLs.
@@ -59,20 +58,13 @@ EMPTY_IMAGE_URL = b"data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/sv
 ASSET_PATCHES = {"redoc.standalone.js": [(REDOC_LOGO_URL, EMPTY_IMAGE_URL)]}
 
 
-@dataclass(frozen=True)
-class Asset:
-    content: bytes
-    media_type: str
-    etag: str
-
-
 @cache
 def load_asset(name: str) -> Asset:
     """One of ASSET_TYPES, read from the installed package once per process (and patched)."""
     content = (ASSETS_DIR / name).read_bytes()
     for old, new in ASSET_PATCHES.get(name, []):
         content = content.replace(old, new)
-    return Asset(content, ASSET_TYPES[name], f'"{hashlib.sha256(content).hexdigest()[:32]}"')
+    return Asset(content, ASSET_TYPES[name])
 
 
 def _root(request: Request) -> str:
@@ -127,11 +119,7 @@ def docs_router(app: FastAPI) -> APIRouter:
     async def docs_asset(name: str, request: Request) -> Response:
         if name not in ASSET_TYPES:
             raise HTTPException(404, f"no docs asset named {name!r}")
-        asset = load_asset(name)
-        headers = {"etag": asset.etag, "cache-control": ASSET_CACHE_CONTROL, "x-content-type-options": "nosniff"}
-        if asset.etag in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=headers)
-        return Response(asset.content, media_type=asset.media_type, headers=headers)
+        return asset_response(load_asset(name), request)
 
     return router
 

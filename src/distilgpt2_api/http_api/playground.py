@@ -10,10 +10,8 @@ stay open when API keys are set: the page offers a field for the key, and the AP
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
-from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 
@@ -22,6 +20,7 @@ from fastapi.responses import HTMLResponse
 
 from distilgpt2_api import __version__
 from distilgpt2_api.core.scheduler import Scheduler
+from distilgpt2_api.http_api.static_assets import Asset, asset_response
 from distilgpt2_api.settings import Settings
 
 PLAYGROUND_URL = "/playground"
@@ -32,7 +31,6 @@ ASSET_TYPES = {  # name -> content type; nothing else is served from the static 
     "playground.css": "text/css; charset=utf-8",
 }
 STATIC_DIR = files("distilgpt2_api.http_api") / "static"
-ASSET_CACHE_CONTROL = "public, max-age=86400"  # URLs carry the content's hash: a new version is a new URL
 
 # Same origin only, and nothing inline: the script and the style sheet are files of their own.
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -55,22 +53,11 @@ PAGE_HEADERS = {
 }
 
 
-@dataclass(frozen=True)
-class Asset:
-    content: bytes
-    media_type: str
-    digest: str  # of the content: the ETag, and the version in the page's URL for it
-
-    @property
-    def etag(self) -> str:
-        return f'"{self.digest}"'
-
-
 @cache
 def load_asset(name: str) -> Asset:
     """One of ASSET_TYPES, read from the installed package once per process."""
     content = (STATIC_DIR / name).read_bytes()
-    return Asset(content, ASSET_TYPES[name], hashlib.sha256(content).hexdigest()[:32])
+    return Asset(content, ASSET_TYPES[name])
 
 
 def asset_url(root: str, name: str) -> str:
@@ -135,11 +122,7 @@ def playground_router(settings: Settings) -> APIRouter:
     async def playground_asset(name: str, request: Request) -> Response:
         if name not in ASSET_TYPES:
             raise HTTPException(404, f"no playground asset named {name!r}")
-        asset = load_asset(name)
-        headers = {"etag": asset.etag, "cache-control": ASSET_CACHE_CONTROL, "x-content-type-options": "nosniff"}
-        if asset.etag in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=headers)
-        return Response(asset.content, media_type=asset.media_type, headers=headers)
+        return asset_response(load_asset(name), request)
 
     return router
 
