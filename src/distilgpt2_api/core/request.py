@@ -19,6 +19,11 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None  # sampling only: the same seed and request give the same output
 
+    @property
+    def seed_in_use(self) -> int | None:
+        """The seed, when it means something: greedy decoding draws nothing."""
+        return self.seed if self.do_sample else None
+
 
 GREEDY = SamplingParams()
 

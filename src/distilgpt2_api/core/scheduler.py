@@ -110,7 +110,7 @@ class Scheduler:
         self._start([sink])
         if outcome and outcome[0] is not None:
             raise outcome[0]
-        return gather(job, deltas, sink.timings.generating_seconds)
+        return gather(job, deltas, sink.timings)
 
     def _job(self, request: GenerationRequest) -> Job:
         tokenizer = self.engine.tokenizer

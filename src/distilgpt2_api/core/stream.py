@@ -41,7 +41,12 @@ class GenerationResult:
     completions: list[Completion]
     prompt_tokens: int
     seed: int | None  # the caller's seed, when sampling with one
-    seconds: float  # time spent generating
+    timings: Timings
+
+    @property
+    def seconds(self) -> float:
+        """Time spent generating."""
+        return self.timings.generating_seconds
 
     @property
     def completion_tokens(self) -> int:
@@ -77,7 +82,6 @@ class Sink:
         self.timings = Timings(submitted=time.perf_counter())
         self.cancelled = threading.Event()
         self._deliver = deliver
-        self.ended = False
 
     def delta(self, delta: Delta) -> None:
         if self.timings.first_token is None:
@@ -86,9 +90,8 @@ class Sink:
 
     def end(self, error: BaseException | None = None) -> None:
         """The job is over: every sequence finished, or `error`. Only the first call counts."""
-        if self.ended:
+        if self.timings.ended is not None:
             return
-        self.ended = True
         self.timings.ended = time.perf_counter()
         self._deliver(error)
 
@@ -140,10 +143,10 @@ class GenerationStream:
     async def collect(self) -> GenerationResult:
         """Every delta, gathered into whole completions."""
         deltas = [delta async for delta in self]
-        return gather(self.job, deltas, self.seconds)
+        return gather(self.job, deltas, self.timings)
 
 
-def gather(job: Job, deltas: list[Delta], seconds: float) -> GenerationResult:
+def gather(job: Job, deltas: list[Delta], timings: Timings) -> GenerationResult:
     """A request's deltas, in order, as whole completions."""
     request = job.request
     texts: list[list[str]] = [[] for _ in range(request.n)]
@@ -159,6 +162,4 @@ def gather(job: Job, deltas: list[Delta], seconds: float) -> GenerationResult:
         for text, toks, end in zip(texts, tokens, ends, strict=True)
         if end is not None and end.finish_reason is not None
     ]
-    sampling = request.sampling
-    seed = sampling.seed if sampling.do_sample else None  # a seed means nothing to greedy decoding
-    return GenerationResult(completions, job.prompt_tokens, seed, seconds)
+    return GenerationResult(completions, job.prompt_tokens, request.sampling.seed_in_use, timings)

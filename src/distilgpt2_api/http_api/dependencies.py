@@ -43,15 +43,11 @@ class Generation:
 
     async def run(self, job: GenerationRequest) -> GenerationResult:
         """Generate, and record what happened for the request's log line, metrics and Server-Timing header."""
-        stream = self.scheduler.stream(job)
-        try:
-            result = await stream.collect()
-        finally:
-            await stream.aclose()
+        result = await self.scheduler.generate(job)
         add_timings(
             self.request,
             generation_timings(
-                stream.timings, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
+                result.timings, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
             ),
         )
         self.record(
@@ -79,9 +75,4 @@ GenerationDep = Annotated[Generation, Depends(get_generation)]
 
 
 def usage_of(result: GenerationResult) -> Usage:
-    completion_tokens = result.completion_tokens
-    return Usage(
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=result.prompt_tokens + completion_tokens,
-    )
+    return Usage.of(result.prompt_tokens, result.completion_tokens)

@@ -44,10 +44,7 @@ class StreamTally:
 
     @property
     def usage(self) -> Usage:
-        completion = sum(self.completion_tokens.values())
-        return Usage(
-            prompt_tokens=self.prompt_tokens, completion_tokens=completion, total_tokens=self.prompt_tokens + completion
-        )
+        return Usage.of(self.prompt_tokens, sum(self.completion_tokens.values()))
 
 
 class EventFormat(Protocol):

@@ -81,8 +81,7 @@ def generation_router(bounds: Bounds) -> APIRouter:
         """`POST /generate`'s request, answered token by token as Server-Sent Events (text-generation-inference's
         events). An error after the first event ends the stream with an error event."""
         job = body.to_generation_request(generation.deadline, logprobs=True)
-        seed = job.sampling.seed if job.sampling.do_sample else None
-        return await event_stream(generation, job, StreamEvents(body, seed))
+        return await event_stream(generation, job, StreamEvents(body, job.sampling.seed_in_use))
 
     @router.get("/{prompt}", response_model=GeneratedSequences, responses=ERROR_RESPONSES)
     async def generate_from_path(
