@@ -17,6 +17,7 @@ def app_routes(app: FastAPI) -> set[tuple[str, str]]:
             continue
         # Starlette's {name:path} is API Gateway's greedy {name+}.
         path = re.sub(r"\{(\w+):path\}", r"{\1+}", route.path)
-        # Starlette answers HEAD for every GET; the gateway routes only what is declared.
-        routes.update((method, path) for method in route.methods - {"HEAD"})
+        # Starlette's own routes answer HEAD for every GET, implied; the gateway routes only what a route declares.
+        implied = {"HEAD"} if "GET" in route.methods else set()
+        routes.update((method, path) for method in route.methods - implied)
     return routes

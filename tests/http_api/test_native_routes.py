@@ -246,3 +246,67 @@ def test_a_body_that_is_not_json_says_so(client: TestClient) -> None:
     assert error["code"] == "invalid_json"
     assert error["message"].startswith("the request body is not valid JSON") and "character 15" in error["message"]
     assert "param" not in error
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/generate", "POST"),
+        ("GET", "/generate_stream", "POST"),
+        ("GET", "/tokenize", "POST"),
+        ("GET", "/detokenize", "POST"),
+        ("GET", "/v1/completions", "POST"),
+        ("POST", "/v1/models", "GET"),
+        ("DELETE", "/generate", "POST"),
+    ],
+)
+def test_a_fixed_route_owns_its_path_for_every_method(
+    client: TestClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch, method: str, path: str, allow: str
+) -> None:
+    """`GET /generate` is the route's 405, never the tutorial route taking "generate" as a prompt."""
+
+    def must_not_run(request: object) -> None:
+        raise AssertionError(f"the model ran for {method} {path}")
+
+    monkeypatch.setattr(app.state.scheduler, "stream", must_not_run)
+    response = client.request(method, path)
+    assert response.status_code == 405, response.text
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert response.headers["allow"] == allow
+
+
+def test_other_single_segments_still_reach_the_tutorial_route(client: TestClient) -> None:
+    response = client.get("/generated?max_new_tokens=2")  # shares a prefix with /generate, owns nothing
+    assert response.status_code == 200
+    assert response.json()["generated_sequences"][0].startswith("generated")
+
+
+def test_head_on_health_answers_without_a_body(client: TestClient) -> None:
+    response = client.head("/")
+    assert response.status_code == 200
+    assert response.content == b""
+    assert response.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_a_body_sent_without_json_content_type_is_told_to_send_json(
+    client: TestClient, content_type: str | None
+) -> None:
+    """`curl -d '{...}'` sends a form content type: the error says what to send instead. (Refused rather than
+    guessed: a browser sends text/plain and form bodies cross-site without asking the server first.)"""
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/generate", content=b'{"prompt": "hi"}', headers=headers)
+    assert response.status_code == 415
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_media_type"
+    assert "Content-Type: application/json" in error["message"] and (content_type or "none") in error["message"]
+
+
+def test_a_body_that_is_not_utf8_is_invalid_json(client: TestClient) -> None:
+    body = b'{"prompt": "caf\xe9"}'  # Latin-1, not UTF-8
+    response = client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json"
+    assert "UTF-8" in error["message"]
+    assert response.json()["request_id"]

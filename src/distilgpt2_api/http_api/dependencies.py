@@ -19,6 +19,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "The request does not fit the model (context length, token budget)."},
     401: {"model": ErrorResponse, "description": "An API key is configured and the request lacks a valid one."},
     413: {"model": ErrorResponse, "description": "The request body is over the size limit."},
+    415: {"model": ErrorResponse, "description": "The body was not sent as JSON (`Content-Type: application/json`)."},
     422: {"model": ErrorResponse, "description": "A parameter is missing, malformed or out of range."},
     500: {"model": ErrorResponse, "description": "Internal error; the body carries the request id."},
     503: {"model": ErrorResponse, "description": "The time budget ran out before generation could start."},

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
 
 from distilgpt2_api.core.errors import DeadlineExceeded, InvalidRequest
 from distilgpt2_api.http_api.protocol import ErrorBody, ErrorResponse
+from distilgpt2_api.http_api.routing import owned_by_fixed_route
 from distilgpt2_api.observability import logger, request_id
 
 
@@ -70,6 +70,11 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     # Drop the echoed input: it can be a whole prompt, and it is the caller's own data anyway.
     errors = exc.errors()
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+    if errors and tuple(errors[0]["loc"]) == ("body",) and isinstance(errors[0].get("input"), bytes):
+        # FastAPI parses a body as JSON only when its content type says so; otherwise it hands over bytes.
+        content_type = request.headers.get("content-type", "none")
+        message = f"send the request body as a JSON object with Content-Type: application/json (got {content_type})"
+        return _error(request, 415, "unsupported_media_type", message)
     if errors and errors[0]["type"] == "json_invalid":
         # FastAPI reports the character offset as the location: say what it is.
         where, reason = errors[0]["loc"][-1], errors[0].get("ctx", {}).get("error", "JSON decode error")
@@ -86,17 +91,16 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 405 and not _has_fixed_route(request):
+    if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's "There was an error parsing the body"
+        message = f"the request body is not valid JSON: it is not UTF-8 text ({exc.__cause__.reason})"
+        return _error(request, 422, "invalid_json", message)
+    if exc.status_code == 405 and not owned_by_fixed_route(request.app.routes, request.scope):
         # Only the catch-all `GET /{prompt}` matched the path: for any other method it does not exist.
         return _error(request, 404, "not_found", f"no route for {request.method} {request.url.path}")
     codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-    return _error(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
-
-
-def _has_fixed_route(request: Request) -> bool:
-    """Whether a route without path parameters serves this path (under some other method)."""
-    path = request.scope["path"][len(request.scope.get("root_path", "")) :] or "/"
-    return any(route.path == path for route in iter_route_contexts(request.app.routes) if route.path)
+    response = _error(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    response.headers.update(exc.headers or {})  # a 405's Allow
+    return response
 
 
 async def _on_api_error(request: Request, exc: Exception) -> Response:

@@ -22,6 +22,7 @@ from distilgpt2_api.http_api.native.protocol import (
     with_prompt,
 )
 from distilgpt2_api.http_api.protocol import Bounds, HealthResponse
+from distilgpt2_api.http_api.routing import CatchAllRoute
 from distilgpt2_api.http_api.streaming import event_stream, sse_response_doc
 
 EVENTS = (StreamResponse,)  # what its streams send, for the OpenAPI schema
@@ -33,6 +34,8 @@ def health_router() -> APIRouter:
     router = APIRouter()
 
     @router.get("/", response_model=HealthResponse, tags=["health"])
+    # HEAD too: load balancers and uptime checks send it (the server sends the headers, no body).
+    @router.head("/", response_model=HealthResponse, include_in_schema=False)
     async def health(scheduler: SchedulerDep) -> HealthResponse:
         """Liveness, and which model is served. Never touches the model."""
         return HealthResponse(model=scheduler.model_name, version=__version__)
@@ -46,8 +49,8 @@ def health_router() -> APIRouter:
 
 
 def generation_router(bounds: Bounds) -> APIRouter:
-    """`POST /generate` and `GET /{prompt}`, their limits from `bounds`. Include it last: `/{prompt}` matches
-    any single path segment."""
+    """`POST /generate` and `GET /{prompt}`, their limits from `bounds`. `/{prompt}` takes any single path
+    segment that no fixed route owns (under any method)."""
     router = APIRouter(tags=["generation"])
     Body = generate_request_model(bounds)
 
@@ -83,7 +86,6 @@ def generation_router(bounds: Bounds) -> APIRouter:
         job = body.to_generation_request(generation.deadline, logprobs=True)
         return await event_stream(generation, job, StreamEvents(body, job.sampling.seed_in_use))
 
-    @router.get("/{prompt}", response_model=GeneratedSequences, responses=ERROR_RESPONSES)
     async def generate_from_path(
         prompt: Annotated[bounds.prompt, Path()],  # type: ignore[name-defined]
         generation: GenerationDep,
@@ -95,4 +97,12 @@ def generation_router(bounds: Bounds) -> APIRouter:
         result = await generation.run(job)
         return GeneratedSequences(generated_sequences=with_prompt(prompt, result.completions))
 
+    router.add_api_route(
+        "/{prompt}",
+        generate_from_path,
+        methods=["GET"],
+        response_model=GeneratedSequences,
+        responses=ERROR_RESPONSES,
+        route_class_override=CatchAllRoute,
+    )
     return router
