@@ -16,6 +16,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from distilgpt2_api.core.request import Prompt
+
 SERVICE = "distilgpt2-api"
 REQUEST_ID_HEADER = "x-request-id"
 ACCESS_LOGGER = "uvicorn.access"  # logs the raw path, and `GET /{prompt}` puts the prompt there
@@ -28,7 +30,7 @@ metrics = Metrics(namespace="DistilGPT2Api", service=SERVICE)
 class GenerationRecord:
     """What one generation did, for the request's log line and metrics."""
 
-    prompt: str
+    prompt: Prompt
     prompt_tokens: int
     completion_tokens: int
     finish_reasons: list[str]

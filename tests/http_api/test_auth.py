@@ -24,6 +24,7 @@ from server_process import serving_in_thread
 KEYS = "old-key-123, new-key-456"  # two keys live at once: rotation
 OPEN = {  # never run the model: health, docs, the playground page (it asks for the key), the icon browsers ask for
     ("GET", "/"),
+    ("HEAD", "/"),
     ("GET", "/docs"),
     ("GET", "/redoc"),
     ("GET", "/openapi.json"),

@@ -139,3 +139,17 @@ def test_openai_sdk_chat(chat_app: FastAPI) -> None:
     assert completion.choices[0].message.role == "assistant"
     assert completion.choices[0].finish_reason in ("stop", "length")
     assert completion.usage is not None and completion.usage.completion_tokens >= 1
+
+
+def test_the_developer_role_is_the_system_role(chat: TestClient) -> None:
+    """OpenAI's `developer` (the successor of `system`) renders as the template's system turn."""
+
+    def tokens(role: str) -> list[int]:
+        messages = [{"role": role, "content": "Answer briefly."}, *HELLO]
+        response = chat.post("/tokenize", json={"messages": messages})
+        assert response.status_code == 200, response.text
+        return response.json()["tokens"]
+
+    assert tokens("developer") == tokens("system") != tokens("user")
+    body = _chat(chat, temperature=0, messages=[{"role": "developer", "content": "Answer briefly."}, *HELLO])
+    assert body["choices"][0]["message"]["role"] == "assistant"

@@ -74,3 +74,67 @@ def test_completions_without_model_field(client: TestClient) -> None:
     body = response.json()
     assert body["id"].startswith("cmpl-")
     assert len(body["choices"]) == 1
+
+
+def _greedy(sdk: openai.OpenAI, prompt: object, **params: object) -> list[str]:
+    completion = sdk.completions.create(model="tiny-gpt2", prompt=prompt, max_tokens=6, temperature=0, **params)
+    return [c.text for c in sorted(completion.choices, key=lambda c: c.index)]
+
+
+def test_a_list_of_prompts_answers_each_in_order(sdk: openai.OpenAI) -> None:
+    """As OpenAI and vLLM do: prompt i's n choices are indices i*n to i*n+n-1."""
+    prompts = ["Once upon a time", "The weather today", "In the beginning"]
+    alone = [_greedy(sdk, prompt)[0] for prompt in prompts]
+    assert len(set(alone)) > 1  # the check below could not pass by accident
+    assert _greedy(sdk, prompts) == alone
+    assert _greedy(sdk, prompts, n=2) == [text for text in alone for _ in range(2)]
+    usage = sdk.completions.create(model="tiny-gpt2", prompt=prompts, max_tokens=6, temperature=0).usage
+    singles = [sdk.completions.create(model="tiny-gpt2", prompt=p, max_tokens=6, temperature=0).usage for p in prompts]
+    assert usage is not None and all(singles)
+    assert usage.prompt_tokens == sum(u.prompt_tokens for u in singles if u)
+    assert usage.completion_tokens == sum(u.completion_tokens for u in singles if u)
+
+
+def test_prompts_as_token_ids_are_the_same_prompts(sdk: openai.OpenAI, client: TestClient) -> None:
+    prompts = ["Once upon a time", "The weather today"]
+    ids = [client.post("/tokenize", json={"prompt": p}).json()["tokens"] for p in prompts]
+    assert _greedy(sdk, ids[0]) == _greedy(sdk, prompts[0])
+    assert _greedy(sdk, ids) == _greedy(sdk, prompts)
+
+
+def test_streamed_prompts_are_the_plain_prompts(sdk: openai.OpenAI) -> None:
+    prompts = ["Once upon a time", "The weather today"]
+    texts = {0: "", 1: "", 2: "", 3: ""}
+    finished = set()
+    for chunk in sdk.completions.create(
+        model="tiny-gpt2", prompt=prompts, max_tokens=6, temperature=0, n=2, stream=True
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            if choice.finish_reason is not None:
+                finished.add(choice.index)
+    assert finished == {0, 1, 2, 3}
+    assert [texts[i] for i in range(4)] == _greedy(sdk, prompts, n=2)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "status", "code"),
+    [
+        ([[1, 2], [10**9]], 400, "unknown_token"),
+        ([], 422, "validation_error"),
+        ([[]], 422, "validation_error"),
+        ([-1], 422, "validation_error"),
+        (["a"] * 9, 422, "validation_error"),  # more prompts than MAX_RETURN_SEQUENCES
+        ([1.5], 422, "validation_error"),
+    ],
+)
+def test_bad_prompt_lists_are_refused(client: TestClient, prompt: object, status: int, code: str) -> None:
+    response = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 2})
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
+def test_prompts_times_n_is_bounded(client: TestClient) -> None:
+    response = client.post("/v1/completions", json={"prompt": ["a", "b", "c"], "n": 3, "max_tokens": 2})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_many_choices"

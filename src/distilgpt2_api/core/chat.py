@@ -18,7 +18,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from distilgpt2_api.core.errors import ChatTemplateFailed
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant"]
+# OpenAI's `developer` role succeeds `system`; chat templates know only `system`.
+TEMPLATE_ROLES = {"developer": "system"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class ChatTemplate:
 
     def render(self, messages: list[ChatMessage]) -> str:
         """The prompt text for `messages`, ending where the assistant's answer starts."""
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        conversation = [{"role": TEMPLATE_ROLES.get(m.role, m.role), "content": m.content} for m in messages]
         try:
             return self._template.render(messages=conversation, add_generation_prompt=True, **self._special_tokens)
         except TemplateError as error:

@@ -10,6 +10,16 @@ class InvalidRequest(ValueError):
     param: str | None = None
 
 
+class UnknownToken(InvalidRequest):
+    """A prompt given as token ids holds one the model's vocabulary does not have."""
+
+    code = "unknown_token"
+    param = "prompt"
+
+    def __init__(self, token_id: int, vocab_size: int) -> None:
+        super().__init__(f"token id {token_id} is not in the model's vocabulary (size {vocab_size})")
+
+
 class RequestTooLarge(InvalidRequest):
     code = "request_too_large"
     param = "max_new_tokens"

@@ -28,11 +28,14 @@ class SamplingParams:
 GREEDY = SamplingParams()
 
 
+Prompt = str | tuple[int, ...]  # text, or token ids taken as they are (no special tokens added)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One request: `n` continuations of `prompt`, each ending at `max_new_tokens`, a stop string or the deadline."""
 
-    prompt: str
+    prompt: Prompt
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     n: int = 1
     sampling: SamplingParams = field(default=GREEDY)

@@ -29,6 +29,7 @@ from distilgpt2_api.core.errors import (
     DeadlineExceeded,
     LogprobsBudgetExceeded,
     TokenBudgetExceeded,
+    UnknownToken,
 )
 from distilgpt2_api.core.request import GenerationRequest, TokenRequest
 from distilgpt2_api.core.sequence import Delta
@@ -114,7 +115,13 @@ class Scheduler:
 
     def _job(self, request: GenerationRequest) -> Job:
         tokenizer = self.engine.tokenizer
-        prompt_ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+        if isinstance(request.prompt, str):
+            prompt_ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+        else:
+            prompt_ids = list(request.prompt)
+            unknown = next((i for i in prompt_ids if i >= tokenizer.vocab_size), None)
+            if unknown is not None:
+                raise UnknownToken(unknown, tokenizer.vocab_size)
         context = self.engine.info.context_length
         if len(prompt_ids) + request.max_new_tokens > context:
             raise ContextLengthExceeded(len(prompt_ids), request.max_new_tokens, context)

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from distilgpt2_api.core.request import GenerationRequest, TokenRequest
 from distilgpt2_api.core.sequence import Delta, FinishReason, GeneratedToken
@@ -144,6 +144,76 @@ class GenerationStream:
         """Every delta, gathered into whole completions."""
         deltas = [delta async for delta in self]
         return gather(self.job, deltas, self.timings)
+
+
+class MergedStream:
+    """Several requests answered as one (OpenAI's list of prompts): request i's choices follow request i-1's,
+    so with `n` each, prompt i's choice j is index i*n + j. Deltas come in the order they are generated."""
+
+    def __init__(self, streams: list[GenerationStream]) -> None:
+        self.streams = streams
+        self._offsets = [sum(s.job.request.n for s in streams[:i]) for i in range(len(streams))]
+        first = streams[0].job
+        # The requests as one: every choice, every prompt token (the first request's prompt, for the log).
+        request = replace(first.request, n=sum(s.job.request.n for s in streams))
+        self.job = Job(request, first.tokens, sum(s.prompt_tokens for s in streams))
+        self._next: dict[asyncio.Future[Delta], int] = {}
+        self._ready: list[Delta] = []
+        self._running = list(range(len(streams)))  # the streams whose next delta is not asked for yet
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.job.prompt_tokens
+
+    @property
+    def timings(self) -> Timings:
+        """From the first submission to the last end; the batch of the largest."""
+        all_timings = [s.timings for s in self.streams]
+        return Timings(
+            submitted=min(t.submitted for t in all_timings),
+            started=min((t.started for t in all_timings if t.started is not None), default=None),
+            first_token=min((t.first_token for t in all_timings if t.first_token is not None), default=None),
+            ended=None if any(t.ended is None for t in all_timings) else max(t.ended or 0.0 for t in all_timings),
+            batch_size=max(t.batch_size for t in all_timings),
+        )
+
+    @property
+    def seconds(self) -> float:
+        return self.timings.generating_seconds
+
+    def __aiter__(self) -> MergedStream:
+        return self
+
+    async def __anext__(self) -> Delta:
+        while not self._ready:
+            for i in self._running:
+                self._next[asyncio.ensure_future(anext(self.streams[i]))] = i
+            self._running = []
+            if not self._next:
+                raise StopAsyncIteration
+            done, _ = await asyncio.wait(self._next, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                i = self._next.pop(future)
+                try:
+                    delta = future.result()
+                except StopAsyncIteration:
+                    continue
+                self._ready.append(replace(delta, index=self._offsets[i] + delta.index))
+                self._running.append(i)
+        return self._ready.pop(0)
+
+    async def aclose(self) -> None:
+        for future in self._next:
+            future.cancel()
+        for stream in self.streams:
+            await stream.aclose()
+
+    async def collect(self) -> GenerationResult:
+        deltas = [delta async for delta in self]
+        return gather(self.job, deltas, self.timings)
+
+
+RequestStream = GenerationStream | MergedStream  # what a route reads: one request's deltas, or several requests'
 
 
 def gather(job: Job, deltas: list[Delta], timings: Timings) -> GenerationResult:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from distilgpt2_api.core.request import GenerationRequest
+from distilgpt2_api.core.request import GenerationRequest, Prompt
 from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.core.stream import GenerationResult
+from distilgpt2_api.core.stream import GenerationResult, MergedStream, RequestStream
 from distilgpt2_api.http_api.protocol import ErrorResponse, Usage
 from distilgpt2_api.http_api.server_timing import add_timings, generation_timings
 from distilgpt2_api.observability import GenerationRecord, record_generation
@@ -42,9 +43,27 @@ class Generation:
     scheduler: Scheduler
     deadline: float  # time.monotonic(): the one form the time budget takes, end to end
 
-    async def run(self, job: GenerationRequest) -> GenerationResult:
-        """Generate, and record what happened for the request's log line, metrics and Server-Timing header."""
-        result = await self.scheduler.generate(job)
+    async def start(self, jobs: Sequence[GenerationRequest]) -> RequestStream:
+        """Queue `jobs` (each validated first: InvalidRequest before anything is sent), as one stream of deltas.
+        The caller must read it to the end or `aclose` it."""
+        streams = []
+        try:
+            for job in jobs:
+                streams.append(self.scheduler.stream(job))
+        except BaseException:
+            for stream in streams:
+                await stream.aclose()
+            raise
+        return streams[0] if len(streams) == 1 else MergedStream(streams)
+
+    async def run(self, *jobs: GenerationRequest) -> GenerationResult:
+        """Generate `jobs` (several: their choices in order, as one result), and record what happened for the
+        request's log line, metrics and Server-Timing header."""
+        stream = await self.start(jobs)
+        try:
+            result = await stream.collect()
+        finally:
+            await stream.aclose()
         add_timings(
             self.request,
             generation_timings(
@@ -52,7 +71,7 @@ class Generation:
             ),
         )
         self.record(
-            job.prompt,
+            stream.job.request.prompt,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
             finish_reasons=[c.finish_reason for c in result.completions],
@@ -61,7 +80,7 @@ class Generation:
         return result
 
     def record(
-        self, prompt: str, *, prompt_tokens: int, completion_tokens: int, finish_reasons: list[str], seconds: float
+        self, prompt: Prompt, *, prompt_tokens: int, completion_tokens: int, finish_reasons: list[str], seconds: float
     ) -> None:
         """What a generation did, for the request's log line and metrics."""
         record = GenerationRecord(prompt, prompt_tokens, completion_tokens, finish_reasons, seconds)

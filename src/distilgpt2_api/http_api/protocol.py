@@ -22,6 +22,7 @@ StopList = Annotated[list[StopString], Field(max_length=4)]
 DONE = "[DONE]"  # the last event of an OpenAI stream
 MAX_TOP_LOGPROBS = 5
 TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
+TokenId = Annotated[int, Field(ge=0)]
 
 
 @dataclass(frozen=True)
@@ -29,17 +30,21 @@ class Bounds:
     """The request fields whose limits come from the settings, as annotated types for request models."""
 
     prompt: Any
+    token_ids: Any  # a prompt given as token ids: no more ids than a text prompt may have characters
     max_new_tokens: Any
     sequences: Any
     max_new_tokens_limit: int  # what a chat answer may take when the request names no limit
+    max_sequences: int  # choices in one request, every prompt's together
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Bounds:
         return cls(
             prompt=Annotated[str, StringConstraints(min_length=1, max_length=settings.max_prompt_chars)],
+            token_ids=Annotated[list[TokenId], Field(min_length=1, max_length=settings.max_prompt_chars)],
             max_new_tokens=Annotated[int, Field(ge=1, le=settings.max_new_tokens_limit)],
             sequences=Annotated[int, Field(ge=1, le=settings.max_return_sequences)],
             max_new_tokens_limit=settings.max_new_tokens_limit,
+            max_sequences=settings.max_return_sequences,
         )
 
 
@@ -51,14 +56,17 @@ class StrictModel(BaseModel):
 Request = TypeVar("Request", bound=StrictModel)
 
 
-def bounded(request: type[Request], bounds: Bounds, *, tokens: str, sequences: str) -> type[Request]:
-    """`request` (same name, same defaults) with the settings' limits on `prompt` and the two named fields."""
+def bounded(
+    request: type[Request], bounds: Bounds, *, tokens: str, sequences: str, prompt: Any = None
+) -> type[Request]:
+    """`request` (same name, same defaults) with the settings' limits on `prompt` (a text, unless `prompt` gives
+    another bounded type) and the two named fields."""
     fields = request.model_fields
     return create_model(
         request.__name__,
         __base__=request,
         __module__=request.__module__,
-        prompt=(bounds.prompt, ...),
+        prompt=(prompt or bounds.prompt, ...),
         **{
             tokens: (bounds.max_new_tokens, fields[tokens].default),
             sequences: (bounds.sequences, fields[sequences].default),

@@ -8,7 +8,7 @@ the model within a token.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.sequence import Delta
-from distilgpt2_api.core.stream import GenerationStream
+from distilgpt2_api.core.stream import RequestStream
 from distilgpt2_api.http_api.dependencies import Generation
 from distilgpt2_api.http_api.errors import stream_error
 from distilgpt2_api.http_api.protocol import DONE, ErrorResponse, Usage
@@ -57,9 +57,11 @@ class EventFormat(Protocol):
     def error(self, error: ErrorResponse) -> Iterable[BaseModel | str]: ...
 
 
-async def event_stream(generation: Generation, job: GenerationRequest, events: EventFormat) -> EventSourceResponse:
-    """Start `job` and answer with its events; raises (for a normal error response) until the first delta."""
-    stream = generation.scheduler.stream(job)
+async def event_stream(
+    generation: Generation, jobs: Sequence[GenerationRequest], events: EventFormat
+) -> EventSourceResponse:
+    """Start `jobs` and answer with their events; raises (for a normal error response) until the first delta."""
+    stream = await generation.start(jobs)
     try:
         first = await anext(stream)
     except BaseException:
@@ -71,7 +73,7 @@ async def event_stream(generation: Generation, job: GenerationRequest, events: E
 
 
 async def _body(
-    generation: Generation, stream: GenerationStream, first: Delta, events: EventFormat
+    generation: Generation, stream: RequestStream, first: Delta, events: EventFormat
 ) -> AsyncIterator[ServerSentEvent]:
     tally = StreamTally(stream.prompt_tokens)
     try:

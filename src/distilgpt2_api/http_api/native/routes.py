@@ -84,7 +84,7 @@ def generation_router(bounds: Bounds) -> APIRouter:
         """`POST /generate`'s request, answered token by token as Server-Sent Events (text-generation-inference's
         events). An error after the first event ends the stream with an error event."""
         job = body.to_generation_request(generation.deadline, logprobs=True)
-        return await event_stream(generation, job, StreamEvents(body, job.sampling.seed_in_use))
+        return await event_stream(generation, [job], StreamEvents(body, job.sampling.seed_in_use))
 
     async def generate_from_path(
         prompt: Annotated[bounds.prompt, Path()],  # type: ignore[name-defined]

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from distilgpt2_api.core.request import GREEDY, GenerationRequest, SamplingParams
+from distilgpt2_api.core.request import GREEDY, GenerationRequest, Prompt, SamplingParams
 from distilgpt2_api.core.sequence import Delta, GeneratedToken
 from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.http_api.protocol import (
@@ -22,6 +22,7 @@ from distilgpt2_api.http_api.protocol import (
     StopList,
     StopString,
     StrictModel,
+    TokenId,
     TopLogprobs,
     TopP,
     Usage,
@@ -73,30 +74,56 @@ class OpenAIRequest(StrictModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
 
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+
+
 class CompletionRequest(OpenAIRequest):
     """OpenAI `POST /v1/completions`; `completion_request_model` bounds prompt and counts from the settings."""
 
-    prompt: str
+    prompt: str | list[str] | TokenIds | list[TokenIds] = Field(
+        description="A text, or several (one answer of `n` choices each, in order: prompt i's choices are "
+        "i*n to i*n+n-1), or token ids, or several lists of token ids."
+    )
     max_tokens: int = OPENAI_DEFAULT_MAX_TOKENS
     logprobs: TopLogprobs | None = Field(
         None, description="Each token's log-probability and up to this many likeliest alternatives."
     )
 
-    def to_generation_request(self, deadline: float | None) -> GenerationRequest:
-        return GenerationRequest(
-            prompt=self.prompt,
-            max_new_tokens=self.max_tokens,
-            n=self.n,
-            sampling=self.sampling(),
-            stop=self.stop_strings(),
-            deadline=deadline,
-            logprobs=self.logprobs,
-        )
+    def prompts(self) -> list[Prompt]:
+        """Each prompt: a text, or a tuple of token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if all(isinstance(item, int) for item in prompt):
+            return [tuple(prompt)]  # type: ignore[arg-type]
+        return [item if isinstance(item, str) else tuple(item) for item in prompt]  # type: ignore[misc]
+
+    def to_generation_requests(self, deadline: float | None) -> list[GenerationRequest]:
+        """One request per prompt, each with `n` choices."""
+        return [
+            GenerationRequest(
+                prompt=prompt,
+                max_new_tokens=self.max_tokens,
+                n=self.n,
+                sampling=self.sampling(),
+                stop=self.stop_strings(),
+                deadline=deadline,
+                logprobs=self.logprobs,
+            )
+            for prompt in self.prompts()
+        ]
 
 
 def completion_request_model(bounds: Bounds) -> type[CompletionRequest]:
-    """`CompletionRequest` with the settings' limits on prompt length, max_tokens and n."""
-    return bounded(CompletionRequest, bounds, tokens="max_tokens", sequences="n")
+    """`CompletionRequest` with the settings' limits on prompt length (and prompts), max_tokens and n."""
+    several = Field(min_length=1, max_length=bounds.max_sequences)
+    prompt = (
+        bounds.prompt
+        | Annotated[list[bounds.prompt], several]  # type: ignore[name-defined]
+        | bounds.token_ids
+        | Annotated[list[bounds.token_ids], several]  # type: ignore[name-defined]
+    )
+    return bounded(CompletionRequest, bounds, tokens="max_tokens", sequences="n", prompt=prompt)
 
 
 class Choice(BaseModel):

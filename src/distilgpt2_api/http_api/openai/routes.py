@@ -58,11 +58,14 @@ def openai_router(bounds: Bounds) -> APIRouter:
     ) -> BaseModel | Response:
         """With `stream: true`, Server-Sent Events: a chunk per piece of text as it is generated, then `[DONE]`."""
         _check(body, generation.scheduler.model_name)
-        job = body.to_generation_request(generation.deadline)
+        jobs = body.to_generation_requests(generation.deadline)
+        if len(jobs) * body.n > bounds.max_sequences:
+            message = f"{len(jobs)} prompts x n={body.n}: more than this server's {bounds.max_sequences} choices"
+            raise ApiError(400, "too_many_choices", message, "n")
         model = generation.scheduler.model_name
         if body.stream:
-            return await event_stream(generation, job, CompletionEvents(model, body))
-        result = await generation.run(job)
+            return await event_stream(generation, jobs, CompletionEvents(model, body))
+        result = await generation.run(*jobs)
         logprobs = body.logprobs is not None
         return CompletionResponse(
             model=model,
@@ -90,7 +93,7 @@ def openai_router(bounds: Bounds) -> APIRouter:
         )
         model = generation.scheduler.model_name
         if body.stream:
-            return await event_stream(generation, job, ChatEvents(model, body))
+            return await event_stream(generation, [job], ChatEvents(model, body))
         result = await generation.run(job)
         return ChatCompletionResponse(
             model=model,

@@ -7,9 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field, create_model, model_validator
 
 from distilgpt2_api.http_api.openai.chat_protocol import MAX_MESSAGES, Message
-from distilgpt2_api.http_api.protocol import Bounds, StrictModel
-
-TokenId = Annotated[int, Field(ge=0)]
+from distilgpt2_api.http_api.protocol import Bounds, StrictModel, TokenId
 
 
 class TokenizeRequest(StrictModel):
