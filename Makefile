@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export MODEL_DIR
 
-.PHONY: help install sam-tools model serve test lint load bench clean
+.PHONY: help install sam-tools model serve invoke test lint load bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -39,6 +39,11 @@ model: install  ## prepare a model into MODEL_DIR (Hub, else the offline SmolLM2
 
 serve: model  ## serve the API on HOST:PORT with uvicorn (prepares a model first)
 	$(BIN)/python -m distilgpt2_api serve --host $(HOST) --port $(PORT)
+
+# An API Gateway event through the Lambda handler on this machine: no Docker, no AWS.
+EVENT ?= events/get-root.json
+invoke: model  ## EVENT=events/….json through the Lambda handler (handler.handler), printing its result
+	@$(BIN)/python -m distilgpt2_api invoke $(EVENT)
 
 test: install sam-tools  ## install everything and run the whole test suite
 	$(BIN)/python -m pytest

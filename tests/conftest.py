@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from distilgpt2_api.aws_lambda.local import LocalContext
 from distilgpt2_api.engines import Engine, load_engine
 from distilgpt2_api.model_store import write_manifest
 from distilgpt2_api.model_store.convert import convert_for_ctranslate2
@@ -70,23 +70,10 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield test_client
 
 
-@dataclass
-class FakeLambdaContext:
-    """The attributes of the Lambda context object that the service reads."""
-
-    aws_request_id: str = "11111111-2222-3333-4444-555555555555"
-    function_name: str = "distilgpt2-api"
-    memory_limit_in_mb: int = 3008
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:distilgpt2-api"
-    remaining_millis: int = 60_000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_millis
-
-
 @pytest.fixture
-def lambda_context() -> FakeLambdaContext:
-    return FakeLambdaContext()
+def lambda_context() -> LocalContext:
+    """The context Lambda passes, as `make invoke` fakes it: 60 s left unless a test sets `remaining_millis`."""
+    return LocalContext(aws_request_id="11111111-2222-3333-4444-555555555555", remaining_millis=60_000)
 
 
 @pytest.fixture(scope="session")

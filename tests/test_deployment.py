@@ -198,19 +198,9 @@ def test_event_through_lambda_handler(event_file: Path, app: FastAPI, lambda_han
     if "requestContext" not in event:  # warm-up: a schedule or {"warmup": true}
         assert lambda_handler(event, lambda_context)["warmed"] is True
         return
-    event = _serve_sample_model_name(event, app.state.scheduler.model_name)
     response = lambda_handler(event, lambda_context)
     assert response["statusCode"] == 200, response.get("body")
     json.loads(response["body"])
-
-
-def _serve_sample_model_name(event: dict[str, Any], served: str) -> dict[str, Any]:
-    # The samples name the image's default model; the tests serve a tiny one.
-    if event.get("body") and not event.get("isBase64Encoded"):
-        body = json.loads(event["body"])
-        if "model" in body:
-            event = {**event, "body": json.dumps({**body, "model": served})}
-    return event
 
 
 # --- Dockerfile.lambda ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Command line: `python -m distilgpt2_api serve` and `python -m distilgpt2_api prepare-model`."""
+"""Command line: `python -m distilgpt2_api serve`, `invoke` and `prepare-model`."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def _prepare_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _invoke(args: argparse.Namespace) -> int:
+    from distilgpt2_api.aws_lambda.local import invoke
+
+    try:
+        return invoke(args.event)
+    except (ModelLoadError, ModelStoreError, OSError, ValueError) as error:  # a missing file, bad JSON, no model
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     settings, prepare_settings = get_settings(), PrepareSettings()
     parser = argparse.ArgumentParser(prog="python -m distilgpt2_api")
@@ -55,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(run=_serve)
+
+    invoke = commands.add_parser(
+        "invoke", help="send an API Gateway event (a JSON file) through the Lambda handler; print the result"
+    )
+    invoke.add_argument("event", type=Path)
+    invoke.set_defaults(run=_invoke)
 
     prepare = commands.add_parser("prepare-model", help="write a ready model directory (see README: model sources)")
     prepare.add_argument("--source", default=prepare_settings.model_source, choices=MODEL_SOURCES)

@@ -20,14 +20,21 @@ from distilgpt2_api.aws_lambda.events import (
     unsupported_event_result,
     warmup_result,
 )
+from distilgpt2_api.aws_lambda.local import LocalContext
 from distilgpt2_api.observability import flush_metrics, logger, metrics
 
 # lifespan off: the model is loaded at import, and there is nothing to start per invocation.
 asgi_handler = Mangum(app, lifespan="off", custom_handlers=[RestApiHandler, HttpApiHandler])
 
 
-@logger.inject_lambda_context(clear_state=True)
 def handler(event: Any, context: Any) -> dict[str, Any]:
+    """The Lambda entry point. Called without a context (`handler(event, None)`, as a quick local try does), it
+    runs as a local invocation with a 60 s budget (aws_lambda/local.py)."""
+    return _handle(event, LocalContext() if context is None else context)
+
+
+@logger.inject_lambda_context(clear_state=True)
+def _handle(event: Any, context: Any) -> dict[str, Any]:
     # Powertools' own cold-start flag, which it also writes into every log line of this invocation.
     cold_start = bool(logger.get_current_keys().get("cold_start"))
     if cold_start:
