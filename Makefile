@@ -18,9 +18,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# torch is pinned in requirements.txt; on a machine without a local CPU wheel, add the CPU index:
-#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make install
+# torch (pinned in requirements-prepare.txt) must be a CPU build: PyPI's Linux wheel is the multi-GB CUDA one.
+# PyTorch's CPU index first; where it cannot be reached, the package index (a local CPU wheel, macOS, ...).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH := $(shell sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements-prepare.txt)
 $(VENV)/.installed: requirements.txt requirements-prepare.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --retries 1 --timeout 15 --index-url $(TORCH_CPU_INDEX) '$(TORCH)' 2>/dev/null \
+		|| $(BIN)/pip install --quiet '$(TORCH)'
 	$(BIN)/pip install --quiet -r requirements-prepare.txt -e '.[dev]'
 	touch $@
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,18 @@ def chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_manifest(path, source="local", model_id="tiny-chat-llama")
     return path
 
+
+class _SseWatcherLeftBehind(logging.Filter):
+    """sse-starlette starts a shutdown watcher task on each event loop that serves a stream; it ends with the
+    server it watches, which a test's loop (TestClient's, a loopback server's thread) never signals. When such a
+    loop is dropped, asyncio reports the task as "destroyed but pending": expected here, and only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Task was destroyed but it is pending" in message and "_shutdown_watcher" in message)
+
+
+logging.getLogger("asyncio").addFilter(_SseWatcherLeftBehind())
 
 _engines: dict[str, Engine] = {}
 

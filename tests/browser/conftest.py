@@ -11,8 +11,8 @@ Fixtures for any browser test:
 - `screenshot(page, name)`: a full-page PNG under tests/browser/screenshots/ (gitignored), path printed.
 
 Chromium comes from Debian (`apt-get install chromium`; .ci/run installs it). Without it these tests
-fail and say what to do; SKIP_BROWSER_TESTS=1 skips them instead. Playwright's own browser downloads
-are never used.
+skip, with one line saying how to run them; with REQUIRE_BROWSER_TESTS=1, as .ci/run sets, they fail instead.
+Playwright's own browser downloads are never used.
 """
 
 from __future__ import annotations
