@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 
 from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.core.stream import GenerationResult
+from distilgpt2_api.core.stream import GenerationResult, Timings
+from distilgpt2_api.http_api.metrics import observe_failure, observe_request
 from distilgpt2_api.http_api.protocol import ErrorResponse, Usage
 from distilgpt2_api.http_api.server_timing import add_timings, generation_timings
 from distilgpt2_api.observability import GenerationRecord, record_generation
@@ -43,7 +44,14 @@ class Generation:
 
     async def run(self, job: GenerationRequest) -> GenerationResult:
         """Generate, and record what happened for the request's log line, metrics and Server-Timing header."""
-        result = await self.scheduler.generate(job)
+        stream = self.scheduler.stream(job)
+        try:
+            result = await stream.collect()
+        except BaseException as error:
+            observe_failure(self.request, stream, error)
+            raise
+        finally:
+            await stream.aclose()
         add_timings(
             self.request,
             generation_timings(
@@ -52,19 +60,34 @@ class Generation:
         )
         self.record(
             job.prompt,
+            result.timings,
             prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
+            completion_tokens=[c.completion_tokens for c in result.completions],
             finish_reasons=[c.finish_reason for c in result.completions],
-            seconds=result.seconds,
         )
         return result
 
     def record(
-        self, prompt: str, *, prompt_tokens: int, completion_tokens: int, finish_reasons: list[str], seconds: float
+        self,
+        prompt: str,
+        timings: Timings,
+        *,
+        prompt_tokens: int,
+        completion_tokens: list[int],
+        finish_reasons: list[str],
     ) -> None:
-        """What a generation did, for the request's log line and metrics."""
-        record = GenerationRecord(prompt, prompt_tokens, completion_tokens, finish_reasons, seconds)
+        """What a generation did, per choice, for the request's log line, EMF and Prometheus metrics."""
+        record = GenerationRecord(
+            prompt, prompt_tokens, sum(completion_tokens), finish_reasons, timings.generating_seconds
+        )
         record_generation(self.request, record)
+        observe_request(
+            self.request,
+            timings,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reasons=finish_reasons,
+        )
 
 
 def get_generation(request: Request, scheduler: SchedulerDep) -> Generation:
