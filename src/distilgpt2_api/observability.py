@@ -71,18 +71,27 @@ class RequestLogging:
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500  # what the client gets if the app raises
         started = time.perf_counter()
+        logged = False
+
+        def log_once() -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                self._log(scope, status, time.perf_counter() - started)
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                log_once()  # before the response ends: a client that has its answer finds the request logged
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
-            self._log(scope, status, time.perf_counter() - started)
+            log_once()  # a response that never ended: the app raised, or the client left
 
     def _log(self, scope: Scope, status: int, seconds: float) -> None:
         state = scope["state"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -71,9 +72,19 @@ class Settings(BaseSettings):
         "holding the key(s); read per instance and cached for 5 minutes.",
     )
     log_prompts: bool = Field(False, description="Include prompt text in request logs.")
+    metrics_enabled: bool = Field(
+        default_factory=lambda: not running_on_lambda(),
+        description="Serve Prometheus metrics at GET /metrics (docs/METRICS.md); behind the API key when one is set. "
+        "Default: on, except under AWS Lambda, where EMF metrics serve and each instance would only count its own.",
+    )
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS, as a JSON list; empty means closed."
     )
+
+
+def running_on_lambda() -> bool:
+    """Whether this process is an AWS Lambda function (Lambda sets this variable for every function)."""
+    return "AWS_LAMBDA_FUNCTION_NAME" in os.environ
 
 
 @lru_cache(maxsize=1)

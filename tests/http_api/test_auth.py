@@ -48,6 +48,7 @@ KEYED: dict[tuple[str, str], dict[str, Any]] = {
 KEYED[("POST", "/generate_stream")] = {"url": "/generate_stream", "json": {"prompt": "Once", "max_new_tokens": 2}}
 KEYED[("POST", "/tokenize")] = {"url": "/tokenize", "json": {"prompt": "Once"}}
 KEYED[("POST", "/detokenize")] = {"url": "/detokenize", "json": {"tokens": [1, 2]}}
+KEYED[("GET", "/metrics")] = {"url": "/metrics"}  # Prometheus sends the key too (docs/METRICS.md)
 PAST_THE_KEY = {("POST", "/v1/chat/completions"): 400}  # the tiny GPT-2 has no chat template: served, and refused
 
 

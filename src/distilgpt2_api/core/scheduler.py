@@ -64,6 +64,7 @@ class Scheduler:
         self.batch_wait_seconds = batch_wait_seconds
         self._waiting: deque[Sink] = deque()
         self._arrived = threading.Condition()  # guards _waiting
+        self._running: tuple[Sink, ...] = ()  # the engine call under way, replaced whole (read by monitoring)
         self._last_batch_requests = 1
         # One thread; the executor joins it at interpreter exit, before engines close (engines/ctranslate2_engine).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
@@ -71,6 +72,17 @@ class Scheduler:
     @property
     def model_name(self) -> str:
         return self.engine.info.name
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the model whose clients are still there: a snapshot, for monitoring."""
+        with self._arrived:
+            return sum(not sink.cancelled.is_set() for sink in self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Requests in the engine call under way that have not ended yet: a snapshot, for monitoring."""
+        return sum(sink.timings.ended is None for sink in self._running)
 
     @cached_property
     def chat_template(self) -> ChatTemplate:
@@ -190,7 +202,11 @@ class Scheduler:
             else:
                 live.append(sink)
         if live:
-            run_batch(self.engine, live)
+            self._running = tuple(live)
+            try:
+                run_batch(self.engine, live)
+            finally:
+                self._running = ()
 
 
 def _tokens(sink: Sink) -> int:

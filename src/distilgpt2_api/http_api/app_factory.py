@@ -15,6 +15,7 @@ from distilgpt2_api.http_api.auth import install_api_keys, require_api_key
 from distilgpt2_api.http_api.body_limit import BodySizeLimit
 from distilgpt2_api.http_api.docs import install_docs
 from distilgpt2_api.http_api.errors import install_error_handling
+from distilgpt2_api.http_api.metrics import install_metrics
 from distilgpt2_api.http_api.native import routes as native
 from distilgpt2_api.http_api.native.routes import generation_router, health_router
 from distilgpt2_api.http_api.openai import routes as openai
@@ -57,6 +58,7 @@ def create_app(scheduler: Scheduler, settings: Settings, *, cold_start_seconds: 
     install_docs(app)  # open, like health
     install_playground(app, settings)  # open too: the page asks for the key when one is needed
     app.include_router(health_router())
+    install_metrics(app, settings, keyed)  # Prometheus; behind the key when there is one, as Prometheus can send it
     app.include_router(openai_router(bounds), dependencies=keyed)
     app.include_router(tokens_router(bounds), dependencies=keyed)
     app.include_router(generation_router(bounds), dependencies=keyed)  # last: `/{prompt}` matches any segment

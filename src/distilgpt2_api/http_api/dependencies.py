@@ -10,7 +10,8 @@ from fastapi import Depends, Request
 
 from distilgpt2_api.core.request import GenerationRequest, Prompt
 from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.core.stream import GenerationResult, MergedStream, RequestStream
+from distilgpt2_api.core.stream import GenerationResult, MergedStream, RequestStream, Timings
+from distilgpt2_api.http_api.metrics import observe_failure, observe_request
 from distilgpt2_api.http_api.protocol import ErrorResponse, Usage
 from distilgpt2_api.http_api.server_timing import add_timings, generation_timings
 from distilgpt2_api.observability import GenerationRecord, record_generation
@@ -62,6 +63,9 @@ class Generation:
         stream = await self.start(jobs)
         try:
             result = await stream.collect()
+        except BaseException as error:
+            observe_failure(self.request, stream, error)
+            raise
         finally:
             await stream.aclose()
         add_timings(
@@ -72,19 +76,34 @@ class Generation:
         )
         self.record(
             stream.job.request.prompt,
+            result.timings,
             prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
+            completion_tokens=[c.completion_tokens for c in result.completions],
             finish_reasons=[c.finish_reason for c in result.completions],
-            seconds=result.seconds,
         )
         return result
 
     def record(
-        self, prompt: Prompt, *, prompt_tokens: int, completion_tokens: int, finish_reasons: list[str], seconds: float
+        self,
+        prompt: Prompt,
+        timings: Timings,
+        *,
+        prompt_tokens: int,
+        completion_tokens: list[int],
+        finish_reasons: list[str],
     ) -> None:
-        """What a generation did, for the request's log line and metrics."""
-        record = GenerationRecord(prompt, prompt_tokens, completion_tokens, finish_reasons, seconds)
+        """What a generation did, per choice, for the request's log line, EMF and Prometheus metrics."""
+        record = GenerationRecord(
+            prompt, prompt_tokens, sum(completion_tokens), finish_reasons, timings.generating_seconds
+        )
         record_generation(self.request, record)
+        observe_request(
+            self.request,
+            timings,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reasons=finish_reasons,
+        )
 
 
 def get_generation(request: Request, scheduler: SchedulerDep) -> Generation:

@@ -22,6 +22,7 @@ from distilgpt2_api.core.sequence import Delta
 from distilgpt2_api.core.stream import RequestStream
 from distilgpt2_api.http_api.dependencies import Generation
 from distilgpt2_api.http_api.errors import stream_error
+from distilgpt2_api.http_api.metrics import observe_failure
 from distilgpt2_api.http_api.protocol import DONE, ErrorResponse, Usage
 from distilgpt2_api.http_api.server_timing import add_timings, generation_timings
 
@@ -64,7 +65,8 @@ async def event_stream(
     stream = await generation.start(jobs)
     try:
         first = await anext(stream)
-    except BaseException:
+    except BaseException as error:
+        observe_failure(generation.request, stream, error)
         await stream.aclose()
         raise
     timings = generation_timings(stream.timings, prompt_tokens=stream.prompt_tokens, completion_tokens=None)
@@ -76,6 +78,7 @@ async def _body(
     generation: Generation, stream: RequestStream, first: Delta, events: EventFormat
 ) -> AsyncIterator[ServerSentEvent]:
     tally = StreamTally(stream.prompt_tokens)
+    unfinished = "cancelled"  # what a choice without a finish reason became: its client left, or an error
     try:
         tally.add(first)
         for event in events.delta(first):
@@ -87,6 +90,7 @@ async def _body(
         for event in events.end(tally):
             yield _sse(event)
     except Exception as error:  # noqa: BLE001 - the status is sent: the stream ends with an error event
+        unfinished = "error"
         for event in events.error(stream_error(generation.request, error)):
             yield _sse(event)
     finally:
@@ -94,11 +98,10 @@ async def _body(
         request = stream.job.request
         generation.record(
             request.prompt,
+            stream.timings,
             prompt_tokens=tally.prompt_tokens,
-            completion_tokens=tally.usage.completion_tokens,
-            # A choice without a finish reason was cut short by the client leaving (or an error).
-            finish_reasons=[tally.finish_reasons.get(i, "cancelled") for i in range(request.n)],
-            seconds=stream.seconds,
+            completion_tokens=[tally.completion_tokens.get(i, 0) for i in range(request.n)],
+            finish_reasons=[tally.finish_reasons.get(i, unfinished) for i in range(request.n)],
         )
 
 
