@@ -41,9 +41,11 @@ def _request_logs(stream: io.StringIO) -> list[dict[str, Any]]:
     return [e for e in entries if e["message"] == "request"]
 
 
-def test_generation_emits_emf_metrics(client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
+def test_generation_emits_emf_metrics_under_lambda(
+    lambda_handler: Any, lambda_context: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
-    client.post("/generate", json={"prompt": "Hello", "max_new_tokens": 5})
+    lambda_handler(http_api_event("POST", "/generate", body={"prompt": "Hello", "max_new_tokens": 5}), lambda_context)
     (document,) = _emf_documents(capsys.readouterr().out)
     assert document["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "DistilGPT2Api"
     assert {"GenerationLatency", "CompletionTokens", "TokensPerSecond"} <= _metric_names(document)
@@ -51,21 +53,34 @@ def test_generation_emits_emf_metrics(client: TestClient, capsys: pytest.Capture
     assert 1 <= (tokens[0] if isinstance(tokens, list) else tokens) <= 5
 
 
-def test_health_emits_no_metrics(client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
+def test_health_emits_no_metrics(lambda_handler: Any, lambda_context: Any, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
-    client.get("/")
+    lambda_handler(http_api_event("GET", "/"), lambda_context)
+    assert _emf_documents(capsys.readouterr().out) == []
+
+
+def test_outside_lambda_no_emf_is_written(client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under uvicorn the log stays plain JSON lines: Prometheus' /metrics counts there."""
+    capsys.readouterr()
+    assert client.post("/generate", json={"prompt": "Hello", "max_new_tokens": 3}).status_code == 200
+    assert client.post("/generate", json={"prompt": ""}).status_code == 422
     assert _emf_documents(capsys.readouterr().out) == []
 
 
 def test_errors_metric_on_internal_error(
-    client: TestClient, app: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    lambda_handler: Any,
+    lambda_context: Any,
+    app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     def explode(job: object, on_step: object) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(app.state.scheduler.engine, "generate", explode)
     capsys.readouterr()
-    assert client.post("/generate", json={"prompt": "hi"}).status_code == 500
+    response = lambda_handler(http_api_event("POST", "/generate", body={"prompt": "hi"}), lambda_context)
+    assert response["statusCode"] == 500
     documents = _emf_documents(capsys.readouterr().out)
     assert any("Errors" in _metric_names(d) for d in documents)
 

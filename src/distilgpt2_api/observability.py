@@ -1,6 +1,7 @@
-"""Structured JSON logs and CloudWatch EMF metrics, with Powertools for AWS Lambda.
+"""Structured JSON logs, and CloudWatch EMF metrics under Lambda, with Powertools for AWS Lambda.
 
-The same logger and metrics serve Lambda and uvicorn: both write JSON lines to stdout.
+The same logger serves Lambda and uvicorn: JSON lines on stdout. EMF metrics are written for requests that
+came through the Lambda handler only; elsewhere `GET /metrics` serves Prometheus metrics (http_api/metrics.py).
 """
 
 from __future__ import annotations
@@ -37,9 +38,20 @@ class GenerationRecord:
     seconds: float
 
 
+def under_lambda(scope: Scope) -> bool:
+    """Whether the request came through the Lambda handler (Mangum puts the invocation's context in the scope).
+
+    Only there are EMF metrics written: CloudWatch reads them from a Lambda function's log lines. Elsewhere
+    the log stays plain, and `/metrics` (Prometheus) counts.
+    """
+    return "aws.context" in scope
+
+
 def record_generation(request: Request, record: GenerationRecord) -> None:
-    """Attach a generation to the current request: metrics now, log fields at the end of the request."""
+    """Attach a generation to the current request: EMF metrics now (Lambda), log fields at the end of the request."""
     request.state.generation = record
+    if not under_lambda(request.scope):
+        return
     metrics.add_metric(name="GenerationLatency", unit=MetricUnit.Milliseconds, value=record.seconds * 1000)
     metrics.add_metric(name="CompletionTokens", unit=MetricUnit.Count, value=record.completion_tokens)
     if record.seconds > 0:
@@ -52,7 +64,7 @@ def request_id(request: Request) -> str:
 
 
 class RequestLogging:
-    """ASGI middleware: a request id per request, one log line per request, a metrics flush per request.
+    """ASGI middleware: a request id per request, one log line per request, an EMF flush per request (Lambda).
 
     Plain ASGI rather than BaseHTTPMiddleware, so request bodies stream through untouched.
     """
@@ -71,27 +83,18 @@ class RequestLogging:
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500  # what the client gets if the app raises
         started = time.perf_counter()
-        logged = False
-
-        def log_once() -> None:
-            nonlocal logged
-            if not logged:
-                logged = True
-                self._log(scope, status, time.perf_counter() - started)
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                log_once()  # before the response ends: a client that has its answer finds the request logged
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
-            log_once()  # a response that never ended: the app raised, or the client left
+            self._log(scope, status, time.perf_counter() - started)
 
     def _log(self, scope: Scope, status: int, seconds: float) -> None:
         state = scope["state"]
@@ -112,10 +115,11 @@ class RequestLogging:
             )
             if self.log_prompts:  # prompts can hold personal data: off unless asked for
                 fields["prompt"] = record.prompt
-        if status >= 500:
-            metrics.add_metric(name="Errors", unit=MetricUnit.Count, value=1)
         logger.info("request", extra=fields)
-        flush_metrics()
+        if under_lambda(scope):
+            if status >= 500:
+                metrics.add_metric(name="Errors", unit=MetricUnit.Count, value=1)
+            flush_metrics()
 
 
 def flush_metrics() -> None:
