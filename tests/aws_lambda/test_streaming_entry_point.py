@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from event_factory import http_api_event, scheduled_event
 from runtime_api_standin import RuntimeApiStandIn, runtime_api_standin
+
+from event_factory import http_api_event, scheduled_event
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY_POINT = ["-m", "distilgpt2_api.aws_lambda.streaming_runtime", "handler.handler"]
