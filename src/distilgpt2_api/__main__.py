@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     invoke.add_argument("event", type=Path)
     invoke.set_defaults(run=_invoke)
 
-    prepare = commands.add_parser("prepare-model", help="write a ready model directory (see README: model sources)")
+    prepare = commands.add_parser("prepare-model", help="write a ready model directory (see docs/MODEL_STORE.md)")
     prepare.add_argument("--source", default=prepare_settings.model_source, choices=MODEL_SOURCES)
     prepare.add_argument(
         "--model-id",

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         3072,  # SmolLM2's worst admitted requests peak at 1.31 GB (1.40 GB on transformers), 13 s prompt pass
         ge=1,
         description="Upper bound for sampled sequences x (prompt + max_new_tokens) tokens in one request: "
-        "memory and uninterruptible prefill time grow with it (README, Lambda sizing).",
+        "memory and uninterruptible prefill time grow with it (docs/LAMBDA_SIZING.md).",
     )
     max_batch_size: int = Field(
         8,

@@ -159,6 +159,46 @@ class Engine(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Tokens to feed into one slot's sequence, the first at position `start` (what the slot already holds)."""
+
+    slot: int
+    token_ids: Sequence[int]
+    start: int
+
+
+class StepEngine(Protocol):
+    """A model the scheduler drives one step at a time (core/loop.py); it only computes.
+
+    It holds up to `slots` sequences' KV caches at once, each up to `info.context_length` positions. The
+    scheduler decides which sequences run, feeds their tokens, samples from the logits it gets back, and
+    frees or keeps (prefix caching) each slot's cache.
+    """
+
+    info: ModelInfo
+    tokenizer: TextTokenizer
+    slots: int
+
+    def forward(self, chunks: Sequence[Chunk]) -> np.ndarray:
+        """Feed every chunk in one pass, each into its slot after the `start` positions it holds; return the
+        logits after each chunk's last token: float32, shape (len(chunks), vocabulary). Rows are the model's raw
+        scores, read before the next call."""
+        ...
+
+    def truncate(self, slot: int, length: int) -> None:
+        """Keep only the first `length` positions of `slot` (0: the slot is empty)."""
+        ...
+
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        """Make `target` hold `source`'s first `length` positions (`target` emptied first)."""
+        ...
+
+    def close(self) -> None:
+        """Release native resources now; the engine is unusable after."""
+        ...
+
+
 class TextTokenizer:
     """The model's tokenizer.json, through the `tokenizers` library: the same for every engine."""
 

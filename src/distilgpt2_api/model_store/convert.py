@@ -24,7 +24,7 @@ QUALITY_TOLERANCE = 0.05  # at most 5% higher perplexity than fp32
 PROBE_TOKENS = 16  # and the same greedy answer as fp32 to a probe, this long
 PROBE_QUESTION = "What is the capital of France?"  # asked through the chat template, when the model has one
 # Fastest first. "float32" runs the int8-stored weights in float32 arithmetic: it avoids
-# int8 activations, by far the larger source of error (see README, performance).
+# int8 activations, by far the larger source of error (see docs/PERFORMANCE.md).
 COMPUTE_TYPES = ("int8", "float32")
 
 # Plain English, written for this purpose, scored to compare compute types.

@@ -17,5 +17,5 @@ class PrepareSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
-    model_source: ModelSource = Field("auto", description="What `prepare-model` prepares (see README, Models).")
+    model_source: ModelSource = Field("auto", description="What `prepare-model` prepares (see docs/MODEL_STORE.md).")
     model_id: str = Field(DEFAULT_MODEL_ID, description="Hugging Face Hub id that `prepare-model` fetches.")
