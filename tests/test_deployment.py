@@ -143,11 +143,15 @@ def test_every_route_has_an_integration_and_auth(sam_tools: Path, auth_type: str
     assert cors["allowOrigins"] == {"Fn::Split": [",", params["CorsAllowedOrigins"]]}
 
 
+def lambda_routes(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> set[tuple[str, str]]:
+    """The routes of the app as Lambda builds it: no /metrics (EMF instead)."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", FUNCTION)
+    return app_routes(create_app(app.state.scheduler, Settings(model_dir=Path("unused"))))
+
+
 def test_template_routes_match_app_routes(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", FUNCTION)  # the app as Lambda builds it: no /metrics, EMF instead
-    lambda_app = create_app(app.state.scheduler, Settings(model_dir=Path("unused")))
     template = load_template()
-    served, routed, declared = app_routes(lambda_app), event_routes(template), definition_routes(template)
+    served, routed, declared = lambda_routes(app, monkeypatch), event_routes(template), definition_routes(template)
     assert not served - routed, f"app routes without an HttpApi event in template.yaml: {sorted(served - routed)}"
     assert not routed - served, f"template routes the app does not serve: {sorted(routed - served)}"
     assert declared == routed, f"DefinitionBody and Events differ: {sorted(declared ^ routed)}"

@@ -21,13 +21,13 @@ from test_deployment import (  # noqa: F401 - fixtures: image_packages, sam_tool
     SAM_ENV,
     definition_routes,
     image_packages,
+    lambda_routes,
     load_template,
     parse_dockerfile,
     sam_tools,
 )
 
 from event_factory import http_api_event, rest_api_event, scheduled_event
-from route_table import app_routes
 
 STREAM_API = "StreamRestApi"
 STREAM_URI = "/2021-11-15/functions/${ApiFunction.Arn}/response-streaming-invocations"
@@ -55,10 +55,12 @@ def test_the_streaming_entry_point_runs_the_image_cmd_as_its_buffered_handler() 
     assert streaming["WorkingDirectory"] == "/var/task"
 
 
-def test_the_streaming_rest_api_has_the_http_api_routes_each_streamed(app: FastAPI) -> None:
+def test_the_streaming_rest_api_has_the_http_api_routes_each_streamed(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
     template = load_template()
     operations = stream_api_operations(template)
-    assert set(operations) == definition_routes(template) == app_routes(app)
+    assert set(operations) == definition_routes(template) == lambda_routes(app, monkeypatch)
     for (method, path), op in operations.items():
         integration = op["x-amazon-apigateway-integration"]
         assert integration["type"] == "aws_proxy" and integration["httpMethod"] == "POST"
