@@ -40,6 +40,7 @@ class Call:
     done: threading.Event = field(default_factory=threading.Event)
     headers: dict[str, str] = field(default_factory=dict)  # of the /response or /error request
     chunks: list[tuple[float, bytes]] = field(default_factory=list)  # (arrival, data) of a streamed answer
+    ended_at: float | None = None  # when a streamed answer's last (empty) chunk arrived
     trailers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""  # the whole answer, de-chunked
     error: dict[str, Any] | None = None  # the body of a POST to /error
@@ -167,6 +168,7 @@ def _handler_for(api: RuntimeApiStandIn) -> type[BaseHTTPRequestHandler]:
                 size_line = self.rfile.readline()
                 size = int(size_line.split(b";")[0], 16)
                 if size == 0:
+                    call.ended_at = time.monotonic()
                     break
                 data = self.rfile.read(size)
                 assert self.rfile.read(2) == b"\r\n", "a chunk must end with CRLF"

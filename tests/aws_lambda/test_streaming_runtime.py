@@ -226,3 +226,18 @@ def test_an_invocation_that_raises_is_reported_to_error(app: FastAPI) -> None:
         assert call.error is not None and call.error["errorType"] == "ValueError"
         assert call.headers["lambda-runtime-function-error-type"] == "ValueError"
     thread.join(timeout=30)
+
+
+def test_the_request_is_logged_and_its_metrics_flushed_before_the_stream_ends(
+    lambda_api: RuntimeApiStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lambda may freeze the instance once a response ends: what the app does after its last body message (its
+    log line, EMF metrics) must come first."""
+    from distilgpt2_api import observability
+
+    flushed: list[float] = []
+    flush = observability.flush_metrics
+    monkeypatch.setattr(observability, "flush_metrics", lambda: (flushed.append(time.monotonic()), flush()))
+    call = lambda_api.invoke_and_wait(function_url_event("/generate_stream", {"prompt": PROMPT, "max_new_tokens": 3}))
+    assert call.streamed and call.ended_at is not None
+    assert flushed and flushed[0] < call.ended_at

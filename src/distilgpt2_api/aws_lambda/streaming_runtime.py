@@ -141,12 +141,15 @@ class StreamingRuntime:
 async def stream_asgi(app: Any, scope: dict[str, Any], body: bytes, api: RuntimeApi, request_id: str) -> None:
     """Run the ASGI `app` for one request and stream its response to the invocation `request_id`.
 
-    The response's start opens the stream (with the prelude), each body message is one chunk, its
-    last ends it. An exception before the start propagates (nothing was sent); after it, the stream
-    ends with Lambda's error trailers. When the stream is dropped, the app receives `http.disconnect`.
+    The response's start opens the stream (with the prelude), each body message is one chunk. The stream
+    ends when the app returns, not at its last body message: what the app does after it (its request log
+    line, EMF metrics) happens before Lambda may freeze the instance. An exception before the start
+    propagates (nothing was sent); after it, unless the body was complete, the stream ends with Lambda's
+    error trailers. When the stream is dropped, the app receives `http.disconnect`.
     """
     stream: ResponseStream | None = None
     ended = asyncio.Event()  # the response is complete, or its stream was dropped: the app sees a disconnect
+    complete = False  # the app sent its last body message
     request_sent = False
     watch: asyncio.Future[Any] | None = None
 
@@ -159,7 +162,7 @@ async def stream_asgi(app: Any, scope: dict[str, Any], body: bytes, api: Runtime
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
-        nonlocal stream, watch
+        nonlocal stream, watch, complete
         if message["type"] == "http.response.start" and stream is None:
             stream = await api.open_stream(request_id)
             watch = asyncio.ensure_future(stream.gone.wait())
@@ -168,7 +171,7 @@ async def stream_asgi(app: Any, scope: dict[str, Any], body: bytes, api: Runtime
         elif message["type"] == "http.response.body" and stream is not None:
             await stream.write(message.get("body", b""))
             if not message.get("more_body", False):
-                await stream.finish()
+                complete = True
                 ended.set()
 
     try:
@@ -176,7 +179,7 @@ async def stream_asgi(app: Any, scope: dict[str, Any], body: bytes, api: Runtime
     except Exception as error:
         if stream is None:
             raise
-        if stream.finished or stream.gone.is_set():
+        if complete or stream.gone.is_set():
             logger.exception("the app failed after its response ended")
         else:
             logger.exception("the response failed after it began")
@@ -188,7 +191,7 @@ async def stream_asgi(app: Any, scope: dict[str, Any], body: bytes, api: Runtime
         if stream is not None:
             if stream.gone.is_set():
                 logger.info("stream dropped by Lambda (the client went away): generation cancelled")
-            elif not stream.finished:  # the app returned without ending its body
+            elif not stream.finished:  # the app returned (or failed after its last body message)
                 await stream.finish()
             await stream.close()
     if stream is None:
