@@ -119,11 +119,8 @@ print(json.dumps(transform(template, json.loads(sys.argv[1]), NoManagedPolicies(
 """
 
 
-@pytest.mark.parametrize("auth_type", ["NONE", "AWS_IAM"])
-def test_every_route_has_an_integration_and_auth(sam_tools: Path, auth_type: str) -> None:
-    # Events and DefinitionBody both list the routes: a route only in the events would
-    # be public even with AuthType=AWS_IAM. Check what the transform actually emits.
-    params = {"AuthType": auth_type, "CorsAllowedOrigins": "https://a.example,https://b.example"}
+def transformed_resources(sam_tools: Path, params: dict[str, str]) -> dict[str, Any]:
+    """The template's resources after SAM's transform, with these parameter values (offline)."""
     result = subprocess.run(
         [str(sam_tools / "python"), "-c", _TRANSFORM, json.dumps(params)],
         cwd=REPO,
@@ -133,7 +130,16 @@ def test_every_route_has_an_integration_and_auth(sam_tools: Path, auth_type: str
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    body = json.loads(result.stdout)["Resources"][API]["Properties"]["Body"]
+    resources: dict[str, Any] = json.loads(result.stdout)["Resources"]
+    return resources
+
+
+@pytest.mark.parametrize("auth_type", ["NONE", "AWS_IAM"])
+def test_every_route_has_an_integration_and_auth(sam_tools: Path, auth_type: str) -> None:
+    # Events and DefinitionBody both list the routes: a route only in the events would
+    # be public even with AuthType=AWS_IAM. Check what the transform actually emits.
+    params = {"AuthType": auth_type, "CorsAllowedOrigins": "https://a.example,https://b.example"}
+    body = transformed_resources(sam_tools, params)[API]["Properties"]["Body"]
     operations = [(path, method, op) for path, methods in body["paths"].items() for method, op in methods.items()]
     assert len(operations) == len(event_routes(load_template()))
     for path, method, op in operations:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from test_deployment import (  # noqa: F401 - fixtures: image_packages, sam_tool
     load_template,
     parse_dockerfile,
     sam_tools,
+    transformed_resources,
 )
 
 from event_factory import http_api_event, rest_api_event, scheduled_event
@@ -83,17 +83,7 @@ def test_the_function_url_streams() -> None:
 
 @pytest.mark.parametrize("auth_type", ["NONE", "AWS_IAM"])
 def test_streaming_resources_transform(sam_tools: Path, auth_type: str) -> None:  # noqa: F811
-    params = {"AuthType": auth_type, "StreamingMode": "both"}
-    result = subprocess.run(
-        [str(sam_tools / "python"), "-c", _TRANSFORM, json.dumps(params)],
-        cwd=REPO,
-        env={**os.environ, **SAM_ENV},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    resources = json.loads(result.stdout)["Resources"]
+    resources = transformed_resources(sam_tools, {"AuthType": auth_type, "StreamingMode": "both"})
     kinds = {name: (r["Type"], r.get("Condition")) for name, r in resources.items()}
     assert kinds["StreamRestApi"] == ("AWS::ApiGateway::RestApi", "StreamingRestApi")
     assert kinds["StreamRestApiStage"] == ("AWS::ApiGateway::Stage", "StreamingRestApi")
