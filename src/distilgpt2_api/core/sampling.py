@@ -76,19 +76,24 @@ class Sampler:
 
     def _draw(self, scores: np.ndarray) -> int:
         """Sample from `scores` (after temperature) within top-k and top-p."""
-        params = self.params
-        candidates = np.arange(scores.size)
-        if 0 < params.top_k < scores.size:
-            # transformers keeps every token scoring at least the k-th highest (ties included).
-            kth = np.partition(scores, -params.top_k)[-params.top_k]
-            candidates = np.flatnonzero(scores >= kth)
-        values = scores[candidates]
-        if params.top_p < 1.0:
-            candidates, values = _nucleus(candidates, values, params.top_p)
+        candidates, values = kept(scores, self.params)
         probabilities = np.exp(values - values.max())
         cumulative = np.cumsum(probabilities)
         index = int(np.searchsorted(cumulative, self.generator.random() * cumulative[-1], side="right"))
         return int(candidates[min(index, candidates.size - 1)])
+
+
+def kept(scores: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """The token ids top-k and top-p leave to sample from, and their scores."""
+    candidates = np.arange(scores.size)
+    if 0 < params.top_k < scores.size:
+        # transformers keeps every token scoring at least the k-th highest (ties included).
+        kth = np.partition(scores, -params.top_k)[-params.top_k]
+        candidates = np.flatnonzero(scores >= kth)
+    values = scores[candidates]
+    if params.top_p < 1.0:
+        candidates, values = _nucleus(candidates, values, params.top_p)
+    return candidates, values
 
 
 def _nucleus(candidates: np.ndarray, values: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
