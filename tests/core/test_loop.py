@@ -7,6 +7,7 @@ loop fed each slot exactly its own tokens, whatever ran beside it, and reused or
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import zlib
@@ -493,3 +494,32 @@ def test_the_scheduler_surface_on_the_event_loop(engine: FakeStepEngine, schedul
     assert {d.index for d in deltas} == {0, 1}
     assert scheduler.generate_blocking(request).completions == result.completions
     assert scheduler.model_name == "tiny-gpt2"
+
+
+def test_openai_usage_and_server_timing_report_the_cached_prompt_tokens(engine: FakeStepEngine) -> None:
+    from fastapi.testclient import TestClient
+
+    from distilgpt2_api.http_api.app_factory import create_app
+    from distilgpt2_api.settings import Settings
+
+    app = create_app(StepScheduler(engine, max_batch_size=2), Settings(model_dir=Path("unused")))
+    system = " ".join(["The quick brown fox jumps over the lazy dog."] * 4)
+    with TestClient(app) as client:
+        usages, timings = [], []
+        for question in ("Why?", "How?"):
+            body = {"model": "tiny-gpt2", "prompt": f"{system} {question}", "max_tokens": 3}
+            response = client.post("/v1/completions", json=body)
+            assert response.status_code == 200, response.text
+            usages.append(response.json()["usage"])
+            timings.append(response.headers["server-timing"])
+        with client.stream(
+            "POST", "/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}}
+        ) as streamed:
+            events = [line for line in streamed.iter_lines() if line.startswith("data: {")]
+    assert usages[0]["prompt_tokens_details"] == {"cached_tokens": 0}
+    shared = len(engine.tokenizer.encode(system))
+    assert usages[1]["prompt_tokens_details"]["cached_tokens"] >= shared - 1
+    assert f"cached={usages[1]['prompt_tokens_details']['cached_tokens']}" in timings[1]
+    assert "cached=" not in timings[0]
+    last = json.loads(events[-1].removeprefix("data: "))
+    assert last["usage"]["prompt_tokens_details"]["cached_tokens"] == usages[1]["prompt_tokens"] - 1
