@@ -523,3 +523,32 @@ def test_openai_usage_and_server_timing_report_the_cached_prompt_tokens(engine: 
     assert "cached=" not in timings[0]
     last = json.loads(events[-1].removeprefix("data: "))
     assert last["usage"]["prompt_tokens_details"]["cached_tokens"] == usages[1]["prompt_tokens"] - 1
+
+
+def test_a_deadline_while_the_prompt_is_read_ends_the_request_unanswered(
+    engine: FakeStepEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(loop_module, "time", clock)
+    scheduler = StepScheduler(engine, prefill_chunk_tokens=8, prefix_cache_slots=0)
+
+    def late(call: int, chunks: Sequence[Chunk]) -> None:
+        if call == 2:
+            clock.now = 1010.0
+
+    engine.on_forward = late
+    long = submit(scheduler, GenerationRequest(prompt=prompt(0, length=40), deadline=1005.0))
+    with pytest.raises(DeadlineExceeded):
+        long.result()
+    assert len(engine.forwards_of()) == 2  # two chunks, then nothing more for it
+    assert all(not tokens for tokens in engine.history)
+
+
+def test_a_short_shared_prefix_copies_from_a_long_entry_rather_than_cutting_it(engine: FakeStepEngine) -> None:
+    scheduler = StepScheduler(engine, max_batch_size=1)
+    long = GenerationRequest(prompt=tuple(range(200, 240)), max_new_tokens=2)
+    submit(scheduler, long).result()
+    short = GenerationRequest(prompt=(*range(200, 205), 1, 2, 3), max_new_tokens=2)
+    assert submit(scheduler, short).result().timings.cached_tokens == 5
+    assert any(c.kind == "copy" and c.args[2] == 5 for c in engine.calls)
+    assert submit(scheduler, long).result().timings.cached_tokens == 39  # the long entry is still whole
