@@ -57,6 +57,18 @@ class Settings(BaseSettings):
         description="Sequences that concurrent requests may share in one engine call (dynamic batching); "
         "1 turns batching off. Lambda serves one request per instance, so there it never batches.",
     )
+    prefill_chunk_tokens: int = Field(
+        256,
+        ge=1,
+        description="Step-level engines (continuous batching): prompt tokens read per step, all prompts together. "
+        "A long prompt is read over several steps, so running streams wait at most one such chunk per token.",
+    )
+    prefix_cache_slots: int | None = Field(
+        None,
+        ge=0,
+        description="Step-level engines: KV slots that may keep ended sequences for prompts sharing their prefix "
+        "(prefix caching); unset: every slot no sequence runs in; 0 turns the cache off.",
+    )
     max_body_bytes: int = Field(131_072, ge=1024, description="Larger request bodies get a 413.")
     max_request_seconds: float = Field(25.0, gt=0, description="Time budget for one generation request.")
     gateway_timeout_seconds: float = Field(30.0, gt=0, description="API Gateway's integration timeout.")

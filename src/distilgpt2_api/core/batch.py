@@ -9,7 +9,7 @@ max_new_tokens, stop strings, EOS, its request's deadline or client.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from distilgpt2_api.core.sequence import Sequence
 from distilgpt2_api.core.stream import Job, Sink
@@ -79,14 +79,8 @@ def run_batch(engine: Engine, sinks: list[Sink]) -> None:
     by_sink = {id(sink): [row for row in rows if row.sink is sink] for sink in sinks}
 
     def publish(row: _Row) -> None:
-        delta = row.sequence.take(row.choice)
         sink = row.sink
-        if delta is not None:
-            if sink.job.copies == 1:
-                sink.delta(delta)
-            else:  # one greedy sequence, every choice a copy
-                for copy in range(sink.job.copies):
-                    sink.delta(replace(delta, index=copy))
+        sink.publish(row.choice, row.sequence)
         if all(r.sequence.finished for r in by_sink[id(sink)]):
             sink.end()
 

@@ -19,30 +19,21 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
 
+from distilgpt2_api.core.admission import MAX_ALTERNATIVES_STEPS, SchedulerBase
 from distilgpt2_api.core.batch import compatible, run_batch
-from distilgpt2_api.core.chat import ChatTemplate
-from distilgpt2_api.core.errors import (
-    ChatUnsupported,
-    ContextLengthExceeded,
-    DeadlineExceeded,
-    LogprobsBudgetExceeded,
-    TokenBudgetExceeded,
-    UnknownToken,
-)
-from distilgpt2_api.core.request import GenerationRequest, TokenRequest
+from distilgpt2_api.core.errors import DeadlineExceeded
+from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.sequence import Delta
-from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Job, Sink, gather
+from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Sink, gather
 from distilgpt2_api.engines import Engine
 
+__all__ = ["BATCH_WAIT_SECONDS", "MAX_ALTERNATIVES_STEPS", "Scheduler"]
+
 BATCH_WAIT_SECONDS = 0.01  # a client's next request follows its answer within a few ms on a network
-# With alternatives (top logprobs), CTranslate2 keeps every step's full logits until the job ends:
-# sequences x max_new_tokens x vocabulary floats. 512 steps of a 50k vocabulary hold about 200 MB.
-MAX_ALTERNATIVES_STEPS = 512
 
 
-class Scheduler:
+class Scheduler(SchedulerBase):
     """Runs requests on an engine.
 
     Generation is CPU-bound and an engine already spreads one generation over every configured core,
@@ -58,8 +49,8 @@ class Scheduler:
         max_batch_size: int = 1,
         batch_wait_seconds: float = BATCH_WAIT_SECONDS,
     ) -> None:
+        super().__init__(engine.info, engine.tokenizer, max_batch_tokens=max_batch_tokens)
         self.engine = engine
-        self.max_batch_tokens = max_batch_tokens  # None: only the context length bounds a request
         self.max_batch_size = max_batch_size if engine.batching else 1  # sequences per engine call
         self.batch_wait_seconds = batch_wait_seconds
         self._waiting: deque[Sink] = deque()
@@ -68,10 +59,6 @@ class Scheduler:
         self._last_batch_requests = 1
         # One thread; the executor joins it at interpreter exit, before engines close (engines/ctranslate2_engine).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-
-    @property
-    def model_name(self) -> str:
-        return self.engine.info.name
 
     @property
     def waiting(self) -> int:
@@ -83,16 +70,6 @@ class Scheduler:
     def running(self) -> int:
         """Requests in the engine call under way that have not ended yet: a snapshot, for monitoring."""
         return sum(sink.timings.ended is None for sink in self._running)
-
-    @cached_property
-    def chat_template(self) -> ChatTemplate:
-        """The model's chat template, compiled once; ChatUnsupported when it has none."""
-        info = self.engine.info
-        if info.chat_template is None:
-            raise ChatUnsupported(
-                f"model {info.name!r} has no chat template, so it cannot serve chat: use /v1/completions or /generate"
-            )
-        return ChatTemplate(info.chat_template, dict(info.special_tokens))
 
     def stream(self, request: GenerationRequest) -> GenerationStream:
         """Validate `request` (InvalidRequest now, before anything is sent) and queue it; iterate for its deltas.
@@ -106,14 +83,6 @@ class Scheduler:
         self._executor.submit(self._run_next)  # one turn per request: a turn may find it already served
         return stream
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Generate without blocking the event loop; requests queue in arrival order."""
-        stream = self.stream(request)
-        try:
-            return await stream.collect()
-        finally:
-            await stream.aclose()
-
     def generate_blocking(self, request: GenerationRequest) -> GenerationResult:
         """Generate on the calling thread, alone (scripts, notebooks, benchmarks)."""
         job = self._job(request)
@@ -124,36 +93,6 @@ class Scheduler:
         if outcome and outcome[0] is not None:
             raise outcome[0]
         return gather(job, deltas, sink.timings)
-
-    def _job(self, request: GenerationRequest) -> Job:
-        tokenizer = self.engine.tokenizer
-        if isinstance(request.prompt, str):
-            prompt_ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
-        else:
-            prompt_ids = list(request.prompt)
-            unknown = next((i for i in prompt_ids if i >= tokenizer.vocab_size), None)
-            if unknown is not None:
-                raise UnknownToken(unknown, tokenizer.vocab_size)
-        context = self.engine.info.context_length
-        if len(prompt_ids) + request.max_new_tokens > context:
-            raise ContextLengthExceeded(len(prompt_ids), request.max_new_tokens, context)
-        sampling = request.sampling
-        # Greedy decoding gives identical sequences: compute one and repeat it.
-        sequences = request.n if sampling.do_sample else 1
-        # Each sequence holds its own copy of the prompt: memory and prefill time grow with the product.
-        tokens = sequences * (len(prompt_ids) + request.max_new_tokens)
-        if self.max_batch_tokens is not None and tokens > self.max_batch_tokens:
-            raise TokenBudgetExceeded(sequences, len(prompt_ids), request.max_new_tokens, self.max_batch_tokens)
-        if request.logprobs and sequences * request.max_new_tokens > MAX_ALTERNATIVES_STEPS:
-            raise LogprobsBudgetExceeded(sequences, request.max_new_tokens, MAX_ALTERNATIVES_STEPS)
-        job = TokenRequest(
-            prompt_ids=tuple(prompt_ids),
-            n=sequences,
-            max_new_tokens=request.max_new_tokens,
-            sampling=sampling,
-            logprobs=request.logprobs,
-        )
-        return Job(request, job, len(prompt_ids))
 
     def _run_next(self) -> None:
         """On the worker thread: run the oldest waiting request, with what may share its engine call."""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from distilgpt2_api.core.request import GenerationRequest, TokenRequest
-from distilgpt2_api.core.sequence import Delta, FinishReason, GeneratedToken
+from distilgpt2_api.core.sequence import Delta, FinishReason, GeneratedToken, Sequence
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class Timings:
     started: float | None = None  # its batch began
     first_token: float | None = None
     ended: float | None = None
-    batch_size: int = 1  # sequences in its batch
+    batch_size: int = 1  # sequences in its batch (continuous batching: the most it generated beside)
+    cached_tokens: int = 0  # prompt tokens whose KV the prefix cache already held (not computed again)
 
     @property
     def queued_seconds(self) -> float:
@@ -87,6 +88,18 @@ class Sink:
         if self.timings.first_token is None:
             self.timings.first_token = time.perf_counter()
         self._deliver(delta)
+
+    def publish(self, choice: int, sequence: Sequence) -> None:
+        """Send what `sequence` (choice `choice`) released since its last delta, if anything; a greedy job's one
+        sequence goes to every choice it stands for (`Job.copies`)."""
+        delta = sequence.take(choice)
+        if delta is None:
+            return
+        if self.job.copies == 1:
+            self.delta(delta)
+        else:
+            for copy in range(self.job.copies):
+                self.delta(replace(delta, index=copy))
 
     def end(self, error: BaseException | None = None) -> None:
         """The job is over: every sequence finished, or `error`. Only the first call counts."""
@@ -175,6 +188,7 @@ class MergedStream:
             first_token=min((t.first_token for t in all_timings if t.first_token is not None), default=None),
             ended=None if any(t.ended is None for t in all_timings) else max(t.ended or 0.0 for t in all_timings),
             batch_size=max(t.batch_size for t in all_timings),
+            cached_tokens=sum(t.cached_tokens for t in all_timings),
         )
 
     @property

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from distilgpt2_api import __version__
+from distilgpt2_api.core.loop import StepScheduler, is_step_engine
 from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.core.time_budget import TimeBudget
 from distilgpt2_api.engines import load_engine
+from distilgpt2_api.engines.base import StepEngine
 from distilgpt2_api.http_api.auth import install_api_keys, require_api_key
 from distilgpt2_api.http_api.body_limit import BodySizeLimit
 from distilgpt2_api.http_api.docs import install_docs
@@ -75,7 +78,8 @@ def model_dir(settings: Settings) -> Path:
     return ensure_model_from_s3(settings.model_s3_uri, settings.model_cache_dir, engine=settings.engine)
 
 
-def load_scheduler(settings: Settings) -> Scheduler:
+def load_scheduler(settings: Settings) -> Scheduler | StepScheduler:
+    """The model's engine behind a scheduler: continuous batching for a step-level engine, else whole jobs."""
     engine = load_engine(
         model_dir(settings),
         settings.engine,
@@ -83,4 +87,12 @@ def load_scheduler(settings: Settings) -> Scheduler:
         served_name=settings.served_model_name,
         compute_type=settings.compute_type,
     )
+    if is_step_engine(engine):
+        return StepScheduler(
+            cast(StepEngine, engine),
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+            prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            prefix_cache_slots=settings.prefix_cache_slots,
+        )
     return Scheduler(engine, max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size)

@@ -114,4 +114,4 @@ GenerationDep = Annotated[Generation, Depends(get_generation)]
 
 
 def usage_of(result: GenerationResult) -> Usage:
-    return Usage.of(result.prompt_tokens, result.completion_tokens)
+    return Usage.of(result.prompt_tokens, result.completion_tokens, result.timings.cached_tokens)

@@ -38,15 +38,17 @@ def add_timings(request: Request, timings: list[Timing]) -> None:
 
 def generation_timings(timings: Timings, *, prompt_tokens: int, completion_tokens: int | None) -> list[Timing]:
     """A generation's queue and compute time, its batch, and its tokens (`completion_tokens` None: a stream,
-    whose header leaves with its first token: then the time to that token instead)."""
+    whose header leaves with its first token: then the time to that token instead). Prompt tokens the prefix
+    cache held show as `cached=`, when there are any."""
+    cached = f" cached={timings.cached_tokens}" if timings.cached_tokens else ""
     entries = [Timing("queue", timings.queued_seconds * 1000), Timing("batch", description=f"{timings.batch_size} seq")]
     if completion_tokens is None:
         first = (timings.first_token or timings.submitted) - timings.submitted
         entries.append(Timing("first-token", first * 1000))
-        entries.append(Timing("tokens", description=f"prompt={prompt_tokens}"))
+        entries.append(Timing("tokens", description=f"prompt={prompt_tokens}{cached}"))
     else:
         entries.append(Timing("generate", timings.generating_seconds * 1000))
-        entries.append(Timing("tokens", description=f"prompt={prompt_tokens} completion={completion_tokens}"))
+        entries.append(Timing("tokens", description=f"prompt={prompt_tokens}{cached} completion={completion_tokens}"))
     return entries
 
 

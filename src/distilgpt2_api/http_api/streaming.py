@@ -35,6 +35,7 @@ class StreamTally:
     """What a stream has produced so far: for the final usage, and the request's log line."""
 
     prompt_tokens: int
+    cached_tokens: int = 0  # of the prompt tokens, those the prefix cache held (known once generation began)
     completion_tokens: dict[int, int] = field(default_factory=dict)
     finish_reasons: dict[int, str] = field(default_factory=dict)
 
@@ -45,7 +46,7 @@ class StreamTally:
 
     @property
     def usage(self) -> Usage:
-        return Usage.of(self.prompt_tokens, sum(self.completion_tokens.values()))
+        return Usage.of(self.prompt_tokens, sum(self.completion_tokens.values()), self.cached_tokens)
 
 
 class EventFormat(Protocol):
@@ -77,7 +78,7 @@ async def event_stream(
 async def _body(
     generation: Generation, stream: RequestStream, first: Delta, events: EventFormat
 ) -> AsyncIterator[ServerSentEvent]:
-    tally = StreamTally(stream.prompt_tokens)
+    tally = StreamTally(stream.prompt_tokens, stream.timings.cached_tokens)
     unfinished = "cancelled"  # what a choice without a finish reason became: its client left, or an error
     try:
         tally.add(first)

@@ -1,0 +1,345 @@
+"""Continuous batching on a step-level engine: one worker thread runs the step loop and owns the KV slots.
+
+Every step:
+
+1. ends the requests whose client left or whose time budget ran out (their slots free at once);
+2. admits waiting requests, oldest first, while their sequences fit in `max_batch_size` and the engine's
+   slots (a request that does not fit yet blocks the ones behind it: none starves);
+3. reads prompts: at most `prefill_chunk_tokens` prompt tokens in all, oldest admitted request first, each
+   prompt in a `forward` call of its own (prompts read together changed greedy answers; read alone, then
+   decoded together, they did not). A long prompt takes several steps, so a step costs at most one such
+   chunk besides the decode: running streams wait at most that long between tokens. A prompt whose last
+   chunk is read gives its request's first token(s); with `n` sequences it is read once and copied;
+4. decodes: one `forward` with one token for every running sequence, each then sampled with its own
+   parameters and generator (core/sampling.py) and fed to its `Sequence`, which may end it.
+
+A sequence that ends gives its slot back at once, as a prefix-cache entry (core/slots.py): a later prompt
+sharing its beginning (a system prompt, a conversation so far) computes only the rest, and reports the
+tokens it reused in `Timings.cached_tokens`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from distilgpt2_api.core.admission import SchedulerBase
+from distilgpt2_api.core.errors import DeadlineExceeded, RequestTooLarge
+from distilgpt2_api.core.request import GenerationRequest
+from distilgpt2_api.core.sampling import Sampler
+from distilgpt2_api.core.sequence import Delta, Sequence
+from distilgpt2_api.core.slots import SlotPool
+from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Job, Sink, gather
+from distilgpt2_api.engines.base import Chunk, StepEngine, TokenStep
+
+logger = logging.getLogger(__name__)
+
+PREFILL_CHUNK_TOKENS = 256  # prompt tokens read per step, all prompts together
+
+
+def is_step_engine(engine: object) -> bool:
+    """Whether `engine` is driven a step at a time (engines/base.StepEngine) rather than a whole job per call."""
+    return all(callable(getattr(engine, name, None)) for name in ("forward", "truncate", "copy_prefix")) and (
+        isinstance(getattr(engine, "slots", None), int)
+    )
+
+
+class TooManySequences(RequestTooLarge):
+    code = "too_many_sequences"
+    param = "n"
+
+    def __init__(self, sequences: int, slots: int) -> None:
+        super().__init__(f"{sequences} sampled sequences, more than the {slots} this server runs at once: lower n")
+
+
+@dataclass
+class _Row:
+    """One sequence of a running request."""
+
+    choice: int
+    sequence: Sequence
+    sampler: Sampler
+    slot: int = -1
+    next_token: int | None = None  # chosen, not yet fed to the model
+
+    @property
+    def decoding(self) -> bool:
+        return self.next_token is not None and not self.sequence.finished
+
+
+@dataclass
+class _Request:
+    """An admitted request: its sequences, and the part of its prompt not read yet."""
+
+    sink: Sink
+    rows: list[_Row]
+    prompt: tuple[int, ...]
+    read: int = -1  # prompt tokens in its first slot; -1: no slot yet
+    slots: tuple[int, ...] = field(default=())
+
+    @property
+    def job(self) -> Job:
+        return self.sink.job
+
+    @property
+    def reading(self) -> bool:
+        return self.read < len(self.prompt)
+
+    @property
+    def live_rows(self) -> list[_Row]:
+        return [row for row in self.rows if not row.sequence.finished]
+
+
+class StepScheduler(SchedulerBase):
+    """Runs requests on a `StepEngine` with continuous batching, per-sequence sampling and prefix caching.
+
+    Same surface as core/scheduler.Scheduler, so every route works unchanged.
+    """
+
+    def __init__(
+        self,
+        engine: StepEngine,
+        *,
+        max_batch_tokens: int | None = None,
+        max_batch_size: int = 8,
+        prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
+        prefix_cache_slots: int | None = None,
+    ) -> None:
+        super().__init__(engine.info, engine.tokenizer, max_batch_tokens=max_batch_tokens)
+        self.engine = engine
+        self.max_batch_size = max(1, min(max_batch_size, engine.slots))  # sequences decoded together
+        self.prefill_chunk_tokens = max(1, prefill_chunk_tokens)
+        self._pool = SlotPool(engine, cache_entries=prefix_cache_slots)
+        self._lock = threading.Condition()  # guards _waiting and _looping
+        self._waiting: deque[Sink] = deque()
+        self._looping = False  # a worker turn is running the loop, or queued to
+        self._active: list[_Request] = []  # the worker's own; admission order
+        self._running: tuple[Sink, ...] = ()  # the admitted requests, replaced whole (read by monitoring)
+        # One thread; the executor joins it at interpreter exit, before engines close. The loop returns when idle.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the model whose clients are still there: a snapshot, for monitoring."""
+        with self._lock:
+            return sum(not sink.cancelled.is_set() for sink in self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Admitted requests that have not ended yet: a snapshot, for monitoring."""
+        return sum(sink.timings.ended is None for sink in self._running)
+
+    def stream(self, request: GenerationRequest) -> GenerationStream:
+        """Validate `request` (InvalidRequest now, before anything is sent) and queue it; iterate for its deltas.
+
+        Call from the event loop. The caller must iterate to the end or `aclose` the stream.
+        """
+        stream = GenerationStream(self._job(request))
+        self._submit(stream.sink)
+        return stream
+
+    def generate_blocking(self, request: GenerationRequest) -> GenerationResult:
+        """Generate from a thread without an event loop (scripts, notebooks, benchmarks), waiting for the end."""
+        job = self._job(request)
+        deltas: list[Delta] = []
+        outcome: list[BaseException | None] = []
+        done = threading.Event()
+
+        def deliver(item: Delta | BaseException | None) -> None:
+            if isinstance(item, Delta):
+                deltas.append(item)
+            else:
+                outcome.append(item)
+                done.set()
+
+        sink = Sink(job, deliver)
+        self._submit(sink)
+        done.wait()
+        if outcome[0] is not None:
+            raise outcome[0]
+        return gather(job, deltas, sink.timings)
+
+    def _job(self, request: GenerationRequest) -> Job:
+        job = super()._job(request)
+        if job.tokens.n > self.engine.slots:
+            raise TooManySequences(job.tokens.n, self.engine.slots)
+        return job
+
+    def _submit(self, sink: Sink) -> None:
+        with self._lock:
+            self._waiting.append(sink)
+            if self._looping:
+                return
+            self._looping = True
+        self._executor.submit(self._run)
+
+    # The worker thread from here on.
+
+    def _run(self) -> None:
+        """Step until nothing is waiting or running."""
+        while True:
+            with self._lock:
+                if not self._waiting and not self._active:
+                    self._looping = False
+                    return
+            try:
+                self.step()
+            except Exception as error:  # a fault of the loop itself: its requests get it, the loop goes on
+                logger.exception("the generation loop failed")
+                for request in list(self._active):
+                    self._end(request, error, keep=False)
+
+    def step(self) -> None:
+        """One step of the loop (on the worker thread)."""
+        self._retire_gone()
+        self._admit()
+        self._read_prompts()
+        self._decode()
+
+    def _retire_gone(self) -> None:
+        """End the requests whose client left or whose time ran out."""
+        now = time.monotonic()
+        for request in list(self._active):
+            deadline = request.job.request.deadline
+            if request.sink.cancelled.is_set():
+                self._end(request)
+            elif deadline is not None and now >= deadline:
+                if request.reading:
+                    self._end(request, DeadlineExceeded("the request's time budget ran out before its prompt was read"))
+                else:
+                    for row in request.live_rows:
+                        row.sequence.finish("time_limit")
+                        self._publish(request, row)
+
+    def _admit(self) -> None:
+        """Admit waiting requests, oldest first, while their sequences fit (one with more than `max_batch_size`
+        runs alone)."""
+        running = sum(len(request.live_rows) for request in self._active)
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    break
+                sink = self._waiting[0]
+                deadline = sink.job.request.deadline
+                gone = sink.cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline)
+                if not gone and running > 0 and running + sink.job.tokens.n > self.max_batch_size:
+                    break  # it waits for room (alone, it may have more), and everything behind it too
+                self._waiting.popleft()
+            if sink.cancelled.is_set():
+                sink.end()
+            elif gone:
+                sink.end(DeadlineExceeded("the request's time budget ran out while it waited for the model"))
+            else:
+                self._active.append(self._request(sink))
+                running += sink.job.tokens.n
+        self._running = tuple(request.sink for request in self._active)
+        for request in self._active:
+            request.sink.timings.batch_size = max(request.sink.timings.batch_size, running)
+
+    def _request(self, sink: Sink) -> _Request:
+        job = sink.job
+        sink.timings.started = time.perf_counter()
+        rows = [
+            _Row(
+                choice,
+                Sequence(
+                    self.engine.tokenizer,
+                    max_new_tokens=job.request.max_new_tokens,
+                    stop=job.request.stop,
+                    eos_token_ids=self.engine.info.eos_token_ids,
+                ),
+                Sampler(
+                    job.tokens.sampling, history=job.tokens.prompt_ids, sequence=choice, logprobs=job.tokens.logprobs
+                ),
+            )
+            for choice in range(job.tokens.n)
+        ]
+        return _Request(sink, rows, job.tokens.prompt_ids)
+
+    def _read_prompts(self) -> None:
+        """Read up to `prefill_chunk_tokens` prompt tokens, each prompt in a forward call of its own."""
+        budget = self.prefill_chunk_tokens
+        for request in [r for r in self._active if r.reading]:
+            if budget <= 0:
+                break
+            try:
+                budget -= self._read_chunk(request, budget)
+            except Exception as error:  # noqa: BLE001 - the request gets it, through its stream
+                self._end(request, error, keep=False)
+
+    def _read_chunk(self, request: _Request, budget: int) -> int:
+        """Feed the next piece of `request`'s prompt; after its last one, choose its first tokens. Returns the
+        prompt tokens fed."""
+        if request.read < 0:
+            placement = self._pool.place(request.prompt, len(request.rows))
+            request.slots, request.read = placement.slots, placement.reused
+            for row, slot in zip(request.rows, placement.slots, strict=True):
+                row.slot = slot
+            request.sink.timings.cached_tokens = placement.reused
+        first = request.slots[0]
+        chunk = request.prompt[request.read : request.read + budget]
+        logits = self.engine.forward([Chunk(first, chunk, request.read)])
+        self._pool.fed(first, chunk)
+        request.read += len(chunk)
+        if not request.reading:
+            for row in request.rows[1:]:
+                self._pool.copy(first, row.slot, len(request.prompt))
+            for row in request.rows:
+                self._choose(request, row, row.sampler.sample(logits[0]))
+        return len(chunk)
+
+    def _decode(self) -> None:
+        """One token for every running sequence, in one forward call."""
+        rows = [(request, row) for request in self._active for row in request.rows if row.decoding]
+        if not rows:
+            return
+        chunks = []
+        for _, row in rows:
+            assert row.next_token is not None
+            chunks.append(Chunk(row.slot, (row.next_token,), len(self._pool.tokens(row.slot))))
+        try:
+            logits = self.engine.forward(chunks)
+        except Exception as error:  # noqa: BLE001 - every request in the call gets it
+            for request in {id(request): request for request, _ in rows}.values():
+                self._end(request, error, keep=False)
+            return
+        for index, (request, row) in enumerate(rows):
+            self._pool.fed(row.slot, chunks[index].token_ids)
+            self._choose(request, row, row.sampler.sample(logits[index]))
+
+    def _choose(self, request: _Request, row: _Row, step: TokenStep) -> None:
+        """`step` is the next token of `row`: show it, and end the row if it ends there."""
+        sequence = row.sequence
+        sequence.add(step)
+        deadline = request.job.request.deadline
+        if not sequence.finished and deadline is not None and time.monotonic() >= deadline:
+            sequence.finish("time_limit")
+        row.next_token = None if sequence.finished else step.token_id
+        self._publish(request, row)
+
+    def _publish(self, request: _Request, row: _Row) -> None:
+        """Send what `row` released; a row that ended frees its slot, and the last one ends the request."""
+        request.sink.publish(row.choice, row.sequence)
+        if row.sequence.finished and row.slot >= 0:
+            self._pool.release(row.slot, keep=True)
+            row.slot = -1
+        if all(r.sequence.finished for r in request.rows):
+            self._end(request)
+
+    def _end(self, request: _Request, error: BaseException | None = None, *, keep: bool = True) -> None:
+        """`request` is over (or failed with `error`): free its slots and take it out of the loop."""
+        for row in request.rows:
+            if row.slot >= 0:
+                slot, row.slot = row.slot, -1
+                try:
+                    self._pool.release(slot, keep=keep)
+                except Exception:  # noqa: BLE001 - the engine could not even empty it; the request still ends
+                    logger.exception("could not free KV slot %d", slot)
+        if request in self._active:
+            self._active.remove(request)
+            self._running = tuple(r.sink for r in self._active)
+        request.sink.end(error)
