@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from distilgpt2_api.core import loop as loop_module
-from distilgpt2_api.core.errors import DeadlineExceeded
-from distilgpt2_api.core.loop import StepScheduler, TooManySequences, is_step_engine
+from distilgpt2_api.core.errors import DeadlineExceeded, TooManySequences
+from distilgpt2_api.core.loop import StepScheduler, is_step_engine
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
 from distilgpt2_api.core.sequence import Delta
 from distilgpt2_api.core.stream import GenerationResult, Sink, gather

@@ -80,3 +80,13 @@ class ChatTemplateFailed(InvalidRequest):
 
     code = "chat_template_error"
     param = "messages"
+
+
+class TooManySequences(RequestTooLarge):
+    """More sampled sequences than the step loop runs at once (its engine's KV slots)."""
+
+    code = "too_many_sequences"
+    param = "n"
+
+    def __init__(self, sequences: int, slots: int) -> None:
+        super().__init__(f"{sequences} sampled sequences, more than the {slots} this server runs at once: lower n")

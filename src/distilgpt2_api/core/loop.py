@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from distilgpt2_api.core.admission import SchedulerBase
-from distilgpt2_api.core.errors import DeadlineExceeded, RequestTooLarge
+from distilgpt2_api.core.errors import DeadlineExceeded, TooManySequences
 from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.sampling import Sampler
 from distilgpt2_api.core.sequence import Delta, Sequence
@@ -46,14 +46,6 @@ def is_step_engine(engine: object) -> bool:
     return all(callable(getattr(engine, name, None)) for name in ("forward", "truncate", "copy_prefix")) and (
         isinstance(getattr(engine, "slots", None), int)
     )
-
-
-class TooManySequences(RequestTooLarge):
-    code = "too_many_sequences"
-    param = "n"
-
-    def __init__(self, sequences: int, slots: int) -> None:
-        super().__init__(f"{sequences} sampled sequences, more than the {slots} this server runs at once: lower n")
 
 
 @dataclass

@@ -64,7 +64,9 @@ class SchedulerLoad(Collector):
     def collect(self) -> Iterable[Metric]:
         model = self.scheduler.model_name
         running = GaugeMetricFamily(
-            f"{PREFIX}num_requests_running", "Requests in the engine call under way.", labels=[MODEL]
+            f"{PREFIX}num_requests_running",
+            "Requests generating now.",
+            labels=[MODEL],
         )
         running.add_metric([model], self.scheduler.running)
         waiting = GaugeMetricFamily(
