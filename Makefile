@@ -22,7 +22,7 @@ $(BIN)/python:
 # PyTorch's CPU index first; where it cannot be reached, the package index (a local CPU wheel, macOS, ...).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # llama-cpp-python (requirements-llamacpp.txt) is built from source: one portable build whose CPU kernels (AVX2, AVX-512,
-# AMX...) are chosen when it loads, never -march=native. About 8 min on 2 cores, once: pip caches the wheel.
+# AMX...) are chosen when it loads, never -march=native. About 15 min on 2 busy cores, once: pip caches the wheel.
 # The fetch step then extracts llama.cpp's GGUF converter from the same sdist, for prepare-model.
 LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON
 TORCH := $(shell sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements-prepare.txt)

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from distilgpt2_api.engines import ModelInfo, ModelLoadError, load_engine
 from distilgpt2_api.engines.base import Chunk, TextTokenizer
 from distilgpt2_api.engines.llamacpp_engine import GGUF_NAME, LlamaCppEngine
+from distilgpt2_api.model_store.llamacpp_gguf import quantize_gguf, quantized_name
 
 SLOTS = 4
 # The GGUF holds the float32 weights; what differs from transformers is the KV cache's float16 and the order of
@@ -199,6 +200,30 @@ def test_load_engine_gives_a_step_engine_with_its_slots(model_dir: Path, tmp_pat
             (without / path.name).write_bytes(path.read_bytes())
     with pytest.raises(ModelLoadError, match=f"no {GGUF_NAME}"):
         load_engine(without, "llamacpp", threads=1, slots=1)
+
+
+def test_a_q8_0_copy_stays_close_to_float32(model_dir: Path, tmp_path: Path) -> None:
+    prompts = [TextTokenizer(model_dir).encode(text) for text in PROMPTS]
+    model = tmp_path / "model"
+    model.mkdir()
+    for path in model_dir.iterdir():
+        if path.is_file():
+            (model / path.name).write_bytes(path.read_bytes())
+    quantize_gguf(model, "q8_0")
+    assert (model / quantized_name("q8_0")).stat().st_size < (model / GGUF_NAME).stat().st_size / 2
+    info = ModelInfo.read(model)
+    full = LlamaCppEngine(info, threads=1, slots=1)
+    q8 = LlamaCppEngine(info, threads=1, slots=1, gguf=quantized_name("q8_0"))
+    try:
+        for ids in prompts:
+            full.truncate(0, 0)
+            q8.truncate(0, 0)
+            exact, quantized = full.forward([Chunk(0, ids, 0)])[0], q8.forward([Chunk(0, ids, 0)])[0]
+            assert not np.array_equal(quantized, exact)  # it is another file, with other weights
+            np.testing.assert_allclose(quantized, exact, atol=0.05)
+    finally:
+        full.close()
+        q8.close()
 
 
 EXIT_SCRIPT = """

@@ -15,7 +15,13 @@ from safetensors.numpy import load_file
 
 from distilgpt2_api.engines import llamacpp_engine
 from distilgpt2_api.model_store import NetworkUnavailableError, is_prepared, llamacpp_gguf, read_manifest, smollm2
-from distilgpt2_api.model_store.llamacpp_gguf import GGUF_NAME, fetch_converter, write_gguf
+from distilgpt2_api.model_store.llamacpp_gguf import (
+    GGUF_NAME,
+    fetch_converter,
+    quantize_gguf,
+    quantized_name,
+    write_gguf,
+)
 from distilgpt2_api.model_store.manifest import GGUF_NAME as MANIFEST_GGUF_NAME
 from distilgpt2_api.model_store.manifest import engine_files
 from distilgpt2_api.model_store.prepare import prepare_model
@@ -34,10 +40,12 @@ def test_prepare_writes_a_float32_gguf_listed_in_the_manifest(build, arch: str, 
     source = build(tmp_path / "source")
     manifest = prepare_model("local", tmp_path / "out", model_id=str(source))
     out = tmp_path / "out"
-    assert GGUF_NAME in manifest.files and is_prepared(out, engine="llamacpp")
-    assert {GGUF_NAME, "config.json", "tokenizer.json"} <= engine_files(manifest, "llamacpp").keys()
-    assert GGUF_NAME not in engine_files(manifest, "transformers")
-    assert GGUF_NAME not in engine_files(manifest, "ctranslate2")
+    q8 = quantized_name("q8_0")  # written too, since llama-cpp-python is installed here
+    assert {GGUF_NAME, q8} <= manifest.files.keys() and is_prepared(out, engine="llamacpp")
+    assert {GGUF_NAME, q8, "config.json", "tokenizer.json"} <= engine_files(manifest, "llamacpp").keys()
+    assert not {GGUF_NAME, q8} & engine_files(manifest, "transformers").keys()
+    assert not {GGUF_NAME, q8} & engine_files(manifest, "ctranslate2").keys()
+    assert GGMLQuantizationType.Q8_0 in {t.tensor_type for t in GGUFReader(out / q8).tensors}
     reader = GGUFReader(out / GGUF_NAME)
     assert _field(reader, "general.architecture") == arch
     # The test tokenizer's BPE is unknown to the converter: its pre-tokenizer is written as "default".
@@ -104,3 +112,11 @@ def test_prepare_keeps_a_gguf_already_there(tmp_path: Path, monkeypatch: pytest.
     manifest = prepare_model("local", out, model_id=str(out))
     assert (out / GGUF_NAME).read_bytes() == b"made elsewhere" and GGUF_NAME in manifest.files
     assert read_manifest(out) == manifest
+
+
+def test_quantizing_needs_a_known_type(tmp_path: Path) -> None:
+    with pytest.raises(llamacpp_gguf.ModelStoreError, match="unsupported GGUF quantization 'q3_k'"):
+        quantize_gguf(tmp_path, "q3_k")
+    with pytest.raises(llamacpp_gguf.ModelStoreError, match="could not quantize"):
+        quantize_gguf(tmp_path, "q8_0")  # no model.gguf there
+    assert not list(tmp_path.iterdir())

@@ -100,16 +100,21 @@ def _close_open_engines() -> None:
 
 
 class LlamaCppEngine:
-    """`slots` sequences, each with its own KV stream of `context` positions (default: the model's context)."""
+    """`slots` sequences, each with its own KV stream of `context` positions (default: the model's context).
 
-    def __init__(self, info: ModelInfo, *, threads: int, slots: int, context: int | None = None) -> None:
+    `gguf` names the weights in the model directory: model.gguf, or a quantized copy such as model.q8_0.gguf.
+    """
+
+    def __init__(
+        self, info: ModelInfo, *, threads: int, slots: int, context: int | None = None, gguf: str = GGUF_NAME
+    ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
         self.info = info
         self.slots = slots
-        path = info.path / GGUF_NAME
+        path = info.path / gguf
         if not path.is_file():
-            raise ModelLoadError(f"MODEL_DIR={info.path} has no {GGUF_NAME}. {PREPARE_HINT} Or choose another ENGINE.")
+            raise ModelLoadError(f"MODEL_DIR={info.path} has no {gguf}. {PREPARE_HINT} Or choose another ENGINE.")
         self.tokenizer = TextTokenizer(info.path)
         _load_backends()
         model_params = llama.llama_model_default_params()
@@ -181,7 +186,6 @@ class LlamaCppEngine:
             self.truncate(target, length)
             return
         # Between KV streams llama.cpp copies only whole streams (done at the next decode): copy, then cut.
-        llama.llama_memory_seq_rm(self._memory, target, -1, -1)
         llama.llama_memory_seq_cp(self._memory, source, target, -1, -1)
         llama.llama_memory_seq_rm(self._memory, target, length, -1)
 

@@ -10,6 +10,7 @@ with pip (its cache, else the package index) on first use. Nothing of it is copi
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -105,6 +106,40 @@ def write_gguf(model_dir: Path, *, outtype: str = GGUF_TYPE) -> Path:
         )
     os.replace(partial, output)
     return output
+
+
+def quantize_gguf(model_dir: Path, ftype: str = "q8_0", *, threads: int = 0) -> Path:
+    """Write `model_dir/model.<ftype>.gguf` from the float32 model.gguf with the binding's llama_model_quantize.
+
+    Needs llama-cpp-python (built by `make install`); only Q8_0 so far. Which file the engine serves is not chosen
+    here: a quality gate will (as model_store/convert.py does for CTranslate2).
+    """
+    from distilgpt2_api.engines.llamacpp_engine import llama  # the binding, with llama.cpp's log kept quiet
+
+    ftypes = {"q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0}
+    if ftype not in ftypes:
+        raise ModelStoreError(f"unsupported GGUF quantization {ftype!r}; expected one of {', '.join(ftypes)}")
+    source = model_dir / GGUF_NAME
+    output = model_dir / quantized_name(ftype)
+    partial = model_dir / f".{output.name}.partial"
+    params = llama.llama_model_quantize_default_params()
+    params.ftype = ftypes[ftype]
+    params.nthread = threads
+    status = llama.llama_model_quantize(str(source).encode(), str(partial).encode(), params)
+    if status != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        raise ModelStoreError(f"llama.cpp could not quantize {source} to {ftype} (status {status})")
+    os.replace(partial, output)
+    return output
+
+
+def quantized_name(ftype: str) -> str:
+    return f"{Path(GGUF_NAME).stem}.{ftype}.gguf"
+
+
+def can_quantize() -> bool:
+    """Whether llama-cpp-python is installed here (`make install`; not in the image's model stage)."""
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 if __name__ == "__main__":

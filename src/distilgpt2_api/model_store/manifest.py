@@ -123,7 +123,8 @@ def engine_files(manifest: Manifest, engine: EngineName) -> dict[str, FileEntry]
     """The manifest's files that `engine` reads (manifest.json itself aside).
 
     ctranslate2: the int8 subdirectory and the top-level JSON and Jinja files (config, generation config,
-    tokenizer, chat template), never the fp32 weights. llamacpp: model.gguf and those same small files.
+    tokenizer, chat template), never the fp32 weights. llamacpp: model.gguf (and model.q8_0.gguf when prepared
+    with the binding installed) and those same small files.
     transformers: everything except the int8 subdirectory and the GGUF.
     """
     in_ct2 = {name: name.startswith(f"{CT2_SUBDIR}/") for name in manifest.files}
@@ -135,12 +136,17 @@ def engine_files(manifest: Manifest, engine: EngineName) -> dict[str, FileEntry]
     if engine == "ctranslate2":
         keep = small | {name for name in manifest.files if in_ct2[name]}
     elif engine == "llamacpp":
-        keep = small | ({GGUF_NAME} & set(manifest.files))
+        keep = small | {name for name in manifest.files if _is_gguf(name)}
     elif engine == "transformers":
-        keep = {name for name in manifest.files if not in_ct2[name] and name != GGUF_NAME}
+        keep = {name for name in manifest.files if not in_ct2[name] and not _is_gguf(name)}
     else:
         raise ModelStoreError(f"unknown engine {engine!r}; expected ctranslate2, transformers or llamacpp")
     return {name: entry for name, entry in manifest.files.items() if name in keep}
+
+
+def _is_gguf(name: str) -> bool:
+    """model.gguf and its quantized versions (model.q8_0.gguf)."""
+    return "/" not in name and name.startswith(GGUF_NAME.removesuffix(".gguf")) and name.endswith(".gguf")
 
 
 def is_prepared(model_dir: Path, *, engine: EngineName | None = None) -> bool:
