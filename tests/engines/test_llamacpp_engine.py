@@ -117,6 +117,17 @@ def test_slots_decoded_together_choose_what_each_chooses_alone(
         assert together[slot] == alone[slot], f"slot {slot} (smallest top-2 margin {margin:.4f})"
 
 
+def test_a_forward_of_more_tokens_than_a_ubatch(engine: LlamaCppEngine) -> None:
+    rng = np.random.default_rng(0)
+    long = [rng.integers(1, 900, size=engine.context - 10).tolist() for _ in range(SLOTS)]  # 4 x 246 > 512
+    for slot in range(SLOTS):
+        engine.truncate(slot, 0)
+    together = engine.forward([Chunk(slot, ids, 0) for slot, ids in enumerate(long)])
+    for slot, ids in enumerate(long):
+        engine.truncate(slot, 0)
+        np.testing.assert_allclose(together[slot], engine.forward([Chunk(slot, ids, 0)])[0], atol=1e-3)
+
+
 def test_truncate_then_refeed_gives_the_same_logits(engine: LlamaCppEngine, prompts: list[list[int]]) -> None:
     ids = prompts[0] + prompts[1]
     engine.truncate(2, 0)

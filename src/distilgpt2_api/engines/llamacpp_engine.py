@@ -64,9 +64,10 @@ def _ggml_library() -> ctypes.CDLL:
 
 
 def _backend_dirs() -> list[Path]:
-    """Where the CPU variants (libggml-cpu-*.so) may be: the wheel installs them under the environment's bin/."""
+    """Where the CPU variants (libggml-cpu-*.so) may be: the wheel installs them in bin/ beside the package
+    (site-packages/bin/, or <target>/bin/ for `pip install --target`); a build of its own may leave them in lib/."""
     package = Path(llama.__file__).parent
-    candidates = [package.parent / "bin", package / "lib", package.parent.parent.parent.parent / "bin"]
+    candidates = [package.parent / "bin", package / "lib"]
     return [d for d in candidates if any(d.glob("libggml-cpu*"))]
 
 
@@ -123,7 +124,9 @@ class LlamaCppEngine:
         if not self._model:
             raise ModelLoadError(f"llama.cpp cannot load {path}. {PREPARE_HINT}")
         self.context = min(context or info.context_length, info.context_length)
-        self._batch_size = self.context + slots  # a whole-context prefill chunk plus a decode token per other slot
+        # Any forward the slots can hold fits one llama_decode: the batch costs ~30 bytes a token, while compute
+        # buffers follow n_ubatch and the output buffer n_outputs_max (one row per chunk).
+        self._batch_size = self.context * slots
         params = llama.llama_context_default_params()
         params.n_ctx = self.context * slots
         params.n_seq_max = slots
