@@ -42,7 +42,7 @@ def _log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     global _last_level
     level = _last_level if level == _CONT else level
     _last_level = level
-    if level in (_WARN, _ERROR) and (message := text.decode("utf-8", "replace").rstrip()):
+    if level in (_WARN, _ERROR) and text and (message := text.decode("utf-8", "replace").rstrip()):
         logger.log(logging.ERROR if level == _ERROR else logging.WARNING, "llama.cpp: %s", message)
 
 
