@@ -21,11 +21,17 @@ $(BIN)/python:
 # torch (pinned in requirements-prepare.txt) must be a CPU build: PyPI's Linux wheel is the multi-GB CUDA one.
 # PyTorch's CPU index first; where it cannot be reached, the package index (a local CPU wheel, macOS, ...).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# llama-cpp-python (requirements-llamacpp.txt) is built from source: one portable build whose CPU kernels (AVX2, AVX-512,
+# AMX...) are chosen when it loads, never -march=native. About 15 min on 2 busy cores, once: pip caches the wheel.
+# The fetch step then extracts llama.cpp's GGUF converter from the same sdist, for prepare-model.
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON
 TORCH := $(shell sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements-prepare.txt)
-$(VENV)/.installed: requirements.txt requirements-prepare.txt pyproject.toml | $(BIN)/python
+$(VENV)/.installed: requirements.txt requirements-prepare.txt requirements-llamacpp.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --retries 1 --timeout 15 --index-url $(TORCH_CPU_INDEX) '$(TORCH)' 2>/dev/null \
 		|| $(BIN)/pip install --quiet '$(TORCH)'
 	$(BIN)/pip install --quiet -r requirements-prepare.txt -e '.[dev]'
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install --quiet -r requirements-llamacpp.txt
+	$(BIN)/python -m distilgpt2_api.model_store.llamacpp_gguf fetch
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv with the app, model preparation and dev tools

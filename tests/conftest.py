@@ -16,15 +16,17 @@ from distilgpt2_api.aws_lambda.local import LocalContext
 from distilgpt2_api.engines import Engine, load_engine
 from distilgpt2_api.model_store import write_manifest
 from distilgpt2_api.model_store.convert import convert_for_ctranslate2
+from distilgpt2_api.model_store.llamacpp_gguf import write_gguf
 
 from model_factory import build_tiny_chat_llama, build_tiny_gpt2
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny GPT-2, converted for CTranslate2 too, as `prepare-model` leaves a directory."""
+    """A tiny GPT-2, converted for CTranslate2 and to a float32 GGUF too, as `prepare-model` leaves a directory."""
     path = build_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2")
     convert_for_ctranslate2(path)
+    write_gguf(path)
     write_manifest(path, source="local", model_id="tiny-gpt2")  # after conversion, as prepare-model does
     return path
 
@@ -34,6 +36,7 @@ def chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama with a ChatML chat template and `<|im_end|>` as end of turn, converted like model_dir."""
     path = build_tiny_chat_llama(tmp_path_factory.mktemp("models") / "tiny-chat-llama")
     convert_for_ctranslate2(path)
+    write_gguf(path)
     write_manifest(path, source="local", model_id="tiny-chat-llama")
     return path
 

@@ -36,7 +36,7 @@ from distilgpt2_api.model_store import (
 from distilgpt2_api.model_store import prepare as prepare_module
 from distilgpt2_api.model_store import s3 as s3_module
 from distilgpt2_api.model_store.gguf import convert_gguf
-from distilgpt2_api.model_store.manifest import CT2_SUBDIR, engine_files, sha256_file
+from distilgpt2_api.model_store.manifest import CT2_SUBDIR, GGUF_NAME, engine_files, sha256_file
 from distilgpt2_api.model_store.prepare import prepare_model
 from distilgpt2_api.model_store.s3 import (
     cache_path,
@@ -460,21 +460,24 @@ def test_engine_files_split_the_manifest(prepared: Path) -> None:
     manifest = read_manifest(prepared)
     assert manifest is not None
     fast, reference = engine_files(manifest, "ctranslate2"), engine_files(manifest, "transformers")
+    llamacpp = engine_files(manifest, "llamacpp")
     assert {"config.json", "generation_config.json", "tokenizer.json", f"{CT2_SUBDIR}/model.bin"} <= fast.keys()
-    assert not any(name.endswith(".safetensors") for name in fast)
+    assert not any(name.endswith((".safetensors", ".gguf")) for name in fast)
     assert {"config.json", "tokenizer.json", "model.safetensors"} <= reference.keys()
-    assert not any(name.startswith(f"{CT2_SUBDIR}/") for name in reference)
-    assert fast.keys() | reference.keys() == manifest.files.keys()
+    assert not any(name.startswith(f"{CT2_SUBDIR}/") or name.endswith(".gguf") for name in reference)
+    assert llamacpp.keys() == {name for name in fast if "/" not in name} | {GGUF_NAME}
+    assert fast.keys() | reference.keys() | llamacpp.keys() == manifest.files.keys()
     template = manifest.files["config.json"]  # any entry: the split goes by name
     chat = manifest.model_copy(update={"files": {**manifest.files, "chat_template.jinja": template}})
     assert "chat_template.jinja" in engine_files(chat, "ctranslate2")  # chat needs it on either engine
     assert "chat_template.jinja" in engine_files(chat, "transformers")
+    assert "chat_template.jinja" in engine_files(chat, "llamacpp")
     with pytest.raises(ModelStoreError, match="unknown engine 'onnx'"):
         engine_files(manifest, "onnx")  # type: ignore[arg-type]
     assert CT2_SUBDIR == ctranslate2_engine.CT2_SUBDIR  # the model store's copy of the engine's constant
 
 
-@pytest.mark.parametrize("engine", ["ctranslate2", "transformers"])
+@pytest.mark.parametrize("engine", ["ctranslate2", "transformers", "llamacpp"])
 def test_ensure_model_from_s3_fetches_only_the_engine_files(
     prepared: Path, bucket: str, tmp_path: Path, requested_keys: set[str], engine: EngineName
 ) -> None:
@@ -490,6 +493,7 @@ def test_ensure_model_from_s3_fetches_only_the_engine_files(
     assert fetched == {*wanted, "manifest.json"}
     assert (copy / "model.safetensors").is_file() == (engine == "transformers")
     assert (copy / CT2_SUBDIR / "model.bin").is_file() == (engine == "ctranslate2")
+    assert (copy / GGUF_NAME).is_file() == (engine == "llamacpp")
     for name, entry in wanted.items():
         assert sha256_file(copy / name) == entry.sha256
 
@@ -579,6 +583,8 @@ def test_ensure_model_from_s3_ctranslate2_needs_the_int8_conversion(
     with pytest.raises(ModelStoreError, match=f"has no {CT2_SUBDIR}/model.bin .* or set ENGINE=transformers"):
         ensure_model_from_s3(uri, tmp_path / "cache")
     assert is_prepared(ensure_model_from_s3(uri, tmp_path / "cache", engine="transformers"))
+    with pytest.raises(ModelStoreError, match=f"has no {GGUF_NAME} .* or choose another ENGINE"):
+        ensure_model_from_s3(uri, tmp_path / "cache", engine="llamacpp")
 
 
 @pytest.mark.parametrize("engine", ["ctranslate2", "transformers"])

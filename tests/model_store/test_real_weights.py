@@ -75,7 +75,7 @@ def test_prepared_directory_is_plain_safetensors(smollm2_dir: Path) -> None:
     config = json.loads((smollm2_dir / "config.json").read_text())
     assert "quantization_config" not in config  # loads as an ordinary float model, no gguf quantizer
     assert config["model_type"] == "llama"
-    assert not list(smollm2_dir.glob("*.gguf"))
+    assert [p.name for p in smollm2_dir.glob("*.gguf")] == ["model.gguf"]  # for llama.cpp: Q4_1 as shipped
 
 
 def test_greedy_generation_is_deterministic_english(loaded: tuple[PreTrainedModel, PreTrainedTokenizerBase]) -> None:
@@ -152,3 +152,25 @@ def test_chat_answers_and_stops_at_the_end_of_turn(smollm2_dir: Path) -> None:
         assert choice["finish_reason"] == "stop"  # <|im_end|> ended the turn, long before 64 tokens
         assert "Paris" in choice["message"]["content"] and "<|im" not in choice["message"]["content"]
         assert client.post("/v1/chat/completions", json={**request, "max_tokens": 64}).json()["choices"] == [choice]
+
+
+def test_llamacpp_engine_writes_english_from_the_shipped_gguf(smollm2_dir: Path) -> None:
+    import numpy as np
+
+    from distilgpt2_api.engines.base import Chunk
+
+    engine = load_engine(smollm2_dir, "llamacpp", threads=1, slots=2)
+    try:
+        prompt = engine.tokenizer.encode("Once upon a time")
+        logits = engine.forward([Chunk(0, prompt, 0), Chunk(1, prompt, 0)])
+        tokens: list[int] = []
+        for position in range(len(prompt), len(prompt) + 20):
+            assert np.argmax(logits[0]) == np.argmax(logits[1])  # two slots, one answer
+            token = int(np.argmax(logits[0]))
+            tokens.append(token)
+            logits = engine.forward([Chunk(0, [token], position), Chunk(1, [token], position)])
+    finally:
+        engine.close()
+    text = engine.tokenizer.decode(tokens)
+    assert len(text.strip()) > 20 and sum(ch.isascii() for ch in text) / len(text) > 0.9, text
+    assert sum(ch.isalpha() for ch in text) > len(text) / 2, text

@@ -3,14 +3,59 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 
-from distilgpt2_api.engines.base import Engine, ModelInfo, ModelLoadError, TextTokenizer
+from distilgpt2_api.engines.base import Engine, ModelInfo, ModelLoadError, StepEngine, TextTokenizer
 
-EngineName = Literal["ctranslate2", "transformers"]
+EngineName = Literal["ctranslate2", "transformers", "llamacpp"]
 ComputeType = Literal["auto", "int8", "float32"]  # CTranslate2 arithmetic; auto = chosen at prepare time
 
-__all__ = ["ComputeType", "Engine", "EngineName", "ModelInfo", "ModelLoadError", "TextTokenizer", "load_engine"]
+__all__ = [
+    "ComputeType",
+    "Engine",
+    "EngineName",
+    "ModelInfo",
+    "ModelLoadError",
+    "StepEngine",
+    "TextTokenizer",
+    "load_engine",
+]
+
+
+@overload
+def load_engine(
+    model_dir: Path,
+    engine: Literal["ctranslate2", "transformers"],
+    *,
+    threads: int,
+    served_name: str | None = None,
+    compute_type: ComputeType = "auto",
+    slots: int = 1,
+) -> Engine: ...
+
+
+@overload
+def load_engine(
+    model_dir: Path,
+    engine: Literal["llamacpp"],
+    *,
+    threads: int,
+    served_name: str | None = None,
+    compute_type: ComputeType = "auto",
+    slots: int = 1,
+) -> StepEngine: ...
+
+
+@overload
+def load_engine(
+    model_dir: Path,
+    engine: EngineName,
+    *,
+    threads: int,
+    served_name: str | None = None,
+    compute_type: ComputeType = "auto",
+    slots: int = 1,
+) -> Engine | StepEngine: ...
 
 
 def load_engine(
@@ -20,9 +65,18 @@ def load_engine(
     threads: int,
     served_name: str | None = None,
     compute_type: ComputeType = "auto",
-) -> Engine:
-    """Load the model in `model_dir` with `engine`, or raise ModelLoadError."""
+    slots: int = 1,
+) -> Engine | StepEngine:
+    """Load the model in `model_dir` with `engine`, or raise ModelLoadError.
+
+    llamacpp is a StepEngine, driven a step at a time by core/loop.py, holding `slots` sequences' KV caches;
+    the others generate whole requests (`slots` does not apply to them).
+    """
     info = ModelInfo.read(model_dir, served_name)
+    if engine == "llamacpp":
+        from distilgpt2_api.engines.llamacpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine(info, threads=threads, slots=slots)
     if engine == "ctranslate2":
         from distilgpt2_api.engines.ctranslate2_engine import CTranslate2Engine
 

@@ -23,6 +23,8 @@ MANIFEST_VERSION = 1
 # The fast engine's int8 weights: engines.ctranslate2_engine.CT2_SUBDIR, not imported from there
 # because that module imports ctranslate2 (a test keeps the two equal).
 CT2_SUBDIR = "ctranslate2-int8"
+# The llama.cpp engine's weights: engines.llamacpp_engine.GGUF_NAME (that module imports llama_cpp).
+GGUF_NAME = "model.gguf"
 SMALL_FILES = (".json", ".jinja")  # config, tokenizer, chat template: every engine reads them
 
 # safetensors dtype codes -> the torch names people know.
@@ -121,21 +123,30 @@ def engine_files(manifest: Manifest, engine: EngineName) -> dict[str, FileEntry]
     """The manifest's files that `engine` reads (manifest.json itself aside).
 
     ctranslate2: the int8 subdirectory and the top-level JSON and Jinja files (config, generation config,
-    tokenizer, chat template), never the fp32 weights. transformers: everything except the int8 subdirectory.
+    tokenizer, chat template), never the fp32 weights. llamacpp: model.gguf (and model.q8_0.gguf when prepared
+    with the binding installed) and those same small files.
+    transformers: everything except the int8 subdirectory and the GGUF.
     """
     in_ct2 = {name: name.startswith(f"{CT2_SUBDIR}/") for name in manifest.files}
+    small = {
+        name
+        for name in manifest.files
+        if "/" not in name and name.endswith((".json", ".jinja")) and not name.endswith(".index.json")
+    }
     if engine == "ctranslate2":
-        keep = {
-            name
-            for name in manifest.files
-            if in_ct2[name]
-            or ("/" not in name and name.endswith((".json", ".jinja")) and not name.endswith(".index.json"))
-        }
+        keep = small | {name for name in manifest.files if in_ct2[name]}
+    elif engine == "llamacpp":
+        keep = small | {name for name in manifest.files if _is_gguf(name)}
     elif engine == "transformers":
-        keep = {name for name in manifest.files if not in_ct2[name]}
+        keep = {name for name in manifest.files if not in_ct2[name] and not _is_gguf(name)}
     else:
-        raise ModelStoreError(f"unknown engine {engine!r}; expected ctranslate2 or transformers")
+        raise ModelStoreError(f"unknown engine {engine!r}; expected ctranslate2, transformers or llamacpp")
     return {name: entry for name, entry in manifest.files.items() if name in keep}
+
+
+def _is_gguf(name: str) -> bool:
+    """model.gguf and its quantized versions (model.q8_0.gguf)."""
+    return "/" not in name and name.startswith(GGUF_NAME.removesuffix(".gguf")) and name.endswith(".gguf")
 
 
 def is_prepared(model_dir: Path, *, engine: EngineName | None = None) -> bool:

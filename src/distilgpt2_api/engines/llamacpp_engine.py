@@ -1,0 +1,209 @@
+"""The llama.cpp engine: a StepEngine over llama-cpp-python's low-level API and the prepared `model.gguf`.
+
+It only computes: the scheduler (core/loop.py) feeds token ids, samples from the logits it gets back and decides
+what each slot's KV cache keeps. llama.cpp's tokenizer is never used (TextTokenizer, as for every engine).
+
+KV layout: one KV stream per slot (`kv_unified` off), each of `context` positions. A sequence attends only to its
+own stream, so a decode step costs what its own length costs (a unified cache would have each ubatch attend over
+every slot's cells, masked), and every slot can always grow to the full context. The price: `copy_prefix` between
+slots copies the source's whole stream (a memcpy of a few MB), where a unified cache would share cells.
+
+llama-cpp-python built with GGML_BACKEND_DL loads no CPU backend by itself: `_load_backends` loads the variant
+that fits this CPU (AVX2, AVX-512, AMX...) once per process, into the ggml that libllama links.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import threading
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+import llama_cpp.llama_cpp as llama
+import numpy as np
+
+from distilgpt2_api.engines.base import PREPARE_HINT, Chunk, ModelInfo, ModelLoadError, TextTokenizer
+
+GGUF_NAME = "model.gguf"  # written at prepare time (model_store/llamacpp_gguf.py)
+
+logger = logging.getLogger(__name__)
+
+# llama.cpp's warnings and errors go to this module's logger; its INFO (a page per model load) is dropped. The
+# callback llama-cpp-python installs reads an older numbering of ggml's levels and prints INFO as warnings.
+_WARN, _ERROR, _CONT = 3, 4, 5  # enum ggml_log_level
+_last_level = 0
+
+
+@llama.llama_log_callback  # type: ignore[misc]
+def _log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    global _last_level
+    level = _last_level if level == _CONT else level
+    _last_level = level
+    if level in (_WARN, _ERROR) and text and (message := text.decode("utf-8", "replace").rstrip()):
+        logger.log(logging.ERROR if level == _ERROR else logging.WARNING, "llama.cpp: %s", message)
+
+
+llama.llama_log_set(_log, ctypes.c_void_p(0))
+
+_backends_lock = threading.Lock()
+_backends_loaded = False
+
+
+def _ggml_library() -> ctypes.CDLL:
+    """The ggml that libllama links (lib/libggml.so.0 in the wheel, beside libllama.so): the one whose backend
+    registry llama_model_load_from_file reads. The wheel also holds a separate lib/libggml.so, a second copy with
+    a registry of its own, so loading backends through it (or llama_cpp._ggml) leaves libllama with none."""
+    lib_dir = Path(llama.__file__).parent / "lib"
+    for name in ("libggml.so.0", "libggml.so", "libggml.dylib"):
+        if (lib_dir / name).exists():
+            return ctypes.CDLL(str(lib_dir / name))
+    raise ModelLoadError(f"llama-cpp-python has no ggml library in {lib_dir}")
+
+
+def _backend_dirs() -> list[Path]:
+    """Where the CPU variants (libggml-cpu-*.so) may be: the wheel installs them in bin/ beside the package
+    (site-packages/bin/, or <target>/bin/ for `pip install --target`); a build of its own may leave them in lib/."""
+    package = Path(llama.__file__).parent
+    candidates = [package.parent / "bin", package / "lib"]
+    return [d for d in candidates if any(d.glob("libggml-cpu*"))]
+
+
+def _load_backends() -> None:
+    global _backends_loaded
+    with _backends_lock:
+        if _backends_loaded:
+            return
+        ggml = _ggml_library()
+        ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+        if ggml.ggml_backend_dev_count() == 0:
+            ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+            for directory in _backend_dirs():
+                ggml.ggml_backend_load_all_from_path(str(directory).encode())
+                if ggml.ggml_backend_dev_count() > 0:
+                    break
+        if ggml.ggml_backend_dev_count() == 0:
+            raise ModelLoadError("llama.cpp found no CPU backend (libggml-cpu-*.so) next to llama-cpp-python")
+        llama.llama_backend_init()
+        _backends_loaded = True
+
+
+_open_engines: weakref.WeakSet[LlamaCppEngine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    # Free contexts and models while the interpreter (and llama-cpp-python's log callback) is still whole.
+    for engine in list(_open_engines):
+        engine.close()
+
+
+class LlamaCppEngine:
+    """`slots` sequences, each with its own KV stream of `context` positions (default: the model's context).
+
+    `gguf` names the weights in the model directory: model.gguf, or a quantized copy such as model.q8_0.gguf.
+    """
+
+    def __init__(
+        self, info: ModelInfo, *, threads: int, slots: int, context: int | None = None, gguf: str = GGUF_NAME
+    ) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        self.info = info
+        self.slots = slots
+        path = info.path / gguf
+        if not path.is_file():
+            raise ModelLoadError(f"MODEL_DIR={info.path} has no {gguf}. {PREPARE_HINT} Or choose another ENGINE.")
+        self.tokenizer = TextTokenizer(info.path)
+        _load_backends()
+        model_params = llama.llama_model_default_params()
+        model_params.use_mmap = True
+        self._model = llama.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp cannot load {path}. {PREPARE_HINT}")
+        self.context = min(context or info.context_length, info.context_length)
+        # Any forward the slots can hold fits one llama_decode: the batch costs ~30 bytes a token, while compute
+        # buffers follow n_ubatch and the output buffer n_outputs_max (one row per chunk).
+        self._batch_size = self.context * slots
+        params = llama.llama_context_default_params()
+        params.n_ctx = self.context * slots
+        params.n_seq_max = slots
+        params.kv_unified = False
+        params.n_batch = self._batch_size
+        params.n_ubatch = min(self._batch_size, 512)
+        params.n_outputs_max = slots  # logits for each chunk's last token only
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        self._ctx = llama.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            llama.llama_model_free(self._model)
+            raise ModelLoadError(f"llama.cpp cannot create a context for {path} ({slots} slots x {self.context})")
+        self._memory = llama.llama_get_memory(self._ctx)
+        self._vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))
+        self._batch = llama.llama_batch_init(self._batch_size, 0, 1)
+        _open_engines.add(self)
+
+    def forward(self, chunks: Sequence[Chunk]) -> np.ndarray:
+        total = sum(len(chunk.token_ids) for chunk in chunks)
+        if total > self._batch_size:
+            raise ValueError(f"{total} tokens in one forward; at most {self._batch_size}")
+        batch = self._batch
+        last_rows: list[int] = []
+        i = 0
+        for chunk in chunks:
+            self._check_slot(chunk.slot)
+            if not chunk.token_ids:
+                raise ValueError(f"an empty chunk for slot {chunk.slot}")
+            if chunk.start + len(chunk.token_ids) > self.context:
+                raise ValueError(f"slot {chunk.slot} would hold {chunk.start + len(chunk.token_ids)} > {self.context}")
+            # The slot holds exactly `start` positions: whatever an earlier call left beyond them is dropped.
+            llama.llama_memory_seq_rm(self._memory, chunk.slot, chunk.start, -1)
+            for offset, token in enumerate(chunk.token_ids):
+                batch.token[i] = token
+                batch.pos[i] = chunk.start + offset
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = chunk.slot
+                batch.logits[i] = False
+                i += 1
+            batch.logits[i - 1] = True
+            last_rows.append(i - 1)
+        batch.n_tokens = i
+        status = llama.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+        logits = np.empty((len(chunks), self._vocab), dtype=np.float32)
+        for row, index in enumerate(last_rows):
+            logits[row] = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self._vocab,))
+        return logits
+
+    def truncate(self, slot: int, length: int) -> None:
+        self._check_slot(slot)
+        llama.llama_memory_seq_rm(self._memory, slot, length, -1)
+
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        self._check_slot(source)
+        self._check_slot(target)
+        if source == target:
+            self.truncate(target, length)
+            return
+        # Between KV streams llama.cpp copies only whole streams (done at the next decode): copy, then cut.
+        llama.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+        llama.llama_memory_seq_rm(self._memory, target, length, -1)
+
+    def close(self) -> None:
+        """Free the batch, context and model now. Idempotent; the engine cannot compute afterwards."""
+        if getattr(self, "_ctx", None):
+            llama.llama_batch_free(self._batch)
+            llama.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            llama.llama_model_free(self._model)
+            self._model = None
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.slots:
+            raise ValueError(f"slot {slot} out of range: this engine has {self.slots}")
+        if not self._ctx:
+            raise RuntimeError("the engine is closed")

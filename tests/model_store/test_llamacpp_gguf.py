@@ -1,0 +1,122 @@
+"""prepare-model writes model.gguf with llama.cpp's own converter (float32), listed in the manifest; the converter
+comes from the pinned llama-cpp-python sdist, extracted by `make install`: no network here."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader
+from safetensors.numpy import load_file
+
+from distilgpt2_api.engines import llamacpp_engine
+from distilgpt2_api.model_store import NetworkUnavailableError, is_prepared, llamacpp_gguf, read_manifest, smollm2
+from distilgpt2_api.model_store.llamacpp_gguf import (
+    GGUF_NAME,
+    fetch_converter,
+    quantize_gguf,
+    quantized_name,
+    write_gguf,
+)
+from distilgpt2_api.model_store.manifest import GGUF_NAME as MANIFEST_GGUF_NAME
+from distilgpt2_api.model_store.manifest import engine_files
+from distilgpt2_api.model_store.prepare import prepare_model
+
+from model_factory import build_tiny_chat_llama, build_tiny_gpt2
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _field(reader: GGUFReader, key: str) -> object:
+    return reader.fields[key].contents()
+
+
+@pytest.mark.parametrize(("build", "arch"), [(build_tiny_gpt2, "gpt2"), (build_tiny_chat_llama, "llama")])
+def test_prepare_writes_a_float32_gguf_listed_in_the_manifest(build, arch: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    source = build(tmp_path / "source")
+    manifest = prepare_model("local", tmp_path / "out", model_id=str(source))
+    out = tmp_path / "out"
+    q8 = quantized_name("q8_0")  # written too, since llama-cpp-python is installed here
+    assert {GGUF_NAME, q8} <= manifest.files.keys() and is_prepared(out, engine="llamacpp")
+    assert {GGUF_NAME, q8, "config.json", "tokenizer.json"} <= engine_files(manifest, "llamacpp").keys()
+    assert not {GGUF_NAME, q8} & engine_files(manifest, "transformers").keys()
+    assert not {GGUF_NAME, q8} & engine_files(manifest, "ctranslate2").keys()
+    assert GGMLQuantizationType.Q8_0 in {t.tensor_type for t in GGUFReader(out / q8).tensors}
+    reader = GGUFReader(out / GGUF_NAME)
+    assert _field(reader, "general.architecture") == arch
+    # The test tokenizer's BPE is unknown to the converter: its pre-tokenizer is written as "default".
+    assert _field(reader, "tokenizer.ggml.pre") == "default"
+    assert {t.tensor_type for t in reader.tensors} == {GGMLQuantizationType.F32}
+    # The token embedding is the safetensors' own, bit for bit.
+    weights = load_file(out / "model.safetensors")
+    embedding = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    expected = weights["transformer.wte.weight" if arch == "gpt2" else "model.embed_tokens.weight"]
+    np.testing.assert_array_equal(np.asarray(embedding.data).reshape(expected.shape), expected)
+    assert not list(out.glob(".*partial*"))  # nothing half-written left
+
+
+def test_a_model_the_converter_cannot_read_is_a_clear_error(tmp_path: Path) -> None:
+    model = build_tiny_gpt2(tmp_path / "model")
+    config = (model / "config.json").read_text()
+    (model / "config.json").write_text(config.replace("GPT2LMHeadModel", "NoSuchArchitectureForCausalLM"))
+    with pytest.raises(llamacpp_gguf.ModelStoreError, match="llama.cpp's converter could not convert"):
+        write_gguf(model)
+    assert not (model / GGUF_NAME).exists() and not list(model.glob(f".{GGUF_NAME}*"))
+
+
+def test_the_converter_is_extracted_once_and_pinned() -> None:
+    source = fetch_converter()  # extracted by `make install`: returns at once, offline
+    assert (source / "convert_hf_to_gguf.py").is_file() and (source / "conversion" / "base.py").is_file()
+    assert (source / "gguf-py" / "gguf" / "__init__.py").is_file()
+    assert f"-{llamacpp_gguf.PACKAGE_VERSION}" in source.name
+    pins = re.findall(r"^llama-cpp-python==(\S+)$", (REPO / "requirements-llamacpp.txt").read_text(), re.M)
+    assert pins == [llamacpp_gguf.PACKAGE_VERSION]
+    assert GGUF_NAME == MANIFEST_GGUF_NAME == llamacpp_engine.GGUF_NAME  # one file name, three modules
+
+
+def test_without_the_converter_or_package_index_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(NetworkUnavailableError, match="pip could not download the llama-cpp-python==0.3.36 sdist"):
+        fetch_converter(tmp_path / "converters")
+
+
+def test_smollm2_keeps_its_shipped_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = tmp_path / "work" / smollm2.GGUF_NAME
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"GGUF as shipped")
+    converted: list[Path] = []
+    monkeypatch.setattr(smollm2, "fetch_gguf", lambda workdir: shipped)
+    monkeypatch.setattr(smollm2, "convert_gguf", lambda path, dest: converted.append(path))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    smollm2.build(dest, tmp_path / "work")
+    assert converted == [shipped]
+    assert (dest / GGUF_NAME).read_bytes() == b"GGUF as shipped"
+
+
+def test_prepare_keeps_a_gguf_already_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = build_tiny_gpt2(tmp_path / "source")
+    out = shutil.copytree(source, tmp_path / "out")
+    (out / GGUF_NAME).write_bytes(b"made elsewhere")
+    monkeypatch.setattr(
+        "distilgpt2_api.model_store.prepare.write_gguf", lambda model_dir: pytest.fail("converted again")
+    )
+    manifest = prepare_model("local", out, model_id=str(out))
+    assert (out / GGUF_NAME).read_bytes() == b"made elsewhere" and GGUF_NAME in manifest.files
+    assert read_manifest(out) == manifest
+
+
+def test_quantizing_needs_a_known_type(tmp_path: Path) -> None:
+    with pytest.raises(llamacpp_gguf.ModelStoreError, match="unsupported GGUF quantization 'q3_k'"):
+        quantize_gguf(tmp_path, "q3_k")
+    with pytest.raises(llamacpp_gguf.ModelStoreError, match="could not quantize"):
+        quantize_gguf(tmp_path, "q8_0")  # no model.gguf there
+    assert not list(tmp_path.iterdir())
