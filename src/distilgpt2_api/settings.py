@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     )
     engine: EngineName = Field(
         "ctranslate2",
-        description="ctranslate2 (int8, fast; needs a converted model) or transformers (fp32 reference).",
+        description="ctranslate2 (int8; needs a converted model), llamacpp (a GGUF, continuous batching, prefix "
+        "caching) or transformers (fp32 reference).",
     )
     compute_type: ComputeType = Field(
         "auto",
@@ -63,11 +64,12 @@ class Settings(BaseSettings):
         description="Step-level engines (continuous batching): prompt tokens read per step, all prompts together. "
         "A long prompt is read over several steps, so running streams wait at most one such chunk per token.",
     )
-    prefix_cache_slots: int | None = Field(
-        None,
+    prefix_cache_slots: int = Field(
+        4,
         ge=0,
-        description="Step-level engines: KV slots that may keep ended sequences for prompts sharing their prefix "
-        "(prefix caching); unset: every slot no sequence runs in; 0 turns the cache off.",
+        description="Step-level engines: KV slots beyond MAX_BATCH_SIZE, so that ended sequences stay cached for "
+        "later prompts sharing their beginning (system prompts, conversation history); any slot no sequence runs "
+        "in may hold one. Each slot reserves min(model context, MAX_BATCH_TOKENS) positions. 0: no prefix cache.",
     )
     max_body_bytes: int = Field(131_072, ge=1024, description="Larger request bodies get a 413.")
     max_request_seconds: float = Field(25.0, gt=0, description="Time budget for one generation request.")

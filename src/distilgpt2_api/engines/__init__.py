@@ -31,6 +31,7 @@ def load_engine(
     served_name: str | None = None,
     compute_type: ComputeType = "auto",
     slots: int = 1,
+    context: int | None = None,
 ) -> Engine: ...
 
 
@@ -43,6 +44,7 @@ def load_engine(
     served_name: str | None = None,
     compute_type: ComputeType = "auto",
     slots: int = 1,
+    context: int | None = None,
 ) -> StepEngine: ...
 
 
@@ -55,6 +57,7 @@ def load_engine(
     served_name: str | None = None,
     compute_type: ComputeType = "auto",
     slots: int = 1,
+    context: int | None = None,
 ) -> Engine | StepEngine: ...
 
 
@@ -66,17 +69,19 @@ def load_engine(
     served_name: str | None = None,
     compute_type: ComputeType = "auto",
     slots: int = 1,
+    context: int | None = None,
 ) -> Engine | StepEngine:
     """Load the model in `model_dir` with `engine`, or raise ModelLoadError.
 
-    llamacpp is a StepEngine, driven a step at a time by core/loop.py, holding `slots` sequences' KV caches;
-    the others generate whole requests (`slots` does not apply to them).
+    llamacpp is a StepEngine, driven a step at a time by core/loop.py, holding `slots` sequences' KV caches of
+    up to `context` positions each (default: the model's context); the others generate whole requests (`slots`
+    and `context` do not apply to them).
     """
     info = ModelInfo.read(model_dir, served_name)
     if engine == "llamacpp":
         from distilgpt2_api.engines.llamacpp_engine import LlamaCppEngine
 
-        return LlamaCppEngine(info, threads=threads, slots=slots)
+        return LlamaCppEngine(info, threads=threads, slots=slots, context=context)
     if engine == "ctranslate2":
         from distilgpt2_api.engines.ctranslate2_engine import CTranslate2Engine
 

@@ -86,6 +86,9 @@ def load_scheduler(settings: Settings) -> Scheduler | StepScheduler:
         threads=settings.threads,
         served_name=settings.served_model_name,
         compute_type=settings.compute_type,
+        # Room for the largest request (n sequences run at once) or batch, and the prefix cache's extra slots.
+        slots=max(settings.max_batch_size, settings.max_return_sequences) + settings.prefix_cache_slots,
+        context=settings.max_batch_tokens,  # no sequence may hold more (the token budget of a request)
     )
     if is_step_engine(engine):
         return StepScheduler(
@@ -93,6 +96,6 @@ def load_scheduler(settings: Settings) -> Scheduler | StepScheduler:
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_size=settings.max_batch_size,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
-            prefix_cache_slots=settings.prefix_cache_slots,
+            prefix_cache_slots=None if settings.prefix_cache_slots else 0,  # any free slot, or none
         )
     return Scheduler(engine, max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size)

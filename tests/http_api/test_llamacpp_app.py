@@ -1,0 +1,159 @@
+"""The app on the llama.cpp engine and the step loop: every route and stream as on the other engines, through
+a real server and the `openai` SDK; requests of different sampling settings share steps; prefix caching."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from distilgpt2_api.core.loop import StepScheduler
+from distilgpt2_api.http_api.app_factory import create_app, load_scheduler
+from distilgpt2_api.settings import Settings
+
+from server_process import serving_in_thread
+
+PROMPT = "Once upon a time"
+NEVER = ["never in this text"]  # keeps generation going to max tokens
+
+
+def llamacpp_app(model_dir: Path, **settings: Any) -> FastAPI:
+    config = Settings(model_dir=model_dir, engine="llamacpp", **settings)
+    return create_app(load_scheduler(config), config)
+
+
+@pytest.fixture(scope="module")
+def app(model_dir: Path) -> FastAPI:
+    return llamacpp_app(model_dir, max_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def base_url(app: FastAPI) -> Iterator[str]:
+    with serving_in_thread(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sdk(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_the_step_loop_serves_it(app: FastAPI) -> None:
+    assert isinstance(app.state.scheduler, StepScheduler)
+
+
+def test_completions_greedy_seeded_and_streamed(sdk: openai.OpenAI) -> None:
+    greedy = sdk.completions.create(model="tiny-gpt2", prompt=PROMPT, max_tokens=12, temperature=0, stop=NEVER)
+    (choice,) = greedy.choices
+    assert choice.finish_reason == "length" and choice.text
+    assert greedy.usage is not None and greedy.usage.completion_tokens == 12
+    seeded = [
+        [c.text for c in sdk.completions.create(model="tiny-gpt2", prompt=PROMPT, max_tokens=8, n=2, seed=7).choices]
+        for _ in range(2)
+    ]
+    assert seeded[0] == seeded[1] and len(seeded[0]) == 2
+    streamed = "".join(
+        chunk.choices[0].text
+        for chunk in sdk.completions.create(
+            model="tiny-gpt2", prompt=PROMPT, max_tokens=12, temperature=0, stop=NEVER, stream=True
+        )
+        if chunk.choices
+    )
+    assert streamed == choice.text
+
+
+def test_logprobs_and_generate_details(sdk: openai.OpenAI, client: TestClient) -> None:
+    completion = sdk.completions.create(model="tiny-gpt2", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=3)
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and logprobs.token_logprobs and logprobs.top_logprobs
+    assert all(lp is not None and lp <= 0 for lp in logprobs.token_logprobs)
+    assert all(1 <= len(top) <= 4 for top in logprobs.top_logprobs)
+    body = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 3, "details": True}).json()
+    assert len(body["details"][0]["tokens"]) == 3
+
+
+def test_the_tutorial_route_and_tgi_stream(client: TestClient) -> None:
+    (sequence,) = client.get("/Hello?max_new_tokens=3").json()["generated_sequences"]
+    assert sequence.startswith("Hello")
+    with client.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 3}) as response:
+        events = [line for line in response.iter_lines() if line.startswith("data:")]
+    assert len(events) == 3 and '"generated_text"' in events[-1]
+
+
+def test_a_repeated_prompt_reuses_its_prefix(client: TestClient) -> None:
+    """The second request with the same long beginning computes only its new tokens (prefix caching)."""
+    system = "You are a helpful assistant. " * 8
+    first = client.post("/v1/completions", json={"prompt": system + "Hi", "max_tokens": 2, "temperature": 0})
+    second = client.post("/v1/completions", json={"prompt": system + "Hello", "max_tokens": 2, "temperature": 0})
+    assert first.status_code == second.status_code == 200
+    cached = second.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= len(client.post("/tokenize", json={"prompt": system}).json()["tokens"]) - 1
+    assert "cached=" in second.headers["server-timing"]
+
+
+def test_requests_with_different_settings_share_steps(app: FastAPI, base_url: str) -> None:
+    """Greedy, sampled and seeded requests run side by side; each greedy answer is its answer alone."""
+    prompts = ["Once upon a time", "The weather today", "In the beginning"]
+
+    def complete(prompt: str, **params: Any) -> str:
+        body = {"prompt": prompt, "max_tokens": 10, "stop": NEVER, **params}
+        response = httpx.post(f"{base_url}/v1/completions", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        return str(response.json()["choices"][0]["text"])
+
+    alone = [complete(p, temperature=0) for p in prompts]
+    seeded_alone = complete(PROMPT, temperature=0.9, seed=3)
+    results: dict[str, str] = {}
+    jobs = [(f"greedy-{i}", p, {"temperature": 0}) for i, p in enumerate(prompts)]
+    jobs += [("seeded", PROMPT, {"temperature": 0.9, "seed": 3}), ("sampled", PROMPT, {"temperature": 1.2})]
+    threads = [
+        threading.Thread(target=lambda k=k, p=p, o=o: results.__setitem__(k, complete(p, **o))) for k, p, o in jobs
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [results[f"greedy-{i}"] for i in range(3)] == alone
+    assert results["seeded"] == seeded_alone
+
+
+def test_a_client_that_leaves_frees_its_slot(base_url: str, app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = app.state.scheduler.engine
+    forward = engine.forward
+
+    def slow_forward(chunks: Any) -> Any:
+        time.sleep(0.05)
+        return forward(chunks)
+
+    monkeypatch.setattr(engine, "forward", slow_forward)
+    long = {"prompt": PROMPT, "max_new_tokens": 200, "stop": NEVER}  # >= 10 s of steps
+    with httpx.stream("POST", f"{base_url}/generate_stream", json=long, timeout=60) as response:
+        for index, _ in enumerate(line for line in response.iter_lines() if line.startswith("data:")):
+            if index == 2:
+                break
+    deadline = time.monotonic() + 5
+    while app.state.scheduler.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert app.state.scheduler.running == 0  # the slot was freed long before its 200 tokens
+
+
+def test_chat_on_the_chat_model(chat_model_dir: Path) -> None:
+    with TestClient(llamacpp_app(chat_model_dir), raise_server_exceptions=False) as chat:
+        body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "temperature": 0}
+        response = chat.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["role"] == "assistant"
