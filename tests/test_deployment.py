@@ -19,6 +19,8 @@ import yaml
 from fastapi import FastAPI
 
 from distilgpt2_api.http_api.app_factory import create_app
+from distilgpt2_api.model_store import MANIFEST_NAME, engine_files, is_prepared, read_manifest
+from distilgpt2_api.model_store.llamacpp_gguf import PACKAGE_VERSION as LLAMACPP_VERSION
 from distilgpt2_api.settings import Settings
 
 from route_table import app_routes
@@ -218,68 +220,245 @@ def test_event_through_lambda_handler(event_file: Path, app: FastAPI, lambda_han
 
 # --- Dockerfile.lambda ------------------------------------------------------------------
 
+ENGINES = ["ctranslate2", "llamacpp"]  # what the image can serve: template.yaml's Engine values
+CMAKE_ARGS_MAKE = re.compile(r"^LLAMA_CPP_CMAKE_ARGS \?= (.*)$", re.M)
+# Nothing that builds belongs in the image's file set, nor torch (prepare time only).
+BUILD_TOOLS = {"cmake", "ninja", "gcc", "g++", "cc", "c++", "ld", "make"}
+BUILD_PACKAGES = ("torch", "cmake", "ninja", "scikit_build_core", "setuptools_scm", "transformers")
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]]  # (OP, rest), its build arguments expanded
+
+
+def dockerfile_stages(text: str, build_args: dict[str, str] | None = None) -> list[Stage]:
+    """Every stage, with ARG values (global defaults, the stage's own, then `build_args`) expanded as Docker does."""
+    lines = re.sub(r"\\\n", " ", text).splitlines()
+    instructions = [line.strip().split(None, 1) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    given = build_args or {}
+
+    def expand(value: str, scope: dict[str, str]) -> str:
+        return re.sub(r"\$\{(\w+)\}", lambda m: scope.get(m.group(1), m.group(0)), value)
+
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    scope: dict[str, str] = {}
+    for op, rest in instructions:
+        op = op.upper()
+        if op == "ARG":
+            name, _, default = rest.partition("=")
+            if not stages:
+                global_args[name] = given.get(name, default)
+            else:
+                scope[name] = given.get(name, default or global_args.get(name, ""))
+        elif op == "FROM":
+            words = expand(rest, global_args).split()
+            name = words[words.index("AS") + 1] if "AS" in words else ""
+            stages.append(Stage(name=name, base=words[0], instructions=[]))
+            scope = {}
+        else:
+            stages[-1].instructions.append((op, expand(rest, scope)))
+    return stages
+
+
+def stage_chain(stages: list[Stage], name: str) -> list[Stage]:
+    """The named stage and the stages it is built FROM, base first."""
+    by_name = {stage.name: stage for stage in stages if stage.name}
+    chain = [by_name[name]]
+    while chain[0].base in by_name:
+        chain.insert(0, by_name[chain[0].base])
+    return chain
+
+
+def runs(chain: list[Stage]) -> list[str]:
+    return [rest for stage in chain for op, rest in stage.instructions if op == "RUN"]
+
 
 @dataclass
 class ImageRecipe:
-    """What the final stage of Dockerfile.lambda puts into the image."""
+    """What the final stage of Dockerfile.lambda puts into the image, for one ENGINE."""
 
-    requirements: str  # the builder's `pip install -r` file
-    packages_dir: str  # the builder's `pip install --target` directory
+    engine: str
+    requirements: str  # the packages stage's `pip install -r` file
+    packages_dir: str  # its `pip install --target` directory
+    pip_args: list[str]  # the whole `pip install` command line, from `install` on
+    packages_removed: list[str] = field(default_factory=list)  # paths under packages_dir deleted after the install
+    wheel_stage: Stage | None = None  # the stage whose wheels the packages stage installs (--find-links)
+    model_trim: str = ""  # the model stage's command that keeps only the files ENGINE reads
     local_copies: list[tuple[str, str]] = field(default_factory=list)  # (context path, image path)
     builder_copies: list[tuple[str, str]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     cmd: list[str] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
 
 
-def parse_dockerfile(text: str) -> ImageRecipe:
-    lines = re.sub(r"\\\n", " ", text).splitlines()
-    instructions = [line.strip().split(None, 1) for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    stage_starts = [i for i, (op, *_) in enumerate(instructions) if op.upper() == "FROM"]
-    builder, final = instructions[: stage_starts[-1]], instructions[stage_starts[-1] + 1 :]
+def default_engine(text: str) -> str:
+    match = re.search(r"^ARG ENGINE=(\S+)$", text, flags=re.M)
+    assert match, "Dockerfile.lambda declares no ARG ENGINE with a default"
+    return match.group(1)
 
-    installs = [shlex.split(rest) for op, rest in builder if op.upper() == "RUN" and "pip install" in rest]
-    pip = next(words for words in installs if "--target" in words)
-    recipe = ImageRecipe(requirements=pip[pip.index("-r") + 1], packages_dir=pip[pip.index("--target") + 1])
-    for op, rest in final:
+
+def parse_dockerfile(text: str, engine: str | None = None) -> ImageRecipe:
+    engine = engine or default_engine(text)
+    stages = dockerfile_stages(text, {"ENGINE": engine})
+    final = stages[-1]
+    packages = stage_chain(stages, "packages")
+    installs = [shlex.split(rest) for rest in runs(packages) if "pip install" in rest]
+    (pip,) = [words for words in installs if "--target" in words]
+    packages_dir = pip[pip.index("--target") + 1]
+    recipe = ImageRecipe(
+        engine=engine,
+        requirements=pip[pip.index("-r") + 1],
+        packages_dir=packages_dir,
+        pip_args=pip[pip.index("install") :],
+        stages=stages,
+    )
+    for rest in runs(packages):
         words = shlex.split(rest)
-        if op.upper() == "COPY":
+        if words[:2] == ["rm", "-rf"]:
+            recipe.packages_removed += [
+                w[len(packages_dir) + 1 :] for w in words[2:] if w.startswith(packages_dir + "/")
+            ]
+    if "--find-links" in pip:
+        wheel_dir = pip[pip.index("--find-links") + 1]
+        (source,) = [
+            rest.split()[0].removeprefix("--from=")
+            for stage in packages
+            for op, rest in stage.instructions
+            if op == "COPY" and rest.startswith("--from=") and rest.split()[-1] == wheel_dir
+        ]
+        recipe.wheel_stage = stage_chain(stages, source)[-1]
+    (recipe.model_trim,) = [rest for rest in runs(stage_chain(stages, "model")) if "case " in rest]
+    for op, rest in final.instructions:
+        words = shlex.split(rest)
+        if op == "COPY":
             flags = [w for w in words if w.startswith("--")]
             *sources, dest = [w for w in words if not w.startswith("--")]
             copies = recipe.builder_copies if any(f.startswith("--from=") for f in flags) else recipe.local_copies
             copies.extend((source, dest) for source in sources)
-        elif op.upper() == "ENV":
+        elif op == "ENV":
             recipe.env.update(w.split("=", 1) for w in words)  # type: ignore[arg-type]
-        elif op.upper() == "CMD":
+        elif op == "CMD":
             recipe.cmd = json.loads(rest)
     return recipe
 
 
-def test_dockerfile_recipe() -> None:
-    recipe = parse_dockerfile(DOCKERFILE.read_text())
+def requirement_lines(path: Path) -> list[str]:
+    """The requirements a file pins, following its `-r` includes."""
+    lines: list[str] = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("-r "):
+            lines += requirement_lines(path.parent / line[3:].strip())
+        elif line:
+            lines.append(line)
+    return lines
+
+
+def test_image_engine_is_a_build_argument() -> None:
+    text = DOCKERFILE.read_text()
+    template = load_template()
+    parameter = template["Parameters"]["Engine"]
+    assert parameter["AllowedValues"] == ENGINES
+    assert parameter["Default"] == default_engine(text) == Settings.model_fields["engine"].default
+    assert template["Resources"][FUNCTION]["Metadata"]["DockerBuildArgs"]["ENGINE"] == {"Ref": "Engine"}
+    # The image sets ENGINE itself: a function variable could name an engine the image does not hold.
+    assert "ENGINE" not in template["Resources"][FUNCTION]["Properties"]["Environment"]["Variables"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dockerfile_recipe(engine: str) -> None:
+    text = DOCKERFILE.read_text()
+    recipe = parse_dockerfile(text, engine)
     assert recipe.cmd == ["handler.handler"]
     assert recipe.env["MODEL_DIR"] == "/opt/model"
     assert recipe.env["HF_HUB_OFFLINE"] == "1"
+    assert recipe.env["ENGINE"] == engine
     assert all(value.startswith("/tmp/") for key, value in recipe.env.items() if key.endswith(("_HOME", "CACHE")))
     assert {source for source, _ in recipe.builder_copies} == {recipe.packages_dir, "/opt/model"}
-    assert "--index-url https://download.pytorch.org/whl/cpu torch==" in DOCKERFILE.read_text()
-    assert recipe.env["ENGINE"] == "ctranslate2"
-    assert "torch==" not in (REPO / recipe.requirements).read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu torch==" in text
+    assert "--only-binary=:all:" in recipe.pip_args
+    pins = {
+        re.split(r"[=<>!~ ]", line, maxsplit=1)[0].lower() for line in requirement_lines(REPO / recipe.requirements)
+    }
+    assert not pins & {"torch", "transformers"}
+    assert ("ctranslate2" in pins, "llama-cpp-python" in pins) == (engine == "ctranslate2", engine == "llamacpp")
     for source, _ in recipe.local_copies:
         assert (REPO / source).exists(), f"Dockerfile.lambda copies {source}, which is missing"
+    # What the final image copies from is built on the Lambda image and installs no compiler there.
+    lambda_base = "public.ecr.aws/lambda/python:3.12"
+    assert recipe.stages[-1].base == lambda_base
+    for stage in stage_chain(recipe.stages, "packages"):
+        assert stage.base == lambda_base or stage.base.startswith("packages-")
+    assert not any(re.search(r"\b(dnf|yum|microdnf)\b", rest) for rest in runs(stage_chain(recipe.stages, "packages")))
+    dockerignore = (REPO / ".dockerignore").read_text().splitlines()
+    copied = [
+        rest for stage in recipe.stages for op, rest in stage.instructions if op == "COPY" and "--from" not in rest
+    ]
+    for name in {word for rest in copied for word in rest.split()[:-1]}:
+        assert f"!{name}" in dockerignore or f"!{name}/" in dockerignore, f".dockerignore leaves {name} out"
+
+
+def test_llamacpp_wheel_is_built_as_make_install_builds_it() -> None:
+    """The image builds the pinned binding with the Makefile's portable CMake arguments, in a stage of its own."""
+    recipe = parse_dockerfile(DOCKERFILE.read_text(), "llamacpp")
+    stage = recipe.wheel_stage
+    assert stage is not None and stage.base == "public.ecr.aws/lambda/python:3.12"  # Lambda's own OS and glibc
+    env = dict(shlex.split(rest)[0].split("=", 1) for op, rest in stage.instructions if op == "ENV")
+    make_args = CMAKE_ARGS_MAKE.search((REPO / "Makefile").read_text())
+    assert make_args and env["CMAKE_ARGS"] == make_args.group(1)
+    assert "-DGGML_NATIVE=OFF" in env["CMAKE_ARGS"]  # never the build machine's own CPU
+    (wheel,) = [shlex.split(rest) for rest in runs([stage]) if "pip wheel" in rest]
+    assert "--no-deps" in wheel and "\"$(grep '^llama-cpp-python==' requirements-llamacpp.txt)\"" in stage_text(stage)
+    pins = [line for line in requirement_lines(REPO / "requirements-llamacpp.txt") if line.startswith("llama-cpp-")]
+    assert pins == [f"llama-cpp-python=={LLAMACPP_VERSION}"]
+    assert any(re.search(r"\bdnf install -y .*gcc-c\+\+.*cmake", rest) for rest in runs([stage]))
+    # Not in the ctranslate2 image: its packages never come from that stage.
+    assert parse_dockerfile(DOCKERFILE.read_text(), "ctranslate2").wheel_stage is None
+
+
+def stage_text(stage: Stage) -> str:
+    return "\n".join(f"{op} {rest}" for op, rest in stage.instructions)
+
+
+def bake_model(recipe: ImageRecipe, model_dir: Path, target: Path) -> Path:
+    """`model_dir` as the model stage leaves /opt/model for this engine: its own trimming command, run here."""
+    baked = shutil.copytree(model_dir, target)
+    command = recipe.model_trim.replace("/opt/model", shlex.quote(str(baked)))
+    subprocess.run(["sh", "-ec", command], check=True, env={"PATH": "/usr/bin:/bin", "ENGINE": recipe.engine})
+    return baked
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_model_stage_keeps_the_files_the_engine_reads(engine: str, model_dir: Path, tmp_path: Path) -> None:
+    recipe = parse_dockerfile(DOCKERFILE.read_text(), engine)
+    baked = bake_model(recipe, model_dir, tmp_path / "opt-model")
+    manifest = read_manifest(baked)
+    assert manifest is not None
+    left = {str(p.relative_to(baked)) for p in baked.rglob("*") if p.is_file()}
+    assert left == set(engine_files(manifest, engine)) | {MANIFEST_NAME}
+    assert is_prepared(baked, engine=engine)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
-def test_every_requirement_has_a_wheel_for_the_image(machine: str, tmp_path: Path) -> None:
-    """The Lambda Python 3.12 image (Amazon Linux 2023, glibc 2.34) can install requirements.txt."""
-    recipe = parse_dockerfile(DOCKERFILE.read_text())
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_requirement_has_a_wheel_for_the_image(engine: str, machine: str, tmp_path: Path) -> None:
+    """The Lambda Python 3.12 image (Amazon Linux 2023, glibc 2.34) can install the engine's requirements as wheels
+    (llama-cpp-python aside: the image builds that one)."""
+    recipe = parse_dockerfile(DOCKERFILE.read_text(), engine)
     assert all("lambda/python:3.12" in line for line in DOCKERFILE.read_text().splitlines() if "lambda/python" in line)
+    wanted = tmp_path / "requirements.txt"
+    wanted.write_text("\n".join(r for r in requirement_lines(REPO / recipe.requirements) if "llama-cpp" not in r))
     platforms = [f"manylinux_2_{minor}_{machine}" for minor in (34, 28, 17)] + [f"manylinux2014_{machine}"]
     result = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:"]
         + [arg for platform in platforms for arg in ("--platform", platform)]
-        + ["--python-version", "3.12", "--implementation", "cp", "--dest", str(tmp_path)]
-        + ["-r", str(REPO / recipe.requirements)],
+        + ["--python-version", "3.12", "--implementation", "cp", "--dest", str(tmp_path / "wheels")]
+        + ["-r", str(wanted)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -287,38 +466,86 @@ def test_every_requirement_has_a_wheel_for_the_image(machine: str, tmp_path: Pat
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def _install_key(recipe: ImageRecipe) -> str:
-    digest = hashlib.sha256((REPO / recipe.requirements).read_bytes())
+def cached_llamacpp_wheel() -> Path:
+    """The pinned llama-cpp-python wheel `make install` built (pip's wheel cache): the image builds the same one."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "cache", "list", "llama_cpp_python", "--format=abspath"],
+        capture_output=True,
+        text=True,
+    )
+    wheels = [
+        Path(p) for p in result.stdout.split() if Path(p).name.startswith(f"llama_cpp_python-{LLAMACPP_VERSION}-")
+    ]
+    if not wheels:
+        pytest.skip(f"no llama-cpp-python {LLAMACPP_VERSION} wheel in pip's cache: `make install` builds it")
+    return max(wheels, key=lambda p: p.stat().st_mtime)
+
+
+def _install_key(recipe: ImageRecipe, extra: bytes = b"") -> str:
+    digest = hashlib.sha256(extra)
+    for name in sorted({recipe.requirements, "requirements-common.txt"}):
+        digest.update((REPO / name).read_bytes())
+    digest.update(json.dumps([recipe.pip_args, recipe.packages_removed]).encode())
     digest.update(sys.version.encode())
     return digest.hexdigest()[:16]
 
 
-@pytest.fixture(scope="session")
-def image_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """requirements.txt installed with `pip install --target`, as the image's builder does.
+def install_image_packages(base: Path, engine: str) -> Path:
+    """The engine's requirements installed with `pip install --target`, as the image's packages stage does.
 
-    Kept next to pytest's numbered temp dirs (not in the repo) and reused while
-    requirements.txt and the Python version are unchanged: torch takes a while.
+    Kept next to pytest's numbered temp dirs (not in the repo) and reused while the requirements, the install
+    and the Python version are unchanged. For llamacpp, the wheel dir the image builds is one wheel from pip's cache.
     """
-    recipe = parse_dockerfile(DOCKERFILE.read_text())
-    target = tmp_path_factory.getbasetemp().parent / f"lambda-packages-{_install_key(recipe)}"
+    recipe = parse_dockerfile(DOCKERFILE.read_text(), engine)
+    wheel = cached_llamacpp_wheel() if recipe.wheel_stage else None
+    key = _install_key(recipe, hashlib.sha256(wheel.read_bytes()).digest() if wheel else b"")
+    target = base / f"lambda-packages-{engine}-{key}"
     if not (target / ".complete").exists():
         partial = target.with_name(f"{target.name}.partial-{os.getpid()}")  # concurrent sessions don't collide
         shutil.rmtree(partial, ignore_errors=True)
+        args = list(recipe.pip_args)
+        args[args.index("--target") + 1] = str(partial)
+        args[args.index("-r") + 1] = str(REPO / recipe.requirements)
+        args.remove("--no-cache-dir")
+        if wheel:
+            wheels = partial.with_name(f"{partial.name}-wheels")
+            wheels.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(wheel, wheels / wheel.name)
+            args[args.index("--find-links") + 1] = str(wheels)
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-            + ["--only-binary=:all:", "--target", str(partial), "-r", str(REPO / recipe.requirements)],
+            [sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
             capture_output=True,
             text=True,
             timeout=1800,
         )
+        if wheel:
+            shutil.rmtree(wheels, ignore_errors=True)
         assert result.returncode == 0, result.stderr[-4000:]
+        for removed in recipe.packages_removed:
+            shutil.rmtree(partial / removed)  # what the packages stage deletes after its install
         (partial / ".complete").touch()  # before the rename: a `target` that exists is complete
         try:
             partial.rename(target)
         except OSError:  # another session finished first
             shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+@pytest.fixture(scope="session")
+def image_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default image's packages (ENGINE=ctranslate2)."""
+    return install_image_packages(tmp_path_factory.getbasetemp().parent, default_engine(DOCKERFILE.read_text()))
+
+
+@pytest.fixture(scope="session")
+def llamacpp_image_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install_image_packages(tmp_path_factory.getbasetemp().parent, "llamacpp")
+
+
+def engine_image_packages(request: pytest.FixtureRequest, engine: str) -> Path:
+    fixture = "image_packages" if engine == default_engine(DOCKERFILE.read_text()) else f"{engine}_image_packages"
+    packages: Path = request.getfixturevalue(fixture)
+    return packages
 
 
 # Runs in the bare interpreter: invokes the handler with each event, and lists any
@@ -342,15 +569,21 @@ outside = sorted(
     # torch names some generated modules with bare relative "files": not imports from disk.
     if f and os.path.isabs(f) and (not f.startswith(allowed) or "site-packages" in f)
 )
-print(json.dumps({"results": results, "outside": outside}))
+# The shared libraries this process mapped, by path.
+libraries = sorted({line.split()[-1] for line in open("/proc/self/maps") if ".so" in line.rsplit("/", 1)[-1]})
+print(json.dumps({"results": results, "outside": outside, "libraries": libraries}))
 """
 
 
-@pytest.mark.slow
-def test_image_contents_serve_every_event(image_packages: Path, model_dir: Path, tmp_path: Path) -> None:
-    """Only what Dockerfile.lambda copies into the image is importable, and it serves."""
-    recipe = parse_dockerfile(DOCKERFILE.read_text())
-    task_root = tmp_path / "task"
+def lambda_library_path(task_root: Path, packages: Path) -> str:
+    """Lambda's LD_LIBRARY_PATH, the task root's parts where this test keeps them (app files and packages apart)."""
+    return ":".join(
+        ["/var/lang/lib", "/lib64", "/usr/lib64", str(task_root), f"{task_root}/lib", str(packages)]
+        + [f"{packages}/lib", "/opt/lib"]
+    )
+
+
+def build_task_root(recipe: ImageRecipe, task_root: Path) -> Path:
     for source, dest in recipe.local_copies:
         target = task_root / Path(dest.replace("${LAMBDA_TASK_ROOT}", "").lstrip("/"))
         if dest.endswith("/"):
@@ -358,17 +591,32 @@ def test_image_contents_serve_every_event(image_packages: Path, model_dir: Path,
         copy = shutil.copytree if (REPO / source).is_dir() else shutil.copy2
         target.parent.mkdir(parents=True, exist_ok=True)
         copy(REPO / source, target)
+    return task_root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_image_contents_serve_every_event(
+    engine: str, request: pytest.FixtureRequest, model_dir: Path, tmp_path: Path
+) -> None:
+    """Only what Dockerfile.lambda copies into the image for ENGINE is importable, and it serves every event."""
+    recipe = parse_dockerfile(DOCKERFILE.read_text(), engine)
+    packages = engine_image_packages(request, engine)
+    task_root = build_task_root(recipe, tmp_path / "task")
     # A venv without pip: the base interpreter and stdlib, none of the app venv's packages.
     bare = tmp_path / "bare-python"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
 
-    # The tiny model stands in for the baked one: as in the image, without its fp32 weights.
-    baked = shutil.copytree(model_dir, tmp_path / "opt-model", ignore=shutil.ignore_patterns("*.safetensors"))
+    # The tiny model stands in for the baked one, trimmed by the model stage's own command.
+    baked = bake_model(recipe, model_dir, tmp_path / "opt-model")
+    template_env = load_template()["Resources"][FUNCTION]["Properties"]["Environment"]["Variables"]
     env = {**recipe.env, "MODEL_DIR": str(baked), "SERVED_MODEL_NAME": "distilgpt2"}
+    env |= {"MAX_BATCH_SIZE": template_env["MAX_BATCH_SIZE"]}  # as the function runs: one request at a time
     env |= {key: str(tmp_path / "cache" / key) for key, value in recipe.env.items() if value.startswith("/tmp/")}
     # In the image, app files and packages share the task root; the app's copies win.
-    search_path = f"{task_root}:{image_packages}"
+    search_path = f"{task_root}:{packages}"
     env |= {"PATH": "/usr/bin:/bin", "PYTHONPATH": search_path, "LAMBDA_TASK_ROOT": str(task_root)}
+    env |= {"LD_LIBRARY_PATH": lambda_library_path(task_root, packages)}
     events = [f.read_text() for f in EVENT_FILES]
     result = subprocess.run(
         [str(bare / "bin" / "python"), "-s", "-c", _INVOKE, recipe.cmd[0], search_path, *events],
@@ -386,6 +634,27 @@ def test_image_contents_serve_every_event(image_packages: Path, model_dir: Path,
             assert response["statusCode"] == 200, (event_file.name, response.get("body"))
         else:
             assert response["warmed"] is True, event_file.name
+    if engine == "llamacpp":
+        # llama.cpp's libraries from beside the binding, and one CPU variant from bin/, as the engine loads them.
+        ggml = [lib for lib in report["libraries"] if "/libggml" in lib or "/libllama" in lib]
+        assert ggml and all(lib.startswith((f"{packages}/llama_cpp/lib/", f"{packages}/bin/")) for lib in ggml), ggml
+        assert any(lib.startswith(f"{packages}/bin/libggml-cpu-") for lib in ggml), ggml
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_image_file_set_holds_no_build_tools_and_one_engine(engine: str, request: pytest.FixtureRequest) -> None:
+    packages = engine_image_packages(request, engine)
+    top = {p.name.lower() for p in packages.iterdir()}
+    assert not {name for name in top if name.startswith(BUILD_PACKAGES)}, sorted(top)
+    executables = {p.name for p in packages.rglob("*") if p.is_file() and os.access(p, os.X_OK)}
+    assert not executables & BUILD_TOOLS, sorted(executables & BUILD_TOOLS)
+    other = {"ctranslate2": "llama_cpp", "llamacpp": "ctranslate2"}[engine]
+    assert other not in top, f"the {engine} image holds {other}"
+    if engine == "llamacpp":
+        variants = sorted(p.name for p in (packages / "bin").glob("libggml-cpu-*.so"))
+        assert "libggml-cpu-x64.so" in variants and len(variants) > 1, variants  # the portable build, every variant
+        assert not (packages / "lib").exists() and not (packages / "include").exists()
 
 
 # --- Makefile -----------------------------------------------------------------------------
