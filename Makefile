@@ -26,7 +26,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # The fetch step then extracts llama.cpp's GGUF converter from the same sdist, for prepare-model.
 LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON
 TORCH := $(shell sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements-prepare.txt)
-$(VENV)/.installed: requirements.txt requirements-prepare.txt requirements-llamacpp.txt pyproject.toml | $(BIN)/python
+$(VENV)/.installed: requirements-common.txt requirements.txt requirements-prepare.txt requirements-llamacpp.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --retries 1 --timeout 15 --index-url $(TORCH_CPU_INDEX) '$(TORCH)' 2>/dev/null \
 		|| $(BIN)/pip install --quiet '$(TORCH)'
 	$(BIN)/pip install --quiet -r requirements-prepare.txt -e '.[dev]'
