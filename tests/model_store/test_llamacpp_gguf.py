@@ -1,5 +1,7 @@
 """prepare-model writes model.gguf with llama.cpp's own converter (float32), listed in the manifest; the converter
-comes from the pinned llama-cpp-python sdist, extracted by `make install`: no network here."""
+comes from the pinned llama-cpp-python sdist, extracted by `make install`: no network here. Where llama-cpp-python is
+installed, the GGUF gate then chooses which type is served (test_gguf_gate.py); these tests go without it, as the
+image's model stage does."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from safetensors.numpy import load_file
 
 from distilgpt2_api.engines import llamacpp_engine
 from distilgpt2_api.model_store import NetworkUnavailableError, is_prepared, llamacpp_gguf, read_manifest, smollm2
+from distilgpt2_api.model_store import prepare as prepare_module
 from distilgpt2_api.model_store.llamacpp_gguf import (
     GGUF_NAME,
+    QUANTIZED_TYPES,
     fetch_converter,
     quantize_gguf,
     quantized_name,
@@ -36,16 +40,18 @@ def _field(reader: GGUFReader, key: str) -> object:
 
 
 @pytest.mark.parametrize(("build", "arch"), [(build_tiny_gpt2, "gpt2"), (build_tiny_chat_llama, "llama")])
-def test_prepare_writes_a_float32_gguf_listed_in_the_manifest(build, arch: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_prepare_writes_a_float32_gguf_listed_in_the_manifest(  # type: ignore[no-untyped-def]
+    build, arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prepare_module, "can_quantize", lambda: False)  # no binding, no gate
     source = build(tmp_path / "source")
     manifest = prepare_model("local", tmp_path / "out", model_id=str(source))
     out = tmp_path / "out"
-    q8 = quantized_name("q8_0")  # written too, since llama-cpp-python is installed here
-    assert {GGUF_NAME, q8} <= manifest.files.keys() and is_prepared(out, engine="llamacpp")
-    assert {GGUF_NAME, q8, "config.json", "tokenizer.json"} <= engine_files(manifest, "llamacpp").keys()
-    assert not {GGUF_NAME, q8} & engine_files(manifest, "transformers").keys()
-    assert not {GGUF_NAME, q8} & engine_files(manifest, "ctranslate2").keys()
-    assert GGMLQuantizationType.Q8_0 in {t.tensor_type for t in GGUFReader(out / q8).tensors}
+    assert [p.name for p in out.glob("*.gguf")] == [GGUF_NAME]
+    assert GGUF_NAME in manifest.files and is_prepared(out, engine="llamacpp")
+    assert {GGUF_NAME, "config.json", "tokenizer.json"} <= engine_files(manifest, "llamacpp").keys()
+    assert GGUF_NAME not in engine_files(manifest, "transformers")
+    assert GGUF_NAME not in engine_files(manifest, "ctranslate2")
     reader = GGUFReader(out / GGUF_NAME)
     assert _field(reader, "general.architecture") == arch
     # The test tokenizer's BPE is unknown to the converter: its pre-tokenizer is written as "default".
@@ -102,7 +108,10 @@ def test_smollm2_keeps_its_shipped_gguf(tmp_path: Path, monkeypatch: pytest.Monk
     assert (dest / GGUF_NAME).read_bytes() == b"GGUF as shipped"
 
 
-def test_prepare_keeps_a_gguf_already_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_binding_prepare_keeps_a_gguf_already_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prepare_module, "can_quantize", lambda: False)  # with it, the GGUF would be a candidate
     source = build_tiny_gpt2(tmp_path / "source")
     out = shutil.copytree(source, tmp_path / "out")
     (out / GGUF_NAME).write_bytes(b"made elsewhere")
@@ -112,6 +121,20 @@ def test_prepare_keeps_a_gguf_already_there(tmp_path: Path, monkeypatch: pytest.
     manifest = prepare_model("local", out, model_id=str(out))
     assert (out / GGUF_NAME).read_bytes() == b"made elsewhere" and GGUF_NAME in manifest.files
     assert read_manifest(out) == manifest
+
+
+def test_quantize_makes_each_candidate_type_from_a_named_source(tmp_path: Path) -> None:
+    model = build_tiny_gpt2(tmp_path / "model")
+    write_gguf(model, name="model.f32.gguf")
+    made = {
+        ftype: quantize_gguf(model, ftype, source="model.f32.gguf", name=f"candidate-{ftype}.gguf")
+        for ftype in QUANTIZED_TYPES
+    }
+    assert not (model / GGUF_NAME).exists() and made["q8_0"] == model / "candidate-q8_0.gguf"
+    main = {ftype: {t.tensor_type for t in GGUFReader(path).tensors} for ftype, path in made.items()}
+    assert GGMLQuantizationType.F16 in main["f16"] and GGMLQuantizationType.Q8_0 in main["q8_0"]
+    assert GGMLQuantizationType.Q4_K in main["q4_k_m"]  # where a row is 256 wide; narrower ones fall back
+    assert quantize_gguf(model, "q8_0", source="model.f32.gguf") == model / quantized_name("q8_0")
 
 
 def test_quantizing_needs_a_known_type(tmp_path: Path) -> None:

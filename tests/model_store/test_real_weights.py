@@ -23,6 +23,9 @@ from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR, QUALITY_FILE, 
 from distilgpt2_api.http_api.app_factory import create_app
 from distilgpt2_api.model_store import is_prepared, read_manifest, smollm2
 from distilgpt2_api.model_store.convert import QUALITY_TEXT
+from distilgpt2_api.model_store.gguf_gate import gguf_types
+from distilgpt2_api.model_store.llamacpp_gguf import can_quantize
+from distilgpt2_api.model_store.manifest import QUALITY_RECORD
 from distilgpt2_api.model_store.prepare import prepare_model
 from distilgpt2_api.model_store.quality import ctranslate2_perplexity, perplexity
 from distilgpt2_api.settings import Settings
@@ -52,7 +55,8 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     configured = os.environ.get("PREPARED_SMOLLM2_DIR")
     path = Path(configured) if configured else tmp_path_factory.getbasetemp() / "prepared-smollm2"
     manifest = read_manifest(path)
-    if not (is_prepared(path) and manifest is not None and manifest.source == "smollm2"):
+    gated = not can_quantize() or (path / QUALITY_RECORD).is_file()  # prepared before the GGUF gate: again
+    if not (is_prepared(path) and manifest is not None and manifest.source == "smollm2" and gated):
         prepare_model("smollm2", path, model_id=None, strict=True)
     return path
 
@@ -75,7 +79,22 @@ def test_prepared_directory_is_plain_safetensors(smollm2_dir: Path) -> None:
     config = json.loads((smollm2_dir / "config.json").read_text())
     assert "quantization_config" not in config  # loads as an ordinary float model, no gguf quantizer
     assert config["model_type"] == "llama"
-    assert [p.name for p in smollm2_dir.glob("*.gguf")] == ["model.gguf"]  # for llama.cpp: Q4_1 as shipped
+    assert [p.name for p in smollm2_dir.glob("*.gguf")] == ["model.gguf"]  # for llama.cpp: the gate's choice
+
+
+@pytest.mark.skipif(not can_quantize(), reason="the GGUF gate needs llama-cpp-python")
+def test_gguf_gate_weighs_the_shipped_q4_1_with_the_others(smollm2_dir: Path) -> None:
+    gate = json.loads((smollm2_dir / QUALITY_RECORD).read_text())
+    candidates = gate["candidates"]
+    assert candidates.keys() == {"shipped", "f32", "f16", "q8_0", "q4_k_m"}
+    assert candidates["shipped"]["type"] == "Q4_1" and candidates["f32"]["type"] == "F32"
+    # F32 holds the safetensors' weights: llama.cpp's figures are fp32's.
+    assert abs(candidates["f32"]["perplexity_vs_fp32"]) < 0.001 and candidates["f32"]["greedy_probe_agrees"]
+    limit = gate["reference_perplexity"] * (1 + gate["tolerance"])
+    passing = [k for k, e in candidates.items() if e["greedy_probe_agrees"] and e["perplexity"] <= limit]
+    assert passing and gate["chosen"] == max(passing, key=lambda k: candidates[k]["tokens_per_s"])
+    assert gguf_types(smollm2_dir / "model.gguf")[0] == gate["chosen_type"]
+    assert candidates[gate["chosen"]]["size_bytes"] == (smollm2_dir / "model.gguf").stat().st_size
 
 
 def test_greedy_generation_is_deterministic_english(loaded: tuple[PreTrainedModel, PreTrainedTokenizerBase]) -> None:
@@ -154,7 +173,7 @@ def test_chat_answers_and_stops_at_the_end_of_turn(smollm2_dir: Path) -> None:
         assert client.post("/v1/chat/completions", json={**request, "max_tokens": 64}).json()["choices"] == [choice]
 
 
-def test_llamacpp_engine_writes_english_from_the_shipped_gguf(smollm2_dir: Path) -> None:
+def test_llamacpp_engine_writes_english_from_the_chosen_gguf(smollm2_dir: Path) -> None:
     import numpy as np
 
     from distilgpt2_api.engines.base import Chunk

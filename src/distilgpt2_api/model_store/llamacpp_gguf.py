@@ -85,11 +85,12 @@ def _extract_converter(sdist: Path, dest: Path) -> None:
         raise ModelStoreError(f"{sdist.name} holds no {_VENDORED}/convert_hf_to_gguf.py")
 
 
-def write_gguf(model_dir: Path, *, outtype: str = GGUF_TYPE) -> Path:
-    """Convert the transformers model in `model_dir` into `model_dir/model.gguf` with llama.cpp's converter."""
+def write_gguf(model_dir: Path, *, outtype: str = GGUF_TYPE, name: str = GGUF_NAME) -> Path:
+    """Convert the transformers model in `model_dir` into `model_dir/<name>` (model.gguf) with llama.cpp's
+    converter, in `outtype` (f32, f16, bf16, q8_0: the converter's own)."""
     source = fetch_converter()
-    output = model_dir / GGUF_NAME
-    partial = model_dir / f".{GGUF_NAME}.partial"
+    output = model_dir / name
+    partial = model_dir / f".{name}.partial"
     command = [
         sys.executable, str(_RUNNER), str(source), str(model_dir),
         "--outtype", outtype, "--outfile", str(partial),
@@ -108,27 +109,38 @@ def write_gguf(model_dir: Path, *, outtype: str = GGUF_TYPE) -> Path:
     return output
 
 
-def quantize_gguf(model_dir: Path, ftype: str = "q8_0", *, threads: int = 0) -> Path:
-    """Write `model_dir/model.<ftype>.gguf` from the float32 model.gguf with the binding's llama_model_quantize.
+# What llama_model_quantize can make here, by the name the gate records (llama.cpp's LLAMA_FTYPE_MOSTLY_*).
+QUANTIZED_TYPES = ("f16", "q8_0", "q4_k_m")
 
-    Needs llama-cpp-python (built by `make install`); only Q8_0 so far. Which file the engine serves is not chosen
-    here: a quality gate will (as model_store/convert.py does for CTranslate2).
+
+def quantize_gguf(
+    model_dir: Path, ftype: str = "q8_0", *, source: str = GGUF_NAME, name: str | None = None, threads: int = 0
+) -> Path:
+    """Write `model_dir/<name>` (default model.<ftype>.gguf) from the float32 `model_dir/<source>` with the binding's
+    llama_model_quantize, as `ftype`: one of QUANTIZED_TYPES.
+
+    Needs llama-cpp-python (built by `make install`). Which file the engine serves is not chosen here: the GGUF
+    quality gate (model_store/gguf_gate.py) does.
     """
+    if ftype not in QUANTIZED_TYPES:
+        raise ModelStoreError(f"unsupported GGUF quantization {ftype!r}; expected one of {', '.join(QUANTIZED_TYPES)}")
     from distilgpt2_api.engines.llamacpp_engine import llama  # the binding, with llama.cpp's log kept quiet
 
-    ftypes = {"q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0}
-    if ftype not in ftypes:
-        raise ModelStoreError(f"unsupported GGUF quantization {ftype!r}; expected one of {', '.join(ftypes)}")
-    source = model_dir / GGUF_NAME
-    output = model_dir / quantized_name(ftype)
+    ftypes = {
+        "f16": llama.LLAMA_FTYPE_MOSTLY_F16,
+        "q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0,
+        "q4_k_m": llama.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+    }
+    source_path = model_dir / source
+    output = model_dir / (name or quantized_name(ftype))
     partial = model_dir / f".{output.name}.partial"
     params = llama.llama_model_quantize_default_params()
     params.ftype = ftypes[ftype]
     params.nthread = threads
-    status = llama.llama_model_quantize(str(source).encode(), str(partial).encode(), params)
+    status = llama.llama_model_quantize(str(source_path).encode(), str(partial).encode(), params)
     if status != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
-        raise ModelStoreError(f"llama.cpp could not quantize {source} to {ftype} (status {status})")
+        raise ModelStoreError(f"llama.cpp could not quantize {source_path} to {ftype} (status {status})")
     os.replace(partial, output)
     return output
 

@@ -25,6 +25,8 @@ MANIFEST_VERSION = 1
 CT2_SUBDIR = "ctranslate2-int8"
 # The llama.cpp engine's weights: engines.llamacpp_engine.GGUF_NAME (that module imports llama_cpp).
 GGUF_NAME = "model.gguf"
+# The GGUF quality gate's record (model_store/gguf_gate.py): read at prepare time only, so no engine fetches it.
+QUALITY_RECORD = "quality.json"
 SMALL_FILES = (".json", ".jinja")  # config, tokenizer, chat template: every engine reads them
 
 # safetensors dtype codes -> the torch names people know.
@@ -123,22 +125,25 @@ def engine_files(manifest: Manifest, engine: EngineName) -> dict[str, FileEntry]
     """The manifest's files that `engine` reads (manifest.json itself aside).
 
     ctranslate2: the int8 subdirectory and the top-level JSON and Jinja files (config, generation config,
-    tokenizer, chat template), never the fp32 weights. llamacpp: model.gguf (and model.q8_0.gguf when prepared
-    with the binding installed) and those same small files.
-    transformers: everything except the int8 subdirectory and the GGUF.
+    tokenizer, chat template), never the fp32 weights. llamacpp: model.gguf (the type the GGUF gate chose) and those
+    same small files. transformers: everything except the int8 subdirectory and the GGUF.
+    None of them reads the top-level quality.json, the GGUF gate's record.
     """
     in_ct2 = {name: name.startswith(f"{CT2_SUBDIR}/") for name in manifest.files}
     small = {
         name
         for name in manifest.files
-        if "/" not in name and name.endswith((".json", ".jinja")) and not name.endswith(".index.json")
+        if "/" not in name
+        and name.endswith((".json", ".jinja"))
+        and not name.endswith(".index.json")
+        and name != QUALITY_RECORD
     }
     if engine == "ctranslate2":
         keep = small | {name for name in manifest.files if in_ct2[name]}
     elif engine == "llamacpp":
         keep = small | {name for name in manifest.files if _is_gguf(name)}
     elif engine == "transformers":
-        keep = {name for name in manifest.files if not in_ct2[name] and not _is_gguf(name)}
+        keep = {name for name in manifest.files if not in_ct2[name] and not _is_gguf(name) and name != QUALITY_RECORD}
     else:
         raise ModelStoreError(f"unknown engine {engine!r}; expected ctranslate2, transformers or llamacpp")
     return {name: entry for name, entry in manifest.files.items() if name in keep}

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR
 
-from . import hub, smollm2
+from . import gguf_gate, hub, smollm2
 from .convert import convert_for_ctranslate2
 from .errors import ModelStoreError, NetworkUnavailableError
-from .llamacpp_gguf import GGUF_NAME, can_quantize, quantize_gguf, write_gguf
+from .llamacpp_gguf import GGUF_NAME, can_quantize, write_gguf
 from .local import copy_model_files, validate_model_dir
 from .manifest import Manifest, read_manifest, verify_checksums, write_manifest
+from .quality import fp32_reference
 from .s3 import download_prefix
 from .settings import DEFAULT_MODEL_ID, MODEL_SOURCES
 from .staging import staged_directory
@@ -104,13 +105,20 @@ def _prepare_local(output: Path, source_dir: Path) -> Manifest:
 
 def _finish(model_dir: Path, *, source: str, model_id: str, revision: str | None = None) -> Manifest:
     """Add the fast engine's int8 weights and the llama.cpp engine's GGUF (made here, never at cold start), then
-    the manifest."""
-    if not (model_dir / CT2_SUBDIR / "model.bin").is_file():
-        convert_for_ctranslate2(model_dir)
-    if not (model_dir / GGUF_NAME).is_file():
+    the manifest. Both quality gates compare with the fp32 weights, loaded once for both."""
+    convert = not (model_dir / CT2_SUBDIR / "model.bin").is_file()
+    # With the binding, the GGUF gate chooses model.gguf among the shipped GGUF, F32, F16, Q8_0 and Q4_K_M (unless it
+    # has already: a directory from S3, or prepared in place). Without it (the image's model stage), the shipped
+    # GGUF or the converter's F32 is model.gguf, as written.
+    gate = can_quantize() and not gguf_gate.is_gated(model_dir)
+    reference = fp32_reference(model_dir) if convert or gate else None
+    if convert:
+        convert_for_ctranslate2(model_dir, reference)
+    if gate:
+        assert reference is not None
+        gguf_gate.choose_gguf(model_dir, reference)
+    elif not (model_dir / GGUF_NAME).is_file():
         write_gguf(model_dir)
-        if can_quantize():  # from the float32 GGUF just written (not from SmolLM2's shipped Q4_1)
-            quantize_gguf(model_dir, "q8_0")
     return write_manifest(model_dir, source=source, model_id=model_id, revision=revision)
 
 
