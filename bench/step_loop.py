@@ -394,24 +394,30 @@ def part_load(servers: dict[str, load.Server], specs: list[Spec], rounds: int, s
     return out
 
 
-def long_prompt(index: int) -> str:
+# Words of the repeated paragraph that make ~800 tokens with each model's tokenizer (SmolLM2: 824; the
+# distilgpt2-shape's random-text BPE splits English finer, and its context is 1,024).
+LONG_PROMPT_WORDS = {"smollm2": 750, "distil": 500}
+
+
+def long_prompt(index: int, words: int) -> str:
     """~800 tokens, its beginning unique to `index`: no prefix cache can answer it."""
-    return f"Report number {index * 7919 % 100_000}. " + " ".join([bench.PARAGRAPH] * 5)
+    text = " ".join(" ".join([bench.PARAGRAPH] * 6).split()[:words])
+    return f"Report number {index * 7919 % 100_000}. " + text
 
 
-def part_ttft(servers: dict[str, load.Server], specs: list[Spec], rounds: int, runs: int) -> dict[str, Any]:
+def part_ttft(servers: dict[str, load.Server], specs: list[Spec], rounds: int, runs: int, words: int) -> dict[str, Any]:
     samples: dict[str, list[Streamed]] = {s.label: [] for s in specs}
     counter = 0
     for spec in specs:  # warm-up
         counter += 1
         with http(servers[spec.label]) as client:
-            stream(client, "/v1/completions", body(spec, "greedy", 4, prompt=long_prompt(10_000 + counter)))
+            stream(client, "/v1/completions", body(spec, "greedy", 4, prompt=long_prompt(10_000 + counter, words)))
     for _ in range(rounds):
         for spec in specs:
             with http(servers[spec.label]) as client:
                 for _ in range(runs):
                     counter += 1
-                    payload = body(spec, "greedy", TTFT_TOKENS, prompt=long_prompt(counter))
+                    payload = body(spec, "greedy", TTFT_TOKENS, prompt=long_prompt(counter, words))
                     samples[spec.label].append(stream(client, "/v1/completions", payload))
     return {
         label: {
@@ -633,6 +639,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smollm2-dir", type=Path, required=True, help="prepare-model --source smollm2 output")
     parser.add_argument("--distil-dir", type=Path, help="distilgpt2-shape prepared with its GGUF")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}")
+    parser.add_argument(
+        "--models",
+        default="smollm2,distil",
+        help="models of the per-model parts (single, ttft, "
+        "load, determinism); prefix is SmolLM2's, cold distilgpt2-shape's",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per part")
     parser.add_argument("--runs", type=int, default=3, help="requests per system and round (single, ttft)")
     parser.add_argument("--load-seconds", type=float, default=30.0)
@@ -668,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("parts", {})
     noise: dict[str, Any] = results.setdefault("noise", {})
     models = {"smollm2": args.smollm2_dir} | ({"distil": args.distil_dir} if args.distil_dir else {})
+    models = {name: path for name, path in models.items() if name in args.models.split(",")}
+    invocation = {"started_at": results["started_at"], "parts": args.parts, "models": list(models)}
+    results.setdefault("invocations", []).append(invocation)
 
     def save() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -685,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             peer_np = (1, 8) if "load" in wanted else (1,)
             specs = model_specs(name, model_dir, workdir, peer_np)
+            if wanted == ["determinism"]:  # only our llama.cpp server takes part
+                specs = specs[:1]
             log(f"[{name}] starting {', '.join(s.label for s in specs)}")
             with running(specs, args.llama_server, workdir) as servers:
                 one_client = [s for s in specs if not s.peer or s.parallel == 1]
@@ -695,7 +712,8 @@ def main(argv: list[str] | None = None) -> int:
                     if part == "single":
                         figures = part_single(servers, one_client, args.rounds, args.runs)
                     elif part == "ttft":
-                        figures = part_ttft(servers, one_client, args.rounds, args.runs)
+                        words = LONG_PROMPT_WORDS.get(name, 500)
+                        figures = part_ttft(servers, one_client, args.rounds, args.runs, words)
                     elif part == "load":
                         chosen = [s for s in specs if s.label.endswith(("ours-llamacpp", "ours-ctranslate2", "np8"))]
                         figures = part_load(servers, chosen, args.rounds, args.load_seconds)
@@ -731,6 +749,7 @@ def main(argv: list[str] | None = None) -> int:
             noise["cold distil"] = {"foreign_load_cores": gauge.cores(), "busiest_processes": busy}
             save()
     results["duration_s"] = round(time.time() - started)
+    invocation["duration_s"] = results["duration_s"]
     results["targets"] = targets(results)
     save()
     print(markdown(results))
@@ -808,7 +827,13 @@ def markdown(results: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     out = [
         "# The llama.cpp engine on the step loop vs CTranslate2 vs llama-server\n",
-        f"`python bench/step_loop.py`, {results['started_at']}, {results.get('duration_s', 0) / 60:.0f} min. "
+        "`python bench/step_loop.py`: "
+        + "; ".join(
+            f"{i['started_at']}, {i.get('duration_s', 0) / 60:.0f} min, parts {', '.join(i['parts'])}"
+            + (f" (models {', '.join(i['models'])})" if i.get("models") else "")
+            for i in results.get("invocations", [])
+        )
+        + ". "
         f"Every server on loopback with {o['threads']} thread; ours with MAX_BATCH_SIZE={o['max_batch_size']} "
         f"(and its defaults: PREFIX_CACHE_SLOTS=4, PREFILL_CHUNK_TOKENS=256), llama-server with `-t 1 -tb 1 -np N "
         f"-c {o['llama_server_ctx_per_slot']}×N` on the same GGUF file. {o['rounds']} interleaved rounds (A/B/C/A/B/C) "
