@@ -169,8 +169,9 @@ def q8_0_dir(model_dir: Path, workdir: Path) -> Path | None:
 
 
 def body(spec: Spec, kind: str, tokens: int, **fields: Any) -> dict[str, Any]:
-    """An OpenAI request body: greedy, sampled or seeded. llama-server's sampler chain is cut to temperature and
-    top_p like ours (its defaults add top_k 40 and min_p 0.05)."""
+    """An OpenAI request body: greedy, sampled or seeded. For sampled requests llama-server's sampler chain is cut
+    to temperature and top_p like ours (its defaults add top_k 40 and min_p 0.05); greedy ones carry temperature 0
+    alone, its greedy path (top_k 0 there would have it sort the whole vocabulary every token)."""
     out: dict[str, Any] = {"max_tokens": tokens, **fields}
     if kind == "greedy":
         out["temperature"] = 0
@@ -178,7 +179,7 @@ def body(spec: Spec, kind: str, tokens: int, **fields: Any) -> dict[str, Any]:
         out |= {"temperature": 0.8, "top_p": 0.95}
         if kind == "seeded":
             out["seed"] = 1234
-    if spec.peer:
+    if spec.peer and kind != "greedy":
         out |= {"top_k": 0, "min_p": 0.0}
     return out
 
@@ -278,12 +279,17 @@ class ForeignLoad:
         return round(max(0.0, busy - ours) / elapsed, 2) if elapsed > 0 else 0.0
 
 
-def top_processes(limit: int = 6) -> list[str]:
-    """The busiest processes right now (ps), this benchmark's excluded: what else was running."""
+def top_processes(servers: dict[str, load.Server], limit: int = 6) -> list[str]:
+    """The busiest processes right now (ps), this benchmark and its servers excluded: what else was running."""
+    mine = {os.getpid(), *(s.process.pid for s in servers.values())}
     out = subprocess.run(
-        ["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu", "--no-headers"], capture_output=True, text=True, check=False
+        ["ps", "-eo", "pid,pcpu,etime,args", "--sort=-pcpu", "--no-headers"],
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.splitlines()
-    rows = [line.strip()[:140] for line in out if "step_loop.py" not in line and "distilgpt2_api.api" not in line]
+    rows = [line.split(None, 1) for line in out]
+    rows = [rest.strip()[:140] for pid, rest in rows if int(pid) not in mine]
     return [row for row in rows if not row.startswith("0.0")][:limit]
 
 
@@ -708,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
                 for part in wanted:
                     log(f"[{name}] {part}")
                     gauge = ForeignLoad(servers)
-                    busy = top_processes()
+                    busy = top_processes(servers)
                     if part == "single":
                         figures = part_single(servers, one_client, args.rounds, args.runs)
                     elif part == "ttft":
@@ -737,14 +743,14 @@ def main(argv: list[str] | None = None) -> int:
             }
             log("[smollm2] prefix")
             with running(list(specs_by_role.values()), args.llama_server, workdir) as servers:
-                gauge, busy = ForeignLoad(servers), top_processes()
+                gauge, busy = ForeignLoad(servers), top_processes(servers)
                 results["parts"]["prefix"] = {"smollm2": part_prefix(servers, specs_by_role, args.rounds)}
                 noise["prefix smollm2"] = {"foreign_load_cores": gauge.cores(), "busiest_processes": busy}
             save()
         if "cold" in args.parts and args.distil_dir:
             specs = [s for s in model_specs("distil", args.distil_dir, workdir, ()) if not s.peer]
             log("[distil] cold")
-            gauge, busy = ForeignLoad({}), top_processes()
+            gauge, busy = ForeignLoad({}), top_processes({})
             results["parts"]["cold"] = {"distil": part_cold(specs, args.rounds, workdir)}
             noise["cold distil"] = {"foreign_load_cores": gauge.cores(), "busiest_processes": busy}
             save()
