@@ -13,8 +13,9 @@ Parts:
   single       one client, 50 greedy tokens after a short prompt, streamed: decode tokens/s (tokens after the
                first ÷ time after the first) and end-to-end tokens/s. SmolLM2 (shipped Q4_1) and distilgpt2-shape
                (float32 GGUF and its Q8_0).
-  load         8 clients for --load-seconds each, prompts of mixed lengths, greedy / sampled (temperature 0.8,
-               top_p 0.95) / seeded requests in turn, 50 tokens: tokens/s, p50/p95 latency (SmolLM2).
+  load         8 clients for --load-seconds each, prompts of mixed lengths (each starting with its own number, so
+               no prompt cache serves them), greedy / sampled (temperature 0.8, top_p 0.95) / seeded requests in
+               turn, 50 tokens: tokens/s, p50/p95 latency (SmolLM2).
   ttft         time to first token of a ~800-token prompt, streamed, 100 tokens; every prompt starts with its
                own number so no prefix cache (ours or llama-server's) can serve it.
   prefix       a chat's 5th turn after turns 1-4 (whole history each time, /v1/chat/completions, SmolLM2):
@@ -339,15 +340,17 @@ def part_single(servers: dict[str, load.Server], specs: list[Spec], rounds: int,
     return out
 
 
-def mixed_prompts(count: int = 200) -> list[str]:
-    """Prompts of 2 to ~170 tokens cut from different places of a paragraph, so few share a beginning."""
+def mixed_prompts(round_: int, count: int = 2000) -> list[str]:
+    """Prompts of ~8 to ~180 tokens cut from different places of a paragraph, each beginning with its own number
+    (of this round): a prompt cache (ours, or llama-server's slots and --cache-ram) cannot serve one from an
+    earlier request, which would time the cache rather than batching."""
     words = (bench.PARAGRAPH + " " + bench.PARAGRAPH).split()
     lengths = (2, 4, 8, 16, 32, 64, 128)
     out = []
     for i in range(count):
         n = lengths[i % len(lengths)]
         start = (i * 37) % (len(words) // 2)
-        out.append(" ".join(words[start : start + n]))
+        out.append(f"Note {round_}.{i}: " + " ".join(words[start : start + n]))
     return out
 
 
@@ -359,13 +362,13 @@ def load_routes(spec: Spec) -> list[load.Route]:
 
 
 def part_load(servers: dict[str, load.Server], specs: list[Spec], rounds: int, seconds: float) -> dict[str, Any]:
-    load.PROMPTS = mixed_prompts()  # client_loop draws its prompts from here
     runs: dict[str, list[dict[str, Any]]] = {s.label: [] for s in specs}
     for spec in specs:
         with http(servers[spec.label]) as client:
             for route in load_routes(spec):
-                complete(client, *route.build(load.PROMPTS[5], NEW_TOKENS))
+                complete(client, *route.build(mixed_prompts(-1)[5], NEW_TOKENS))
     for round_ in range(rounds):
+        load.PROMPTS = mixed_prompts(round_)  # client_loop draws its prompts from here: new ones every round
         for spec in specs:
             server = servers[spec.label]
             noise = ForeignLoad(servers)
