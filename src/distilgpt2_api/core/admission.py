@@ -5,6 +5,8 @@ A request the model cannot take is refused here (InvalidRequest), before it queu
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from functools import cached_property
 
 from distilgpt2_api.core.chat import ChatTemplate
@@ -16,7 +18,7 @@ from distilgpt2_api.core.errors import (
     UnknownToken,
 )
 from distilgpt2_api.core.request import GenerationRequest, TokenRequest
-from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Job
+from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Job, Sink
 from distilgpt2_api.engines.base import ModelInfo, TextTokenizer
 
 # With alternatives (top logprobs), CTranslate2 keeps every step's full logits until the job ends:
@@ -31,6 +33,20 @@ class SchedulerBase:
         self._info = info
         self._tokenizer = tokenizer
         self.max_batch_tokens = max_batch_tokens  # None: only the context length bounds a request
+        self._waiting: deque[Sink] = deque()  # queued requests, oldest first
+        self._lock = threading.Condition()  # guards _waiting (and what a scheduler adds to it)
+        self._running: tuple[Sink, ...] = ()  # the requests generating, replaced whole (read by monitoring)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the model whose clients are still there: a snapshot, for monitoring."""
+        with self._lock:
+            return sum(not sink.cancelled.is_set() for sink in self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Requests generating that have not ended yet: a snapshot, for monitoring."""
+        return sum(sink.timings.ended is None for sink in self._running)
 
     @property
     def model_name(self) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -106,24 +105,10 @@ class StepScheduler(SchedulerBase):
         self.max_batch_size = max(1, min(max_batch_size, engine.slots))  # sequences decoded together
         self.prefill_chunk_tokens = max(1, prefill_chunk_tokens)
         self._pool = SlotPool(engine, cache_entries=prefix_cache_slots)
-        self._lock = threading.Condition()  # guards _waiting and _looping
-        self._waiting: deque[Sink] = deque()
-        self._looping = False  # a worker turn is running the loop, or queued to
+        self._looping = False  # a worker turn is running the loop, or queued to (guarded by _lock)
         self._active: list[_Request] = []  # the worker's own; admission order
-        self._running: tuple[Sink, ...] = ()  # the admitted requests, replaced whole (read by monitoring)
         # One thread; the executor joins it at interpreter exit, before engines close. The loop returns when idle.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-
-    @property
-    def waiting(self) -> int:
-        """Requests queued for the model whose clients are still there: a snapshot, for monitoring."""
-        with self._lock:
-            return sum(not sink.cancelled.is_set() for sink in self._waiting)
-
-    @property
-    def running(self) -> int:
-        """Admitted requests that have not ended yet: a snapshot, for monitoring."""
-        return sum(sink.timings.ended is None for sink in self._running)
 
     def stream(self, request: GenerationRequest) -> GenerationStream:
         """Validate `request` (InvalidRequest now, before anything is sent) and queue it; iterate for its deltas.

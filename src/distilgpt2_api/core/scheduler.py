@@ -15,9 +15,7 @@ worker waits up to `batch_wait_seconds` for as many to be waiting again. After a
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from distilgpt2_api.core.admission import MAX_ALTERNATIVES_STEPS, SchedulerBase
@@ -53,23 +51,9 @@ class Scheduler(SchedulerBase):
         self.engine = engine
         self.max_batch_size = max_batch_size if engine.batching else 1  # sequences per engine call
         self.batch_wait_seconds = batch_wait_seconds
-        self._waiting: deque[Sink] = deque()
-        self._arrived = threading.Condition()  # guards _waiting
-        self._running: tuple[Sink, ...] = ()  # the engine call under way, replaced whole (read by monitoring)
         self._last_batch_requests = 1
         # One thread; the executor joins it at interpreter exit, before engines close (engines/ctranslate2_engine).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-
-    @property
-    def waiting(self) -> int:
-        """Requests queued for the model whose clients are still there: a snapshot, for monitoring."""
-        with self._arrived:
-            return sum(not sink.cancelled.is_set() for sink in self._waiting)
-
-    @property
-    def running(self) -> int:
-        """Requests in the engine call under way that have not ended yet: a snapshot, for monitoring."""
-        return sum(sink.timings.ended is None for sink in self._running)
 
     def stream(self, request: GenerationRequest) -> GenerationStream:
         """Validate `request` (InvalidRequest now, before anything is sent) and queue it; iterate for its deltas.
@@ -77,9 +61,9 @@ class Scheduler(SchedulerBase):
         Call from the event loop. The caller must iterate to the end or `aclose` the stream.
         """
         stream = GenerationStream(self._job(request))
-        with self._arrived:
+        with self._lock:
             self._waiting.append(stream.sink)
-            self._arrived.notify()
+            self._lock.notify()
         self._executor.submit(self._run_next)  # one turn per request: a turn may find it already served
         return stream
 
@@ -96,11 +80,11 @@ class Scheduler(SchedulerBase):
 
     def _run_next(self) -> None:
         """On the worker thread: run the oldest waiting request, with what may share its engine call."""
-        with self._arrived:
+        with self._lock:
             if self.max_batch_size > 1 and self._last_batch_requests > 1 and self._waiting:
                 # The last call served several clients: give their next requests a moment to arrive.
                 expected = self._last_batch_requests
-                self._arrived.wait_for(lambda: len(self._waiting) >= expected, timeout=self.batch_wait_seconds)
+                self._lock.wait_for(lambda: len(self._waiting) >= expected, timeout=self.batch_wait_seconds)
             batch = self._take()
             if batch:
                 self._last_batch_requests = len(batch)
