@@ -18,6 +18,7 @@ from test_deployment import (  # noqa: F401 - fixtures: image_packages, sam_tool
     FUNCTION,
     REPO,
     SAM_ENV,
+    build_task_root,
     definition_routes,
     image_packages,
     lambda_routes,
@@ -104,14 +105,7 @@ def test_streaming_resources_transform(sam_tools: Path, auth_type: str) -> None:
 def test_image_contents_stream(image_packages: Path, model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     """Only what Dockerfile.lambda copies, run with the template's streaming entry point, streams and buffers."""
     recipe = parse_dockerfile(DOCKERFILE.read_text())
-    task_root = tmp_path / "task"
-    for source, dest in recipe.local_copies:
-        target = task_root / Path(dest.replace("${LAMBDA_TASK_ROOT}", "").lstrip("/"))
-        if dest.endswith("/"):
-            target = target / Path(source).name
-        copy = shutil.copytree if (REPO / source).is_dir() else shutil.copy2
-        target.parent.mkdir(parents=True, exist_ok=True)
-        copy(REPO / source, target)
+    task_root = build_task_root(recipe, tmp_path / "task")
     bare = tmp_path / "bare-python"  # the base interpreter and stdlib, none of the app venv's packages
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     baked = shutil.copytree(model_dir, tmp_path / "opt-model", ignore=shutil.ignore_patterns("*.safetensors"))
