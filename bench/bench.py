@@ -132,14 +132,14 @@ def wait_for_idle(max_wait_s: float) -> dict[str, float]:
             return {"waited_s": round(waited, 1), "busy_cores": round(busy, 2)}
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
     flags_line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
     flags = set(flags_line.split(":", 1)[-1].split())
     meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0]
     versions = {}
-    for package in PACKAGES:
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

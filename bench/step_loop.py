@@ -45,7 +45,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -626,14 +625,7 @@ def part_cold(specs: list[Spec], rounds: int, workdir: Path) -> dict[str, Any]:
 
 
 def machine(peer_binary: Path) -> dict[str, Any]:
-    info = bench.machine_info()
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    info["versions"] = versions
+    info = bench.machine_info(PACKAGES)
     try:
         peer = subprocess.run([str(peer_binary), "--version"], capture_output=True, text=True, timeout=30, check=False)
         info["llama_server_version"] = " ".join((peer.stdout + peer.stderr).split())[:200]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal
 
 from distilgpt2_api.engines.base import Engine, ModelInfo, ModelLoadError, StepEngine, TextTokenizer
 
@@ -20,45 +20,6 @@ __all__ = [
     "TextTokenizer",
     "load_engine",
 ]
-
-
-@overload
-def load_engine(
-    model_dir: Path,
-    engine: Literal["ctranslate2", "transformers"],
-    *,
-    threads: int,
-    served_name: str | None = None,
-    compute_type: ComputeType = "auto",
-    slots: int = 1,
-    context: int | None = None,
-) -> Engine: ...
-
-
-@overload
-def load_engine(
-    model_dir: Path,
-    engine: Literal["llamacpp"],
-    *,
-    threads: int,
-    served_name: str | None = None,
-    compute_type: ComputeType = "auto",
-    slots: int = 1,
-    context: int | None = None,
-) -> StepEngine: ...
-
-
-@overload
-def load_engine(
-    model_dir: Path,
-    engine: EngineName,
-    *,
-    threads: int,
-    served_name: str | None = None,
-    compute_type: ComputeType = "auto",
-    slots: int = 1,
-    context: int | None = None,
-) -> Engine | StepEngine: ...
 
 
 def load_engine(
