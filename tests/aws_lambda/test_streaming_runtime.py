@@ -74,7 +74,11 @@ def test_which_events_stream() -> None:
     ("source", "path", "body"),
     [
         ("function-url", "/generate_stream", {"prompt": PROMPT, "max_new_tokens": 40, "stop": NEVER}),
-        ("rest-api", "/v1/completions", {"prompt": PROMPT, "max_tokens": 40, "stop": NEVER, "stream": True}),
+        (
+            "rest-api",
+            "/v1/completions",
+            {"prompt": PROMPT, "max_tokens": 40, "temperature": 0, "stop": NEVER, "stream": True},
+        ),
     ],
 )
 def test_tokens_leave_as_they_are_generated(
