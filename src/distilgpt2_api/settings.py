@@ -71,6 +71,14 @@ class Settings(BaseSettings):
         "later prompts sharing their beginning (system prompts, conversation history); any slot no sequence runs "
         "in may hold one. Each slot reserves min(model context, MAX_BATCH_TOKENS) positions. 0: no prefix cache.",
     )
+    grammar_cache_size: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Structured output: compiled grammars (JSON schemas, regexes, tool sets) kept per instance, the "
+        "least recently used dropped first. A cached one costs nothing to reuse; a new one is compiled when its "
+        "request arrives (about a millisecond for typical schemas; the first one also indexes the vocabulary).",
+    )
     max_body_bytes: int = Field(131_072, ge=1024, description="Larger request bodies get a 413.")
     max_request_seconds: float = Field(25.0, gt=0, description="Time budget for one generation request.")
     gateway_timeout_seconds: float = Field(30.0, gt=0, description="API Gateway's integration timeout.")

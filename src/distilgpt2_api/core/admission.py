@@ -13,10 +13,12 @@ from distilgpt2_api.core.chat import ChatTemplate
 from distilgpt2_api.core.errors import (
     ChatUnsupported,
     ContextLengthExceeded,
+    GrammarUnsupported,
     LogprobsBudgetExceeded,
     TokenBudgetExceeded,
     UnknownToken,
 )
+from distilgpt2_api.core.grammar import Grammar
 from distilgpt2_api.core.request import GenerationRequest, TokenRequest
 from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Job, Sink
 from distilgpt2_api.engines.base import ModelInfo, TextTokenizer
@@ -65,6 +67,10 @@ class SchedulerBase:
     def stream(self, request: GenerationRequest) -> GenerationStream:
         raise NotImplementedError
 
+    def check_grammar(self, grammar: Grammar) -> None:
+        """Refuse `grammar` unless this scheduler can constrain answers to it (InvalidRequest)."""
+        raise GrammarUnsupported(grammar.param)
+
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate without blocking the event loop; requests queue in arrival order."""
         stream = self.stream(request)
@@ -95,6 +101,8 @@ class SchedulerBase:
             raise TokenBudgetExceeded(sequences, len(prompt_ids), request.max_new_tokens, self.max_batch_tokens)
         if request.logprobs and sequences * request.max_new_tokens > MAX_ALTERNATIVES_STEPS:
             raise LogprobsBudgetExceeded(sequences, request.max_new_tokens, MAX_ALTERNATIVES_STEPS)
+        if request.grammar is not None:
+            self.check_grammar(request.grammar)
         job = TokenRequest(
             prompt_ids=tuple(prompt_ids),
             n=sequences,

@@ -90,3 +90,16 @@ class TooManySequences(RequestTooLarge):
 
     def __init__(self, sequences: int, slots: int) -> None:
         super().__init__(f"{sequences} sampled sequences, more than the {slots} this server runs at once: lower n")
+
+
+class GrammarUnsupported(InvalidRequest):
+    """Structured output needs a step-level engine: one whose every step's logits the loop can mask."""
+
+    code = "unsupported_by_engine"
+
+    def __init__(self, param: str | None) -> None:
+        super().__init__(
+            "structured output (response_format, tools, grammar) needs the llama.cpp engine (ENGINE=llamacpp), "
+            "which constrains every step; this server's engine decides each call as a whole"
+        )
+        self.param = param

@@ -11,7 +11,9 @@ Every step:
    chunk besides the decode: running streams wait at most that long between tokens. A prompt whose last
    chunk is read gives its request's first token(s); with `n` sequences it is read once and copied;
 4. decodes: one `forward` with one token for every running sequence, each then sampled with its own
-   parameters and generator (core/sampling.py) and fed to its `Sequence`, which may end it.
+   parameters and generator (core/sampling.py) and fed to its `Sequence`, which may end it. A sequence
+   whose request has a grammar chooses only among the tokens its `Constraint` allows (core/grammar.py),
+   and ends when the grammar is complete.
 
 A sequence that ends gives its slot back at once, as a prefix-cache entry (core/slots.py): a later prompt
 sharing its beginning (a system prompt, a conversation so far) computes only the rest, and reports the
@@ -25,9 +27,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
 
 from distilgpt2_api.core.admission import SchedulerBase
 from distilgpt2_api.core.errors import DeadlineExceeded, TooManySequences
+from distilgpt2_api.core.grammar import GRAMMAR_CACHE_SIZE, Constraint, Grammar, GrammarCache
 from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.sampling import Sampler
 from distilgpt2_api.core.sequence import Delta, Sequence
@@ -54,8 +60,17 @@ class _Row:
     choice: int
     sequence: Sequence
     sampler: Sampler
+    constraint: Constraint | None = None  # the request's grammar, where this sequence is in it
     slot: int = -1
     next_token: int | None = None  # chosen, not yet fed to the model
+
+    def choose(self, logits: np.ndarray) -> TokenStep:
+        """The next token after `logits`, within the grammar if there is one."""
+        if self.constraint is None:
+            return self.sampler.sample(logits)
+        step = self.sampler.sample(logits, self.constraint.allowed(logits.size))
+        self.constraint.advance(step.token_id)
+        return step
 
     @property
     def decoding(self) -> bool:
@@ -99,12 +114,14 @@ class StepScheduler(SchedulerBase):
         max_batch_size: int = 8,
         prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
         prefix_cache_slots: int | None = None,
+        grammar_cache_size: int = GRAMMAR_CACHE_SIZE,
     ) -> None:
         super().__init__(engine.info, engine.tokenizer, max_batch_tokens=max_batch_tokens)
         self.engine = engine
         self.max_batch_size = max(1, min(max_batch_size, engine.slots))  # sequences decoded together
         self.prefill_chunk_tokens = max(1, prefill_chunk_tokens)
         self._pool = SlotPool(engine, cache_entries=prefix_cache_slots)
+        self._grammar_cache_size = grammar_cache_size
         self._looping = False  # a worker turn is running the loop, or queued to (guarded by _lock)
         self._active: list[_Request] = []  # the worker's own; admission order
         # One thread; the executor joins it at interpreter exit, before engines close. The loop returns when idle.
@@ -139,6 +156,16 @@ class StepScheduler(SchedulerBase):
         if outcome[0] is not None:
             raise outcome[0]
         return gather(job, deltas, sink.timings)
+
+    @cached_property
+    def grammars(self) -> GrammarCache:
+        """Grammars compiled for this model, built on first use (its tokenizer index costs ~0.2 s)."""
+        return GrammarCache(
+            self.engine.tokenizer.backend.to_str(), self.engine.info.eos_token_ids, self._grammar_cache_size
+        )
+
+    def check_grammar(self, grammar: Grammar) -> None:
+        self.grammars.compiled(grammar)  # compiled now, so a bad one is a 400 before anything is sent
 
     def _job(self, request: GenerationRequest) -> Job:
         job = super()._job(request)
@@ -220,18 +247,21 @@ class StepScheduler(SchedulerBase):
     def _request(self, sink: Sink) -> _Request:
         job = sink.job
         sink.timings.started = time.perf_counter()
+        grammar = job.request.grammar
         rows = [
             _Row(
                 choice,
                 Sequence(
                     self.engine.tokenizer,
                     max_new_tokens=job.request.max_new_tokens,
-                    stop=job.request.stop,
+                    # A grammar decides where a constrained answer ends: a stop string would cut it short.
+                    stop=job.request.stop if grammar is None else (),
                     eos_token_ids=self.engine.info.eos_token_ids,
                 ),
                 Sampler(
                     job.tokens.sampling, history=job.tokens.prompt_ids, sequence=choice, logprobs=job.tokens.logprobs
                 ),
+                None if grammar is None else self.grammars.constraint(grammar),
             )
             for choice in range(job.tokens.n)
         ]
@@ -266,7 +296,7 @@ class StepScheduler(SchedulerBase):
             for row in request.rows[1:]:
                 self._pool.copy(first, row.slot, len(request.prompt))
             for row in request.rows:
-                self._choose(request, row, row.sampler.sample(logits[0]))
+                self._choose(request, row, row.choose(logits[0]))
         return len(chunk)
 
     def _decode(self) -> None:
@@ -285,13 +315,22 @@ class StepScheduler(SchedulerBase):
                 self._end(request, error, keep=False)
             return
         for index, (request, row) in enumerate(rows):
+            if request not in self._active:
+                continue  # a mate of this row failed its request just now
             self._pool.fed(row.slot, chunks[index].token_ids)
-            self._choose(request, row, row.sampler.sample(logits[index]))
+            try:
+                step = row.choose(logits[index])
+            except Exception as error:  # noqa: BLE001 - a grammar that cannot go on: its request fails
+                self._end(request, error, keep=False)
+                continue
+            self._choose(request, row, step)
 
     def _choose(self, request: _Request, row: _Row, step: TokenStep) -> None:
         """`step` is the next token of `row`: show it, and end the row if it ends there."""
         sequence = row.sequence
         sequence.add(step)
+        if row.constraint is not None and row.constraint.done:
+            sequence.finish("stop")  # the grammar is complete: the answer matches it
         deadline = request.job.request.deadline
         if not sequence.finished and deadline is not None and time.monotonic() >= deadline:
             sequence.finish("time_limit")

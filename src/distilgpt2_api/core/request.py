@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from distilgpt2_api.core.grammar import Grammar
+
 DEFAULT_MAX_NEW_TOKENS = 50  # the tutorial's default, shared by every API that has no default of its own
 TUTORIAL_TOP_K = 50  # the tutorial's pipeline sampled with top-k 50 (transformers' default)
 
@@ -43,6 +45,7 @@ class GenerationRequest:
     deadline: float | None = None  # time.monotonic() by which generation must have returned
     add_special_tokens: bool = True  # False for a rendered chat prompt: its template placed them
     logprobs: int | None = None  # None: none; k: each token's log-probability and its k likeliest alternatives
+    grammar: Grammar | None = None  # what every answer must match (core/grammar.py); stop strings then do not apply
 
 
 @dataclass(frozen=True)

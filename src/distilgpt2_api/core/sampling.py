@@ -42,9 +42,15 @@ class Sampler:
         seed = params.seed if params.do_sample else None
         self.generator = np.random.default_rng(None if seed is None else [seed, sequence])
 
-    def sample(self, logits: np.ndarray) -> TokenStep:
-        """The next token after `logits` (one row of the model's raw scores), remembered for the penalty."""
+    def sample(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> TokenStep:
+        """The next token after `logits` (one row of the model's raw scores), remembered for the penalty.
+
+        `allowed` (a bool mask, from a grammar) leaves only those tokens to choose from; log-probabilities
+        still describe the model's own distribution.
+        """
         scores = self._penalized(logits)
+        if allowed is not None:
+            scores[~allowed] = -np.inf
         params = self.params
         if not params.do_sample:
             token = int(np.argmax(scores))

@@ -97,5 +97,6 @@ def load_scheduler(settings: Settings) -> Scheduler | StepScheduler:
             max_batch_size=settings.max_batch_size,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
             prefix_cache_slots=None if settings.prefix_cache_slots else 0,  # any free slot, or none
+            grammar_cache_size=settings.grammar_cache_size,
         )
     return Scheduler(engine, max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size)

@@ -5,10 +5,11 @@ Each request model turns itself into the core's GenerationRequest: the one trans
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from distilgpt2_api.core.grammar import Grammar
 from distilgpt2_api.core.request import DEFAULT_MAX_NEW_TOKENS, GenerationRequest, SamplingParams
 from distilgpt2_api.core.sequence import Delta, FinishReason, GeneratedToken
 from distilgpt2_api.core.stream import Completion
@@ -42,6 +43,23 @@ class GeneratedSequences(BaseModel):
     generated_sequences: list[str]
 
 
+class JsonGrammar(StrictModel):
+    """text-generation-inference's JSON grammar: the answer is JSON valid against `value`, a JSON Schema."""
+
+    type: Literal["json"]
+    value: dict[str, Any] = Field(description="A JSON Schema (see the API docs for the keywords supported).")
+
+
+class RegexGrammar(StrictModel):
+    """text-generation-inference's regex grammar: the whole answer matches `value`."""
+
+    type: Literal["regex"]
+    value: str = Field(min_length=1, max_length=4096)
+
+
+GrammarParam = Annotated[JsonGrammar | RegexGrammar, Field(discriminator="type")]
+
+
 class GenerateRequest(StrictModel):
     """The fields of `POST /generate`; `generate_request_model` bounds prompt and counts from the settings."""
 
@@ -58,6 +76,18 @@ class GenerateRequest(StrictModel):
     return_full_text: bool = Field(True, description="Prefix each sequence with the prompt.")
     details: bool = Field(False, description="Per sequence: its tokens with their logprobs, and why it ended.")
     top_n_tokens: TopLogprobs = Field(0, description="With details, or streamed: the likeliest alternatives per token.")
+    grammar: GrammarParam | None = Field(
+        None,
+        description="Constrain each generated sequence to a JSON Schema or a regular expression (ENGINE=llamacpp). "
+        "A sequence that ends with `stop_sequence`/`eos_token` matches it; `stop` does not apply.",
+    )
+
+    def to_grammar(self) -> Grammar | None:
+        if self.grammar is None:
+            return None
+        if isinstance(self.grammar, JsonGrammar):
+            return Grammar.json_schema(self.grammar.value, param="grammar")
+        return Grammar("regex", self.grammar.value, param="grammar")
 
     def to_generation_request(self, deadline: float | None, *, logprobs: bool = False) -> GenerationRequest:
         """`logprobs`: every token's logprob whatever `details` says (streamed events always carry them)."""
@@ -77,6 +107,7 @@ class GenerateRequest(StrictModel):
             stop=tuple(self.stop),
             deadline=deadline,
             logprobs=self.top_n_tokens if (self.details or logprobs or self.top_n_tokens) else None,
+            grammar=self.to_grammar(),
         )
 
 

@@ -72,6 +72,7 @@ class ChatCompletionRequest(OpenAIRequest):
             deadline=deadline,
             add_special_tokens=False,  # the template wrote them
             logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+            grammar=self.grammar(),
         )
 
 

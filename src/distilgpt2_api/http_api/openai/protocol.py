@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from distilgpt2_api.core.grammar import Grammar
 from distilgpt2_api.core.request import GREEDY, GenerationRequest, Prompt, SamplingParams
 from distilgpt2_api.core.sequence import Delta, GeneratedToken
 from distilgpt2_api.core.stream import Completion
@@ -40,6 +41,39 @@ class StreamOptions(StrictModel):
     include_usage: bool = Field(False, description="Send a last chunk with the usage (and no choices).")
 
 
+class TextFormat(StrictModel):
+    """Free text (the default)."""
+
+    type: Literal["text"]
+
+
+class JsonObjectFormat(StrictModel):
+    """Any JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(StrictModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object"},
+        alias="schema",
+        description="A JSON Schema; the keywords supported are listed in the API docs. Default: any JSON object.",
+    )
+    strict: bool | None = Field(None, description="Accepted for OpenAI clients: answers always follow the schema.")
+
+
+class JsonSchemaFormat(StrictModel):
+    """JSON valid against a JSON Schema (what the SDK's `parse(response_format=Model)` sends)."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
 class OpenAIRequest(StrictModel):
     """The fields completions and chat share, and how they choose tokens."""
 
@@ -54,6 +88,11 @@ class OpenAIRequest(StrictModel):
     stream: bool = Field(False, description="Server-Sent Events: chunks as tokens are generated, then `[DONE]`.")
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = Field(
+        None,
+        description="`json_object` or `json_schema`: every answer that ends with finish_reason `stop` is JSON "
+        "(valid against the schema); only a `length` cut leaves it unfinished. Needs ENGINE=llamacpp.",
+    )
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> OpenAIRequest:
@@ -72,6 +111,15 @@ class OpenAIRequest(StrictModel):
 
     def stop_strings(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def grammar(self) -> Grammar | None:
+        """What `response_format` asks every answer to match."""
+        response_format = self.response_format
+        if isinstance(response_format, JsonObjectFormat):
+            return Grammar.json_object(param="response_format")
+        if isinstance(response_format, JsonSchemaFormat):
+            return Grammar.json_schema(response_format.json_schema.schema_, param="response_format")
+        return None
 
 
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
@@ -109,6 +157,7 @@ class CompletionRequest(OpenAIRequest):
                 stop=self.stop_strings(),
                 deadline=deadline,
                 logprobs=self.logprobs,
+                grammar=self.grammar(),
             )
             for prompt in self.prompts()
         ]
