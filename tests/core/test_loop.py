@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import zlib
@@ -15,11 +16,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 
 from distilgpt2_api.core import loop as loop_module
 from distilgpt2_api.core.errors import DeadlineExceeded, TooManySequences
+from distilgpt2_api.core.grammar import Grammar, InvalidGrammar
 from distilgpt2_api.core.loop import StepScheduler, is_step_engine
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
 from distilgpt2_api.core.sequence import Delta
@@ -552,3 +555,44 @@ def test_a_short_shared_prefix_copies_from_a_long_entry_rather_than_cutting_it(e
     assert submit(scheduler, short).result().timings.cached_tokens == 5
     assert any(c.kind == "copy" and c.args[2] == 5 for c in engine.calls)
     assert submit(scheduler, long).result().timings.cached_tokens == 39  # the long entry is still whole
+
+
+SMALL_SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}, "e": {"enum": ["x", "yz"]}},
+    "required": ["n", "e"],
+    "additionalProperties": False,
+}
+
+
+def test_constrained_and_free_sequences_share_steps_and_every_constrained_answer_matches(
+    engine: FakeStepEngine,
+) -> None:
+    grammar = Grammar.json_schema(SMALL_SCHEMA)
+    constrained = [
+        GenerationRequest(prompt=prompt(0), max_new_tokens=40, grammar=grammar, stop=("{", '"')),
+        GenerationRequest(
+            prompt=prompt(1), max_new_tokens=40, n=3, sampling=SamplingParams(True, seed=4), grammar=grammar, logprobs=1
+        ),
+        GenerationRequest(prompt=prompt(2), max_new_tokens=40, grammar=Grammar("regex", "[a-z]{3,6}")),
+    ]
+    free = [greedy(5), GenerationRequest(prompt=prompt(6), sampling=SamplingParams(True, seed=9), max_new_tokens=12)]
+    expected = [alone(engine, r) for r in free + constrained]
+    scheduler = StepScheduler(replace(engine, calls=[], slots=8), max_batch_size=8, prefix_cache_slots=0)
+    collectors = submit_together(scheduler, free + constrained)
+    assert [c.texts() for c in collectors] == expected  # neither kind changes the other's answers
+    assert max(len(chunks) for chunks in scheduler.engine.forwards_of()) == 7  # type: ignore[attr-defined]
+    for collector in collectors[2:4]:
+        for completion in collector.result().completions:
+            assert completion.finish_reason == "stop"  # complete: the grammar ended it, no stop string cut it
+            jsonschema.validate(json.loads(completion.text), SMALL_SCHEMA)
+    sampled = collectors[3].result().completions
+    assert all(t.logprob is not None for c in sampled for t in c.tokens)
+    (word,) = collectors[4].result().completions
+    assert re.fullmatch("[a-z]{3,6}", word.text) and word.finish_reason in ("eos", "stop")
+
+
+def test_a_grammar_a_scheduler_cannot_compile_is_refused_before_it_queues(scheduler: StepScheduler) -> None:
+    with pytest.raises(InvalidGrammar, match="uniqueItems"):
+        scheduler._job(GenerationRequest(prompt=prompt(0), grammar=Grammar.json_schema({"uniqueItems": True})))
+    assert not scheduler._waiting

@@ -81,7 +81,12 @@ def test_max_completion_tokens_and_n(chat: TestClient) -> None:
             None,
         ),
         ({"messages": HELLO, "tools": [{"type": "function"}]}, 422, "validation_error", "tools"),
-        ({"messages": HELLO, "response_format": {"type": "json_object"}}, 400, "unsupported_by_engine", "response_format"),
+        (
+            {"messages": HELLO, "response_format": {"type": "json_object"}},
+            400,
+            "unsupported_by_engine",
+            "response_format",
+        ),
         ({"messages": HELLO, "max_tokens": 5, "max_completion_tokens": 5}, 422, "validation_error", None),
         ({"messages": HELLO, "max_tokens": 513}, 422, "validation_error", "max_tokens"),
         ({"messages": HELLO, "top_logprobs": 2}, 422, "validation_error", None),

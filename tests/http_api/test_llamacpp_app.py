@@ -14,20 +14,14 @@ import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from llamacpp_apps import llamacpp_app
 
 from distilgpt2_api.core.loop import StepScheduler
-from distilgpt2_api.http_api.app_factory import create_app, load_scheduler
-from distilgpt2_api.settings import Settings
 
 from server_process import serving_in_thread
 
 PROMPT = "Once upon a time"
 NEVER = ["never in this text"]  # keeps generation going to max tokens
-
-
-def llamacpp_app(model_dir: Path, **settings: Any) -> FastAPI:
-    config = Settings(model_dir=model_dir, engine="llamacpp", **settings)
-    return create_app(load_scheduler(config), config)
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,8 @@ class SchedulerBase:
 
     def _job(self, request: GenerationRequest) -> Job:
         """`request` validated against the model and this server's budgets, its prompt as token ids."""
+        if request.grammar is not None:
+            self.check_grammar(request.grammar)
         tokenizer = self._tokenizer
         if isinstance(request.prompt, str):
             prompt_ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
@@ -101,8 +103,6 @@ class SchedulerBase:
             raise TokenBudgetExceeded(sequences, len(prompt_ids), request.max_new_tokens, self.max_batch_tokens)
         if request.logprobs and sequences * request.max_new_tokens > MAX_ALTERNATIVES_STEPS:
             raise LogprobsBudgetExceeded(sequences, request.max_new_tokens, MAX_ALTERNATIVES_STEPS)
-        if request.grammar is not None:
-            self.check_grammar(request.grammar)
         job = TokenRequest(
             prompt_ids=tuple(prompt_ids),
             n=sequences,

@@ -112,6 +112,7 @@ class GrammarCache:
         import llguidance
 
         eos = sorted(eos_token_ids)
+        self.eos_token_ids = tuple(eos)
         self._tokenizer = llguidance.LLTokenizer(tokenizer_json, eos_token=eos or None)
         self._size = max(1, size)
         self._compiled: OrderedDict[tuple[GrammarKind, str], llguidance.LLMatcher] = OrderedDict()

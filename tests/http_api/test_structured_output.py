@@ -1,0 +1,200 @@
+"""Structured output through every route: OpenAI's `response_format` and text-generation-inference's `grammar`,
+on the llama.cpp engine (the tiny models the suite builds, random weights: only the constraint makes their
+answers JSON). Every answer that ends with finish_reason `stop` must parse and validate."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from llamacpp_apps import llamacpp_app
+from pydantic import BaseModel, Field
+
+from distilgpt2_api.http_api.app_factory import create_app, load_scheduler
+from distilgpt2_api.settings import Settings
+
+from server_process import serving_in_thread
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 6},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["admin", "user"]},
+        "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2},
+    },
+    "required": ["name", "age", "role"],
+    "additionalProperties": False,
+}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+CHAT = [{"role": "user", "content": "Who is the admin? Answer in JSON."}]
+
+
+@pytest.fixture(scope="module")
+def app(model_dir: Path) -> FastAPI:
+    return llamacpp_app(model_dir, max_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def chat_client(chat_model_dir: Path) -> Iterator[TestClient]:
+    with TestClient(llamacpp_app(chat_model_dir, max_batch_size=4), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def client_of_ctranslate2(model_dir: Path) -> Iterator[TestClient]:
+    config = Settings(model_dir=model_dir, engine="ctranslate2")
+    with TestClient(create_app(load_scheduler(config), config), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def valid_when_stopped(texts_and_reasons: list[tuple[str, str]], schema: dict[str, Any]) -> int:
+    """Check every answer that stopped; how many did."""
+    stopped = [text for text, reason in texts_and_reasons if reason == "stop"]
+    for text in stopped:
+        jsonschema.validate(json.loads(text), schema)
+    return len(stopped)
+
+
+def sse_data(response: httpx.Response) -> list[dict[str, Any]]:
+    events = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
+    return [json.loads(event) for event in events if event != "[DONE]"]
+
+
+def test_completions_answer_json_valid_against_the_schema_greedy_sampled_and_streamed(client: TestClient) -> None:
+    body = {"prompt": "A person:", "max_tokens": 80, "response_format": JSON_SCHEMA}
+    greedy = client.post("/v1/completions", json={**body, "temperature": 0})
+    assert greedy.status_code == 200, greedy.text
+    (choice,) = greedy.json()["choices"]
+    assert valid_when_stopped([(choice["text"], choice["finish_reason"])], PERSON) == 1
+    sampled = client.post("/v1/completions", json={**body, "temperature": 1, "n": 4, "seed": 3}).json()["choices"]
+    assert valid_when_stopped([(c["text"], c["finish_reason"]) for c in sampled], PERSON) >= 1
+    assert len({c["text"] for c in sampled}) > 1  # sampled within the schema, not one answer repeated
+    streamed = client.post("/v1/completions", json={**body, "temperature": 0, "stream": True})
+    chunks = sse_data(streamed)
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == choice["text"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+
+
+def test_a_length_cut_is_the_only_way_to_an_unfinished_answer(client: TestClient) -> None:
+    body = {"prompt": "A person:", "max_tokens": 3, "temperature": 0, "response_format": JSON_SCHEMA}
+    (choice,) = client.post("/v1/completions", json=body).json()["choices"]
+    assert choice["finish_reason"] == "length" and choice["text"].startswith("{")
+
+
+def test_chat_json_schema_and_json_object(chat_client: TestClient) -> None:
+    for response_format, schema in ((JSON_SCHEMA, PERSON), ({"type": "json_object"}, {"type": "object"})):
+        body = {"messages": CHAT, "max_tokens": 150, "n": 3, "seed": 5, "response_format": response_format}
+        response = chat_client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        answers = [(c["message"]["content"], c["finish_reason"]) for c in response.json()["choices"]]
+        assert valid_when_stopped(answers, schema) >= 1, answers
+    text = chat_client.post(
+        "/v1/chat/completions", json={"messages": CHAT, "max_tokens": 8, "response_format": {"type": "text"}}
+    )
+    assert text.status_code == 200  # plain text, as without response_format
+
+
+def test_stop_strings_do_not_cut_a_constrained_answer(client: TestClient) -> None:
+    body = {"prompt": "A person:", "max_tokens": 80, "temperature": 0, "response_format": JSON_SCHEMA}
+    (choice,) = client.post("/v1/completions", json={**body, "stop": ['"', ","]}).json()["choices"]
+    assert choice["finish_reason"] == "stop"
+    jsonschema.validate(json.loads(choice["text"]), PERSON)
+
+
+def test_generate_with_a_json_or_regex_grammar(client: TestClient) -> None:
+    grammar = {"type": "json", "value": PERSON}
+    body = {"prompt": "A person:", "max_new_tokens": 80, "return_full_text": False, "details": True}
+    response = client.post("/generate", json={**body, "grammar": grammar, "num_return_sequences": 2, "do_sample": True})
+    assert response.status_code == 200, response.text
+    texts = response.json()["generated_sequences"]
+    assert all(isinstance(json.loads(t), dict) for t in texts if t.endswith("}"))
+    pattern = r"[A-Z][a-z]{2,5} \d{2}"
+    regex = client.post("/generate", json={**body, "grammar": {"type": "regex", "value": pattern}})
+    (word,) = regex.json()["generated_sequences"]
+    assert re.fullmatch(pattern, word), word
+    stream = client.post("/generate_stream", json={**body, "grammar": {"type": "regex", "value": pattern}})
+    events = sse_data(stream)
+    assert "".join(e["token"]["text"] for e in events if not e["token"]["special"]) == word
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param", "words"),
+    [
+        (
+            "/v1/completions",
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"uniqueItems": True}}}},
+            "response_format",
+            ["uniqueItems"],
+        ),
+        (
+            "/v1/completions",
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}},
+            "response_format",
+            ["strin"],
+        ),
+        ("/generate", {"grammar": {"type": "regex", "value": "(a"}}, "grammar", ["regular expression"]),
+        ("/generate", {"grammar": {"type": "json", "value": {"not": {}}}}, "grammar", ["not"]),
+    ],
+    ids=["unique-items", "bad-type", "bad-regex", "not"],
+)
+def test_what_cannot_be_followed_is_a_400_naming_it(
+    client: TestClient, route: str, body: dict[str, Any], param: str, words: list[str]
+) -> None:
+    response = client.post(route, json={"prompt": "A person:", **body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_grammar" and error["param"] == param
+    assert all(word in error["message"] for word in words), error["message"]
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [{"type": "json_schema"}, {"type": "xml"}, {"type": "json_schema", "json_schema": {"name": "bad name!"}}],
+)
+def test_a_malformed_response_format_is_a_422(client: TestClient, response_format: dict[str, Any]) -> None:
+    response = client.post("/v1/completions", json={"prompt": "x", "response_format": response_format})
+    assert response.status_code == 422 and response.json()["error"]["param"].startswith("response_format")
+
+
+def test_an_engine_that_cannot_constrain_says_which_can(client_of_ctranslate2: TestClient) -> None:
+    for route, body in (
+        ("/v1/completions", {"prompt": "x", "response_format": {"type": "json_object"}}),
+        ("/generate", {"prompt": "x", "grammar": {"type": "regex", "value": "a+"}}),
+    ):
+        response = client_of_ctranslate2.post(route, json=body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == "unsupported_by_engine" and "ENGINE=llamacpp" in error["message"]
+
+
+class Person(BaseModel):
+    name: str = Field(max_length=6)
+    age: int = Field(ge=0, le=120)
+    role: Literal["admin", "user"]
+
+
+def test_the_sdk_parse_gets_its_model_back(chat_model_dir: Path) -> None:
+    with serving_in_thread(llamacpp_app(chat_model_dir)) as url:
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        completion = sdk.chat.completions.parse(
+            model="tiny-chat-llama", messages=CHAT, response_format=Person, max_tokens=150, temperature=0
+        )
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "stop"
+    assert isinstance(message.parsed, Person) and message.parsed == Person.model_validate_json(message.content or "")
