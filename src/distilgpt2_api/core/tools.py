@@ -311,7 +311,7 @@ class ToolCallStream:
         return deltas
 
     def finish(self) -> list[ToolCallDelta]:
-        """The deltas left when the answer ends: held-back text, or a first call cut before its name (text after all)."""
+        """The deltas left when the answer ends: held-back text, or a first call cut before its name (as text)."""
         deltas = self.feed("")
         if self._state == "text" and self._buffer:
             deltas.append(ToolCallDelta(content=self._buffer))
