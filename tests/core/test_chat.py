@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
-from distilgpt2_api.core.chat import ChatMessage, ChatTemplate
+from distilgpt2_api.core.chat import TOOLS_PROMPT, ChatMessage, ChatTemplate
 from distilgpt2_api.core.errors import ChatTemplateFailed, ChatUnsupported
 from distilgpt2_api.core.scheduler import Scheduler
+from distilgpt2_api.core.tools import FunctionTool, ToolCall
 from distilgpt2_api.engines import ModelInfo, load_engine
+
+from model_factory import CHATML, build_tokenizer
 
 CONVERSATIONS = [
     [ChatMessage("user", "Hello there")],
@@ -63,3 +67,126 @@ def test_a_model_without_a_template_cannot_chat(model_dir: Path) -> None:
     scheduler = Scheduler(load_engine(model_dir, "ctranslate2", threads=1))
     with pytest.raises(ChatUnsupported, match="has no chat template"):
         _ = scheduler.chat_template
+
+
+# ---- tools ----
+
+WEATHER = FunctionTool(
+    "get_weather", "The weather now.", {"type": "object", "properties": {"city": {"type": "string"}}}
+)
+CALL = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
+CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+TOOL_TURNS = [
+    ChatMessage("user", "Weather in Paris?"),
+    ChatMessage("assistant", "", tool_calls=(CALL,)),
+    ChatMessage("tool", "18 degrees", tool_call_id="call_1"),
+]
+# A small template that reads `tools`, calls and results as transformers passes them.
+TOOLS_TEMPLATE = (
+    "{% if tools %}{{ 'TOOLS ' + tools | tojson + '\n' }}{% endif %}"
+    "{% for message in messages %}{{ '[' + message['role'] + '] ' + message['content'] }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{{ 'CALL ' + call['id'] + ' ' + call['function']['name'] + ' ' + call['function']['arguments'] | tojson }}"
+    "{% endfor %}"
+    "{% if message['tool_call_id'] %}{{ ' FOR ' + message['tool_call_id'] }}{% endif %}{{ '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '[assistant] ' }}{% endif %}"
+)
+
+
+def test_a_template_that_reads_tools_knows_them() -> None:
+    assert ChatTemplate(TOOLS_TEMPLATE, {}).knows_tools
+    assert not ChatTemplate(CHATML, {}).knows_tools
+
+
+def test_tools_reach_a_template_that_knows_them_as_transformers_passes_them() -> None:
+    mine = ChatTemplate(TOOLS_TEMPLATE, {}).render(TOOL_TURNS, tools=[WEATHER])
+    assert mine == (
+        'TOOLS [{"type": "function", "function": {"name": "get_weather", "description": "The weather now.", '
+        '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]\n'
+        "[user] Weather in Paris?\n"
+        '[assistant] CALL call_1 get_weather {"city": "Paris"}\n'
+        "[tool] 18 degrees FOR call_1\n"
+        "[assistant] "
+    )
+    tokenizer = build_tokenizer()
+    theirs = tokenizer.apply_chat_template(
+        [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "type": "function",
+                        "id": "call_1",
+                        "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                    }
+                ],
+            },
+            {"role": "tool", "content": "18 degrees", "tool_call_id": "call_1"},
+        ],
+        tools=[
+            {
+                "type": "function",
+                "function": {
+                    "name": WEATHER.name,
+                    "description": WEATHER.description,
+                    "parameters": WEATHER.parameters,
+                },
+            }
+        ],
+        chat_template=TOOLS_TEMPLATE,
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert mine == theirs
+
+
+def test_without_tools_a_template_that_knows_them_renders_as_before() -> None:
+    template = ChatTemplate(TOOLS_TEMPLATE, {})
+    assert template.render([ChatMessage("user", "Hi")]) == "[user] Hi\n[assistant] "
+
+
+def test_a_template_without_tools_gets_them_in_the_messages() -> None:
+    rendered = ChatTemplate(CHATML, {}).render([ChatMessage("system", "Be brief."), *TOOL_TURNS], tools=[WEATHER])
+    tools_json = json.dumps(
+        {
+            "type": "function",
+            "function": {
+                "name": WEATHER.name,
+                "description": WEATHER.description,
+                "parameters": dict(WEATHER.parameters),
+            },
+        }
+    )
+    assert rendered == (
+        "<|im_start|>system\nBe brief.\n\n" + TOOLS_PROMPT.format(tools=tools_json) + "<|im_end|>\n"
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+        f"<|im_start|>assistant\n{CALL_TEXT}<|im_end|>\n"
+        "<|im_start|>user\n<tool_response>\n18 degrees\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert "<tool_call>" in TOOLS_PROMPT and "</tool_call>" in TOOLS_PROMPT
+
+
+def test_the_tools_block_becomes_the_first_system_message_if_there_is_none() -> None:
+    rendered = ChatTemplate(CHATML, {}).render([ChatMessage("user", "Hi")], tools=[FunctionTool("now")])
+    assert rendered.startswith("<|im_start|>system\n# Tools\n")
+    assert (
+        '{"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}'
+        in rendered
+    )
+    assert "You are a tiny test model." not in rendered
+
+
+def test_content_before_calls_stays_before_them() -> None:
+    messages = [ChatMessage("user", "Hi"), ChatMessage("assistant", "Looking.", tool_calls=(CALL, CALL))]
+    rendered = ChatTemplate(CHATML, {}).render(messages)
+    assert f"<|im_start|>assistant\nLooking.\n{CALL_TEXT}\n{CALL_TEXT}<|im_end|>\n" in rendered
+
+
+@pytest.mark.parametrize("source", [CHATML, TOOLS_TEMPLATE], ids=["generic", "template"])
+def test_call_arguments_must_be_a_json_object(source: str) -> None:
+    bad = ChatMessage("assistant", "", tool_calls=(ToolCall("call_2", "get_weather", "Paris"),))
+    with pytest.raises(ChatTemplateFailed, match="'call_2' are not a JSON object"):
+        ChatTemplate(source, {}).render([ChatMessage("user", "Hi"), bad])
