@@ -41,6 +41,16 @@ def chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def long_chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny chat Llama with a 2048-token context, for the llama.cpp engine only: room for tool definitions,
+    which the suite's small tokenizer spells out in many tokens."""
+    path = build_tiny_chat_llama(tmp_path_factory.mktemp("models") / "tiny-chat-llama-2k", context=2048)
+    write_gguf(path)
+    write_manifest(path, source="local", model_id="tiny-chat-llama")
+    return path
+
+
 class _SseWatcherLeftBehind(logging.Filter):
     """sse-starlette starts a shutdown watcher task on each event loop that serves a stream; it ends with the
     server it watches, which a test's loop (TestClient's, a loopback server's thread) never signals. When such a

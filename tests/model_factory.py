@@ -124,7 +124,9 @@ def build_tiny_llama(path: Path) -> Path:
     return _save(_tiny_llama(tokenizer, bos_id=eos_id, eos_id=eos_id), tokenizer, path, "tiny-llama")
 
 
-def _tiny_llama(tokenizer: PreTrainedTokenizerFast, *, bos_id: int, eos_id: int) -> LlamaForCausalLM:
+def _tiny_llama(
+    tokenizer: PreTrainedTokenizerFast, *, bos_id: int, eos_id: int, context: int = 256
+) -> LlamaForCausalLM:
     """A 2-layer Llama (hidden 64, 4 heads, 2 KV heads) with random weights (seed 0) for `tokenizer`."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -133,7 +135,7 @@ def _tiny_llama(tokenizer: PreTrainedTokenizerFast, *, bos_id: int, eos_id: int)
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=context,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
     )
@@ -149,12 +151,12 @@ CHATML = (  # the ChatML template SmolLM2 and many others use, with a system pro
 )
 
 
-def build_tiny_chat_llama(path: Path) -> Path:
+def build_tiny_chat_llama(path: Path, context: int = 256) -> Path:
     """A tiny Llama chat model: ChatML special tokens, `<|im_end|>` as its end of turn, the template saved with it."""
     tokenizer = build_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.chat_template = CHATML
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    model = _tiny_llama(tokenizer, bos_id=tokenizer.convert_tokens_to_ids(EOS), eos_id=end_of_turn)
+    model = _tiny_llama(tokenizer, bos_id=tokenizer.convert_tokens_to_ids(EOS), eos_id=end_of_turn, context=context)
     return _save(model, tokenizer, path, "tiny-chat-llama")

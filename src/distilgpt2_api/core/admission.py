@@ -31,6 +31,8 @@ MAX_ALTERNATIVES_STEPS = 512
 class SchedulerBase:
     """The scheduler surface the HTTP layer uses that does not depend on how requests take turns."""
 
+    can_constrain = False  # whether answers can be held to a grammar (structured output, tool calls)
+
     def __init__(self, info: ModelInfo, tokenizer: TextTokenizer, *, max_batch_tokens: int | None) -> None:
         self._info = info
         self._tokenizer = tokenizer

@@ -106,6 +106,8 @@ class StepScheduler(SchedulerBase):
     Same surface as core/scheduler.Scheduler, so every route works unchanged.
     """
 
+    can_constrain = True
+
     def __init__(
         self,
         engine: StepEngine,

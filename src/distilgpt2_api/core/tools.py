@@ -21,8 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import llguidance
-
 from distilgpt2_api.core.errors import InvalidRequest
 
 OPEN_TAG = "<tool_call>"
@@ -137,6 +135,8 @@ def tool_grammar(tools: Sequence[FunctionTool], choice: ToolChoice, *, parallel:
 
 def grammar_error(grammar: str) -> str | None:
     """llguidance's reason for refusing Lark `grammar` (its position and excerpt left out), or None if it compiles."""
+    import llguidance  # only where tools are served (the llama.cpp engine): other images do not hold it
+
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
         llguidance.LLMatcher.grammar_from_lark(grammar)
     )

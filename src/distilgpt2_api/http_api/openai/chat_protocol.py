@@ -1,27 +1,31 @@
 """OpenAI's chat completions shapes, the subset this service implements.
 
 `ChatCompletionRequest.to_generation_request` is the one translation point of the chat API: it renders
-the conversation with the model's own chat template.
+the conversation with the model's own chat template, and turns `response_format` or `tools` into the grammar
+the answer must follow. `ChatChoice.of` and `ChatEvents` read tool calls back out of the answer's text.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, create_model, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator, model_validator
 
 from distilgpt2_api.core.chat import ChatMessage, ChatTemplate, Role
+from distilgpt2_api.core.errors import InvalidRequest
+from distilgpt2_api.core.grammar import Grammar
 from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.sequence import Delta, GeneratedToken
 from distilgpt2_api.core.stream import Completion
+from distilgpt2_api.core.tools import FunctionTool, ToolCall, ToolCallStream, parse_tool_calls, tool_grammar
 from distilgpt2_api.http_api.openai.protocol import Choice, OpenAIEvents, OpenAIRequest, Response
 from distilgpt2_api.http_api.protocol import Bounds, StrictModel, TopLogprobs, Usage
 
-if TYPE_CHECKING:
-    pass
-
 MAX_MESSAGES = 256
+MAX_TOOLS = 64
+FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class TextPart(StrictModel):
@@ -29,13 +33,82 @@ class TextPart(StrictModel):
     text: str
 
 
+class FunctionCall(StrictModel):
+    name: str
+    arguments: str = Field(description="The arguments as JSON text, as the model wrote them.")
+
+
+class MessageToolCall(StrictModel):
+    """A call an earlier assistant turn made (as this API returned it)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(StrictModel):
     role: Role
-    content: str | Annotated[list[TextPart], Field(min_length=1)]
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = Field(None, description="An assistant turn's calls.")
+    tool_call_id: str | None = Field(None, description="A `tool` turn: the id of the call it answers.")
+    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = Field(
+        None, validate_default=True, description="Required, except for an assistant turn with tool_calls."
+    )
+
+    @field_validator("content")
+    @classmethod
+    def _content_unless_calls(cls, content: object, info: ValidationInfo) -> object:
+        if content is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+            raise ValueError("content is required (it may be null only in an assistant turn with tool_calls)")
+        return content
+
+    @model_validator(mode="after")
+    def _tool_turns(self) -> Message:
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages have tool_calls")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+    def to_chat_message(self) -> ChatMessage:
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ())
+        return ChatMessage(role=self.role, content=self.text(), tool_calls=calls, tool_call_id=self.tool_call_id)
+
+
+class FunctionDefinition(StrictModel):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="A JSON Schema of the arguments (an object); the calls made always validate against it."
+    )
+    strict: bool | None = Field(None, description="Accepted for OpenAI clients: arguments always follow the schema.")
+
+
+class ToolDefinition(StrictModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+    def to_tool(self) -> FunctionTool:
+        function = self.function
+        if function.parameters is None:
+            return FunctionTool(function.name, function.description)
+        return FunctionTool(function.name, function.description, function.parameters)
+
+
+class FunctionChoice(StrictModel):
+    name: FunctionName
+
+
+class NamedToolChoice(StrictModel):
+    """Call this function (once)."""
+
+    type: Literal["function"]
+    function: FunctionChoice
 
 
 class ChatCompletionRequest(OpenAIRequest):
@@ -48,6 +121,15 @@ class ChatCompletionRequest(OpenAIRequest):
     top_logprobs: TopLogprobs | None = Field(
         None, description="With logprobs: also this many likeliest alternatives per token."
     )
+    tools: Annotated[list[ToolDefinition], Field(max_length=MAX_TOOLS)] | None = Field(
+        None, description="Functions the model may call (ENGINE=llamacpp); calls come back in message.tool_calls."
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None,
+        description="`auto` (the default with tools): text or calls; `required`: at least one call; a named "
+        "function: exactly that call; `none`: text, the tools not offered.",
+    )
+    parallel_tool_calls: bool = Field(True, description="With `auto`/`required`: may the answer hold several calls.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -55,7 +137,31 @@ class ChatCompletionRequest(OpenAIRequest):
             raise ValueError("send max_completion_tokens or max_tokens, not both")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools")
         return self
+
+    def offered_tools(self) -> list[FunctionTool]:
+        """The tools the model is told of and may call: none when tool_choice is `none`."""
+        if not self.tools or self.tool_choice == "none":
+            return []
+        return [tool.to_tool() for tool in self.tools]
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the answer must follow a grammar (tools or a JSON response_format)."""
+        return bool(self.offered_tools()) or self.grammar() is not None
+
+    def tools_grammar(self) -> Grammar | None:
+        tools = self.offered_tools()
+        if not tools:
+            return None
+        if self.grammar() is not None:
+            raise InvalidRequest("response_format json_object/json_schema cannot be combined with tools here")
+        choice = self.tool_choice or "auto"
+        name = choice if isinstance(choice, str) else choice.function.name
+        text = tool_grammar(tools, name, parallel=self.parallel_tool_calls)
+        return None if text is None else Grammar("lark", text, param="tools")
 
     def max_new_tokens(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
@@ -64,7 +170,7 @@ class ChatCompletionRequest(OpenAIRequest):
         self, template: ChatTemplate, *, default_max_tokens: int, deadline: float | None
     ) -> GenerationRequest:
         return GenerationRequest(
-            prompt=chat_prompt(template, self.messages),
+            prompt=chat_prompt(template, self.messages, self.offered_tools()),
             max_new_tokens=self.max_new_tokens(default_max_tokens),
             n=self.n,
             sampling=self.sampling(),
@@ -72,13 +178,13 @@ class ChatCompletionRequest(OpenAIRequest):
             deadline=deadline,
             add_special_tokens=False,  # the template wrote them
             logprobs=(self.top_logprobs or 0) if self.logprobs else None,
-            grammar=self.grammar(),
+            grammar=self.tools_grammar() or self.grammar(),
         )
 
 
-def chat_prompt(template: ChatTemplate, messages: list[Message]) -> str:
+def chat_prompt(template: ChatTemplate, messages: list[Message], tools: Sequence[FunctionTool] = ()) -> str:
     """The conversation as the model sees it: rendered with its chat template (special tokens included)."""
-    return template.render([ChatMessage(role=m.role, content=m.text()) for m in messages])
+    return template.render([m.to_chat_message() for m in messages], tools)
 
 
 def message_model(bounds: Bounds) -> type[Message]:
@@ -87,7 +193,10 @@ def message_model(bounds: Bounds) -> type[Message]:
         "Message",
         __base__=Message,
         __module__=__name__,
-        content=(bounds.prompt | Annotated[list[TextPart], Field(min_length=1)], ...),
+        content=(
+            bounds.prompt | Annotated[list[TextPart], Field(min_length=1)] | None,
+            Field(None, validate_default=True),
+        ),
     )
 
 
@@ -105,9 +214,30 @@ def chat_request_model(bounds: Bounds) -> type[ChatCompletionRequest]:
     )
 
 
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
+
+    @classmethod
+    def of(cls, text: str, tools: Sequence[FunctionTool]) -> ChatMessageOut:
+        """The answer; with tools, the calls it made read out of its text."""
+        if not tools:
+            return cls(content=text)
+        content, calls = parse_tool_calls(text, tools)
+        if not calls:
+            return cls(content=text)
+        out = [ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls]
+        return cls(content=content, tool_calls=out)
+
+
+ChatFinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class TopLogprob(BaseModel):
@@ -142,16 +272,23 @@ class ChatLogprobs(BaseModel):
 
 
 class ChatChoice(Choice):
+    finish_reason: ChatFinishReason  # type: ignore[assignment]
     message: ChatMessageOut
     logprobs: ChatLogprobs | None = None
 
     @classmethod
-    def of(cls, completion: Completion, index: int, *, logprobs: bool) -> ChatChoice:
+    def of(
+        cls, completion: Completion, index: int, *, logprobs: bool, tools: Sequence[FunctionTool] = ()
+    ) -> ChatChoice:
+        message = ChatMessageOut.of(completion.text, tools)
+        ending = cls.ending(completion.finish_reason)
+        if message.tool_calls and ending["finish_reason"] == "stop":
+            ending["finish_reason"] = "tool_calls"
         return cls(
             index=index,
-            message=ChatMessageOut(content=completion.text),
+            message=message,
             logprobs=ChatLogprobs.of(completion.tokens) if logprobs else None,
-            **cls.ending(completion.finish_reason),
+            **ending,
         )
 
 
@@ -161,16 +298,31 @@ class ChatCompletionResponse(Response):
     choices: list[ChatChoice]
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str
+
+
+class ToolCallDeltaOut(BaseModel):
+    """A piece of call `index`: its first has the id and name, the later ones fragments of its arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDeltaOut] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: ChatFinishReason | None = None
     time_limit_reached: bool = False
 
 
@@ -194,17 +346,55 @@ class ChatEvents(OpenAIEvents):
     def __init__(self, model: str, body: ChatCompletionRequest) -> None:
         super().__init__(model, body)
         self._logprobs = body.logprobs
+        self._tools = body.offered_tools()
         self._started: set[int] = set()
+        self._calls: dict[int, ToolCallStream] = {}  # per choice, with tools: its text read as it streams
+        self._called: set[int] = set()  # choices that made a call
 
     def delta(self, delta: Delta) -> list[BaseModel]:
         first = delta.index not in self._started
         if not (first or delta.text or delta.finish_reason):
             return []  # nothing a client could see (a special token, an unfinished character)
         self._started.add(delta.index)
-        choice = ChatChunkChoice(
-            index=delta.index,
-            delta=ChatDelta(role="assistant" if first else None, content=delta.text),
-            logprobs=ChatLogprobs.of(delta.tokens) if self._logprobs else None,
-            **Choice.ending(delta.finish_reason),
-        )
-        return [ChatCompletionChunk(**self._chunk, choices=[choice])]
+        logprobs = ChatLogprobs.of(delta.tokens) if self._logprobs else None
+        if not self._tools:
+            choice = ChatChunkChoice(
+                index=delta.index,
+                delta=ChatDelta(role="assistant" if first else None, content=delta.text),
+                logprobs=logprobs,
+                **Choice.ending(delta.finish_reason),
+            )
+            return [ChatCompletionChunk(**self._chunk, choices=[choice])]
+        return self._tool_chunks(delta, first, logprobs)
+
+    def _tool_chunks(self, delta: Delta, first: bool, logprobs: ChatLogprobs | None) -> list[BaseModel]:
+        """With tools: content as text, calls as OpenAI streams them (the finish_reason `tool_calls` if any)."""
+        reader = self._calls.setdefault(delta.index, ToolCallStream(self._tools))
+        pieces = reader.feed(delta.text) + (reader.finish() if delta.finish_reason else [])
+        deltas = [ChatDelta(role="assistant")] if first else []
+        for piece in pieces:
+            if piece.index is None:
+                deltas.append(ChatDelta(content=piece.content))
+                continue
+            self._called.add(delta.index)
+            function = FunctionCallDelta(name=piece.name, arguments=piece.arguments)
+            call = ToolCallDeltaOut(
+                index=piece.index, id=piece.id, type="function" if piece.id else None, function=function
+            )
+            deltas.append(ChatDelta(tool_calls=[call]))
+        ending = Choice.ending(delta.finish_reason)
+        if ending["finish_reason"] == "stop" and delta.index in self._called:
+            ending["finish_reason"] = "tool_calls"
+        if ending["finish_reason"] is not None or (not deltas and logprobs is not None):
+            deltas.append(ChatDelta())  # carries the finish_reason, or tokens' logprobs whose text is held back
+        chunks: list[BaseModel] = []
+        for i, chat_delta in enumerate(deltas):
+            last = i == len(deltas) - 1
+            choice = ChatChunkChoice(
+                index=delta.index,
+                delta=chat_delta,
+                logprobs=logprobs if last else None,
+                **(ending if last else {}),
+            )
+            chunks.append(ChatCompletionChunk(**self._chunk, choices=[choice]))
+        return chunks

@@ -9,6 +9,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from distilgpt2_api.core.admission import SchedulerBase
+from distilgpt2_api.core.errors import GrammarUnsupported
 from distilgpt2_api.http_api.dependencies import ERROR_RESPONSES, GenerationDep, SchedulerDep, usage_of
 from distilgpt2_api.http_api.errors import ApiError
 from distilgpt2_api.http_api.openai.chat_protocol import (
@@ -57,7 +59,7 @@ def openai_router(bounds: Bounds) -> APIRouter:
         generation: GenerationDep,
     ) -> BaseModel | Response:
         """With `stream: true`, Server-Sent Events: a chunk per piece of text as it is generated, then `[DONE]`."""
-        _check(body, generation.scheduler.model_name)
+        _check(body, generation.scheduler)
         jobs = body.to_generation_requests(generation.deadline)
         if len(jobs) * body.n > bounds.max_sequences:
             message = f"{len(jobs)} prompts x n={body.n}: more than this server's {bounds.max_sequences} choices"
@@ -85,7 +87,7 @@ def openai_router(bounds: Bounds) -> APIRouter:
         """The conversation rendered with the model's chat template; the answer ends at its end-of-turn token.
         Without max_tokens / max_completion_tokens an answer may take MAX_NEW_TOKENS_LIMIT tokens.
         With `stream: true`, Server-Sent Events: chunks as the answer is generated, then `[DONE]`."""
-        _check(body, generation.scheduler.model_name)
+        _check(body, generation.scheduler)
         job = body.to_generation_request(
             generation.scheduler.chat_template,
             default_max_tokens=bounds.max_new_tokens_limit,
@@ -97,15 +99,23 @@ def openai_router(bounds: Bounds) -> APIRouter:
         result = await generation.run(job)
         return ChatCompletionResponse(
             model=model,
-            choices=[ChatChoice.of(c, i, logprobs=body.logprobs) for i, c in enumerate(result.completions)],
+            choices=[
+                ChatChoice.of(c, i, logprobs=body.logprobs, tools=body.offered_tools())
+                for i, c in enumerate(result.completions)
+            ],
             usage=usage_of(result),
         )
 
     return router
 
 
-def _check(body: CompletionRequest | ChatCompletionRequest, served: str) -> None:
-    """What the schema cannot say: only the served model."""
+def _check(body: CompletionRequest | ChatCompletionRequest, scheduler: SchedulerBase) -> None:
+    """What the schema cannot say: only the served model, and structured output only where the engine can."""
+    served = scheduler.model_name
     # Requests never choose what is loaded: a name other than the served one is an error.
     if body.model is not None and body.model != served:
         raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here; use {served!r}", "model")
+    constrained = body.constrained if isinstance(body, ChatCompletionRequest) else body.grammar() is not None
+    if constrained and not scheduler.can_constrain:
+        tools = isinstance(body, ChatCompletionRequest) and body.offered_tools()
+        raise GrammarUnsupported("tools" if tools else "response_format")
