@@ -16,18 +16,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from distilgpt2_api.core.loop import StepScheduler
-from distilgpt2_api.http_api.app_factory import create_app, load_scheduler
-from distilgpt2_api.settings import Settings
 
+from engine_apps import llamacpp_app, openai_sdk
 from server_process import serving_in_thread
 
 PROMPT = "Once upon a time"
 NEVER = ["never in this text"]  # keeps generation going to max tokens
-
-
-def llamacpp_app(model_dir: Path, **settings: Any) -> FastAPI:
-    config = Settings(model_dir=model_dir, engine="llamacpp", **settings)
-    return create_app(load_scheduler(config), config)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +43,7 @@ def base_url(app: FastAPI) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sdk(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return openai_sdk(base_url)
 
 
 def test_the_step_loop_serves_it(app: FastAPI) -> None:
