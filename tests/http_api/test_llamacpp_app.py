@@ -14,7 +14,6 @@ import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from llamacpp_apps import llamacpp_app
 
 from distilgpt2_api.core.loop import StepScheduler
 

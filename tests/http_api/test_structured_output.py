@@ -12,16 +12,12 @@ from typing import Any, Literal
 
 import httpx
 import jsonschema
-import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from llamacpp_apps import llamacpp_app
 from pydantic import BaseModel, Field
 
-from distilgpt2_api.http_api.app_factory import create_app, load_scheduler
-from distilgpt2_api.settings import Settings
-
+from engine_apps import engine_app, llamacpp_app, openai_sdk
 from server_process import serving_in_thread
 
 PERSON = {
@@ -58,8 +54,7 @@ def chat_client(chat_model_dir: Path) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def client_of_ctranslate2(model_dir: Path) -> Iterator[TestClient]:
-    config = Settings(model_dir=model_dir, engine="ctranslate2")
-    with TestClient(create_app(load_scheduler(config), config), raise_server_exceptions=False) as test_client:
+    with TestClient(engine_app(model_dir, "ctranslate2"), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -191,7 +186,7 @@ class Person(BaseModel):
 
 def test_the_sdk_parse_gets_its_model_back(chat_model_dir: Path) -> None:
     with serving_in_thread(llamacpp_app(chat_model_dir)) as url:
-        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        sdk = openai_sdk(url)
         completion = sdk.chat.completions.parse(
             model="tiny-chat-llama", messages=CHAT, response_format=Person, max_tokens=150, temperature=0
         )
