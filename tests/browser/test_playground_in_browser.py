@@ -1,13 +1,15 @@
 """/playground in headless Chromium, every other origin blocked: typed by keyboard, streamed, stopped, in error,
-in chat, with an API key, on a phone-sized screen, and behind the Lambda handler's /Prod stage.
+in chat, with JSON output, with an API key, on a phone-sized screen, and behind the Lambda handler's /Prod stage.
 
 Servers: `live_server` (the service as `make serve` runs it), and in this process under uvicorn: the tiny
-model slowed to 50 ms a token (to see text arrive, and to stop it), the tiny chat model, and the tiny model
-with an API key. Every test saves a screenshot in tests/browser/screenshots/.
+model slowed to 50 ms a token (to see text arrive, and to stop it), the tiny chat model, the tiny chat model on
+the llama.cpp engine (which constrains answers to a schema), and the tiny model with an API key. Every test
+saves a screenshot in tests/browser/screenshots/.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -16,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from fastapi import FastAPI
+from llamacpp_apps import llamacpp_app
 
 from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.engines import load_engine
@@ -84,6 +88,13 @@ def chat_server(chat_model_dir: Path) -> Iterator[str]:
     """The tiny Llama with a ChatML template, under uvicorn in this process."""
     engine = load_engine(chat_model_dir, "ctranslate2", threads=1)
     with serving_in_thread(create_app(Scheduler(engine), Settings(model_dir=chat_model_dir))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def llamacpp_chat_server(chat_model_dir: Path) -> Iterator[str]:
+    """The tiny chat Llama on the llama.cpp engine, which constrains answers to a schema, under uvicorn here."""
+    with serving_in_thread(llamacpp_app(chat_model_dir, max_batch_size=2)) as url:
         yield url
 
 
@@ -494,6 +505,156 @@ def test_chat_keeps_a_history(open_page: PageFactory, chat_server: str, screensh
     page.check("#mode-chat")
     assert page.locator("#chat-log .message").count() == 2
     assert_stayed_home(network)
+
+
+# --- JSON output ------------------------------------------------------------------------------------
+
+JSON_QUESTION = "Who are you? Answer in JSON."
+
+
+def json_answers(page: Any, where: str = "#completion-output") -> list[str]:
+    """The text of each JSON answer in `where` (#completion-output or #chat-log)."""
+    texts: list[str] = page.eval_on_selector_all(f"{where} .json .generated", "els => els.map(e => e.textContent)")
+    return texts
+
+
+def sent_bodies(page: Any) -> list[Any]:
+    """The JSON body of every generation request the page sends, as it sends them."""
+    bodies: list[Any] = []
+    page.on("request", lambda request: bodies.append(request.post_data_json) if "/v1/" in request.url else None)
+    return bodies
+
+
+def test_json_output_is_shown_pretty_printed_and_valid(
+    open_page: PageFactory, llamacpp_chat_server: str, screenshot: Screenshot
+) -> None:
+    """On the llama.cpp engine: the raw text streams in, then the answer that stopped is shown pretty-printed,
+    parses and matches the schema; an empty schema asks for any JSON object; a cut answer is said to be
+    incomplete; a schema the server cannot follow gets its message."""
+    server = llamacpp_chat_server
+    page, network = open_page(server)
+    sent = sent_bodies(page)
+    open_playground(page, server)
+    assert page.is_hidden("#schema-field")
+    page.check("#json-mode")
+    assert page.is_visible("#schema-field")
+    schema = json.loads(page.input_value("#json-schema"))  # the example the box starts with
+    assert schema["type"] == "object" and schema["properties"]
+    page.evaluate(
+        """() => {
+            window.streamed = [];  // the answer's text, each time it changed while the request ran
+            new MutationObserver(() => {
+                const text = document.querySelector('#chat-log .message.assistant:last-child .generated');
+                if (text && document.body.classList.contains('busy')) window.streamed.push(text.textContent);
+            }).observe(document.getElementById('chat-log'), {childList: true, subtree: true, characterData: true});
+        }"""
+    )
+    settings(page, max_tokens=200, temperature=0)
+    send_by_keyboard(page, JSON_QUESTION)
+    wait_until_idle(page)
+    screenshot(page, "playground-json")
+
+    assert page.inner_text("#status") == "Done.", page.inner_text("#error")
+    assert stat(page, "finish") == "stop"
+    response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    assert sent[-1]["response_format"] == response_format
+    raw = httpx.post(
+        f"{server}/v1/chat/completions",
+        json={**sent[-1], "stream": False, "stream_options": None},
+        timeout=60,
+    ).json()["choices"][0]["message"]["content"]
+    (shown,) = json_answers(page, "#chat-log")
+    answer = json.loads(shown)
+    jsonschema.validate(answer, schema)
+    assert answer == json.loads(raw)
+    assert shown == json.dumps(answer, indent=2, ensure_ascii=False) != raw  # pretty-printed: indented by 2
+    assert page.locator(".json-note").count() == 0
+    streamed = page.evaluate("() => window.streamed")
+    assert streamed and streamed[-1] == raw, streamed[-3:]  # as it arrived: the raw text
+    assert all(raw.startswith(text) for text in streamed)
+
+    # Completion mode, an empty schema: any JSON object.
+    page.check("input[value=completion]")
+    page.fill("#json-schema", "")
+    send_by_keyboard(page, "A person:")
+    wait_until_idle(page)
+    assert sent[-1]["response_format"] == {"type": "json_object"}
+    assert sent[-1]["prompt"] == "A person:"
+    (shown,) = json_answers(page)
+    if stat(page, "finish") == "stop":
+        assert isinstance(json.loads(shown), dict)
+        assert shown == json.dumps(json.loads(shown), indent=2, ensure_ascii=False)
+    else:  # cut: the raw text and the note
+        assert page.locator(".json-note").count() == 1
+
+    # Cut at max new tokens: said to be incomplete, the raw text as it came.
+    settings(page, max_tokens=3)
+    send_by_keyboard(page, "A person:")
+    wait_until_idle(page)
+    assert stat(page, "finish") == "length"
+    cut = complete(server, prompt="A person:", max_tokens=3, temperature=0, response_format={"type": "json_object"})
+    assert json_answers(page) == [cut["choices"][0]["text"]]
+    assert page.inner_text("#completion-output .json-note").startswith("Incomplete JSON: cut at max new tokens")
+    screenshot(page, "playground-json-cut")
+
+    # A schema the server cannot follow: its 400, its message.
+    page.fill("#json-schema", '{"type": "strin"}')
+    send_by_keyboard(page, "A person:")
+    wait_until_idle(page)
+    refused = httpx.post(
+        f"{server}/v1/completions",
+        json={"prompt": "A person:", **sent[-1], "stream": False, "stream_options": None},
+        timeout=30,
+    )
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "invalid_grammar" and "strin" in error["message"]
+    assert page.inner_text("#error .error-message") == error["message"]
+    assert page.inner_text("#error .error-details").startswith("HTTP 400 · invalid_grammar")
+    assert page.inner_text("#status") == "Failed."
+    assert_stayed_home(network, failures=1)
+
+
+def test_json_output_errors_are_shown_in_the_page(
+    open_page: PageFactory, live_server: str, screenshot: Screenshot
+) -> None:
+    """A schema that is not a JSON object is reported before any request; an engine that cannot constrain
+    (ctranslate2) answers 400, and the page shows its message."""
+    page, network = open_page(live_server)
+    open_playground(page, live_server)
+    page.check("#json-mode")
+    settings(page, max_tokens=8, temperature=0)
+    for schema, message in (
+        ('{"type": "object",}', "JSON Schema: not valid JSON"),
+        ('["object"]', "JSON Schema: must be a JSON object"),
+    ):
+        page.fill("#json-schema", schema)
+        send_by_keyboard(page, PROMPT)
+        page.locator("#error").wait_for(state="visible")
+        assert page.inner_text("#error .error-message").startswith(message)
+        assert "/v1/completions" not in network.paths()  # nothing was sent
+        assert page.input_value("#prompt") == PROMPT
+    screenshot(page, "playground-json-invalid-schema")
+
+    page.fill("#json-schema", '{"type": "object"}')
+    send_by_keyboard(page, PROMPT)
+    wait_until_idle(page)
+    page.locator("#error").wait_for(state="visible")
+    format_ = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
+    refused = httpx.post(
+        f"{live_server}/v1/completions",
+        json={"prompt": PROMPT, "max_tokens": 8, "response_format": format_},
+        timeout=30,
+    )
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "unsupported_by_engine" and "ENGINE=llamacpp" in error["message"]
+    assert page.inner_text("#error .error-message") == error["message"]
+    assert page.inner_text("#error .error-details").startswith("HTTP 400 · unsupported_by_engine")
+    assert page.inner_text("#completion-output") == "Nothing was generated."
+    screenshot(page, "playground-json-unsupported")
+    assert network.paths().count("/v1/completions") == 1
+    assert_stayed_home(network, failures=1)
 
 
 # --- API keys ----------------------------------------------------------------------------------------

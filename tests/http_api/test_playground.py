@@ -178,6 +178,17 @@ def test_the_script_calls_only_this_services_api() -> None:
     assert "config.root" in script  # every request goes under the page's own prefix
 
 
+def test_the_page_offers_json_output(client: TestClient) -> None:
+    """A labelled switch and schema box; the script sends them as OpenAI's response_format."""
+    page = client.get(PLAYGROUND_URL).text
+    assert re.search(r'<label class="check" for="json-mode"><input type="checkbox" id="json-mode"[^>]*> JSON out', page)
+    assert re.search(r'<label for="json-schema">JSON Schema</label>\s*<textarea id="json-schema"', page)
+    assert 'id="schema-field" hidden' in page  # shown once JSON output is on
+    script = load_asset("playground.js").content.decode()
+    for word in ("response_format", '"json_object"', '"json_schema"', "JSON.stringify(JSON.parse(text), null, 2)"):
+        assert word in script, word
+
+
 @pytest.mark.parametrize(
     "path",
     [

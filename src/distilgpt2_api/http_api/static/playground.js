@@ -121,9 +121,24 @@ const ui = {
   stopSequences: $("stop-sequences"),
   systemField: $("system-field"),
   system: $("system"),
+  jsonMode: $("json-mode"),
+  schemaField: $("schema-field"),
+  jsonSchema: $("json-schema"),
 };
 
 const DEFAULT_MAX_TOKENS = 64;
+// What the schema box starts with (indented by 2, as answers are shown): short enough for the default max new
+// tokens, and to read at a glance.
+const EXAMPLE_SCHEMA = {
+  type: "object",
+  properties: {
+    name: { type: "string", maxLength: 20 },
+    age: { type: "integer", minimum: 0, maximum: 120 },
+    hobbies: { type: "array", items: { type: "string", maxLength: 20 }, maxItems: 3 },
+  },
+  required: ["name", "age", "hobbies"],
+  additionalProperties: false,
+};
 const history = []; // the chat so far: {role, content}
 let mode = "completion";
 let run = null; // the generation under way
@@ -153,6 +168,10 @@ function setup() {
   });
   ui.stop.addEventListener("click", stop);
   ui.newChat.addEventListener("click", newChat);
+  ui.jsonSchema.value = JSON.stringify(EXAMPLE_SCHEMA, null, 2);
+  ui.jsonMode.addEventListener("change", () => {
+    ui.schemaField.hidden = !ui.jsonMode.checked;
+  });
   setMode(config.chat ? "chat" : "completion");
   document.documentElement.classList.add("ready");
   ui.prompt.focus();
@@ -216,6 +235,25 @@ function stopSequences() {
     .map(unescape);
 }
 
+/* `response_format` for JSON output: the schema box's JSON Schema, or any JSON object when it is empty;
+   undefined for plain text. A schema that is not a JSON object is the page's to report, before sending. */
+function responseFormat() {
+  if (!ui.jsonMode.checked) return undefined;
+  const text = ui.jsonSchema.value.trim();
+  if (text === "") return { type: "json_object" };
+  let schema;
+  try {
+    schema = JSON.parse(text);
+  } catch (error) {
+    throw new InputError(`JSON Schema: not valid JSON (${error.message})`);
+  }
+  if (schema === null || typeof schema !== "object" || Array.isArray(schema)) {
+    throw new InputError("JSON Schema: must be a JSON object, such as {\"type\": \"object\"}");
+  }
+  const title = typeof schema.title === "string" ? schema.title.replace(/[^a-zA-Z0-9_-]+/g, "_").slice(0, 64) : "";
+  return { type: "json_schema", json_schema: { name: title.replace(/^_+|_+$/g, "") || "answer", schema } };
+}
+
 /* The JSON body. The seed goes as the digits typed: seeds reach 2^63 - 1, past JavaScript's exact integers. */
 function requestBody(parameters) {
   const seed = ui.seed.value.trim();
@@ -233,6 +271,8 @@ function requestBody(parameters) {
   const stops = stopSequences();
   if (stops.length === 1) body.stop = stops[0];
   else if (stops.length > 1) body.stop = stops;
+  const format = responseFormat();
+  if (format) body.response_format = format;
   body.stream = true;
   body.stream_options = { include_usage: true };
   let json = JSON.stringify(body);
@@ -284,8 +324,10 @@ function send() {
     showError({ message: error.message });
     return;
   }
+  const json = ui.jsonMode.checked;
+  if (json) for (const output of outputs) output.closest(".choice, .message").classList.add("json");
   const url = `${config.root}/v1/${mode === "chat" ? "chat/completions" : "completions"}`;
-  generate(url, body, outputs, userItem);
+  generate(url, body, outputs, userItem, json);
 }
 
 function chatMessage(role, text) {
@@ -331,11 +373,12 @@ function completionOutputs(prompt, count) {
   return outputs;
 }
 
-async function generate(url, body, outputs, userItem) {
+async function generate(url, body, outputs, userItem, json) {
   const controller = new AbortController();
   const current = {
     controller,
     mode,
+    json,
     outputs,
     userItem,
     texts: outputs.map(() => ""),
@@ -470,6 +513,7 @@ function finish(current) {
   } else if (!received && !current.done) {
     ui.completionOutput.replaceChildren(placeholder("p", "Nothing was generated."));
   }
+  if (current.json) showJson(current);
   const seconds = (ended - current.started) / 1000;
   if (current.error) {
     showError(current.error);
@@ -481,6 +525,39 @@ function finish(current) {
   }
   if (current.error && !received) ui.stats.hidden = true;
   else showStats(current, ended);
+}
+
+/* JSON output, once the answers are in: the raw text streamed in; an answer that stopped is shown again
+   pretty-printed, and one that was cut (or stopped by hand) is said to be incomplete and stays as it came. */
+function showJson(current) {
+  current.outputs.forEach((output, i) => {
+    const text = current.texts[i];
+    const reason = current.finish[i];
+    if (reason === "stop") {
+      try {
+        output.textContent = JSON.stringify(JSON.parse(text), null, 2);
+        output.classList.add("pretty");
+      } catch {
+        jsonNote(output, "Not JSON, though the answer ended: shown as generated.");
+      }
+    } else if (reason === "length") {
+      jsonNote(
+        output,
+        current.timeLimit[i]
+          ? "Incomplete JSON: the time limit cut it (finish_reason length). Shown as generated."
+          : "Incomplete JSON: cut at max new tokens (finish_reason length). Shown as generated; allow more tokens to finish it.",
+      );
+    } else if (text !== "") {
+      jsonNote(output, `Incomplete JSON: ${current.stopped ? "stopped" : "the answer did not finish"}. Shown as generated.`);
+    }
+  });
+}
+
+function jsonNote(output, text) {
+  const note = document.createElement("p");
+  note.className = "json-note";
+  note.textContent = text;
+  output.closest(".choice, .message").append(note);
 }
 
 function showStats(current, ended) {
