@@ -1,15 +1,20 @@
 """The app on the llama.cpp engine with the real SmolLM2-135M-Instruct (smollm2_llamacpp_dir): it answers a
-question with a well-known answer, through the routes and through the `openai` SDK against a served app."""
+question with a well-known answer, through the routes and through the `openai` SDK against a served app; the SDK's
+`parse()`, a tool round trip and streamed tool calls work with it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import BaseModel, Field
 
 from distilgpt2_api.model_store import smollm2
 
@@ -61,3 +66,95 @@ def test_the_sdk_gets_the_same_answer_whole_and_streamed(sdk: openai.OpenAI) -> 
         model=smollm2.MODEL_ID, messages=QUESTION, max_tokens=48, temperature=0, stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == choice.message.content
+
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Get the current weather in a city", "parameters": WEATHER},
+    }
+]
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+class Capital(BaseModel):
+    country: str
+    capital: str
+    population_millions: float = Field(ge=0, le=100)  # bounded, as a schema should be: digits cannot run on
+
+
+def test_the_sdk_parse_gets_its_pydantic_model(sdk: openai.OpenAI) -> None:
+    ask = [{"role": "user", "content": "Describe the capital of France in JSON."}]
+    completion = sdk.chat.completions.parse(
+        model=smollm2.MODEL_ID, messages=ask, response_format=Capital, temperature=0, max_tokens=100
+    )
+    (choice,) = completion.choices
+    assert choice.finish_reason == "stop"
+    assert isinstance(choice.message.parsed, Capital) and choice.message.parsed.capital == "Paris"
+
+
+def test_a_tool_round_trip(sdk: openai.OpenAI) -> None:
+    first = sdk.chat.completions.create(
+        model=smollm2.MODEL_ID,
+        messages=WEATHER_QUESTION,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=0,
+        max_tokens=60,  # type: ignore[arg-type]
+    )
+    (choice,) = first.choices
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    jsonschema.validate(arguments, WEATHER)
+    assert arguments["city"] == "Paris"
+    conversation = [
+        *WEATHER_QUESTION,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature_celsius": 18, "sky": "sunny"})},
+    ]
+    answer = sdk.chat.completions.create(
+        model=smollm2.MODEL_ID,
+        messages=conversation,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice="none",
+        temperature=0,
+        max_tokens=60,
+    )
+    text = answer.choices[0].message.content or ""
+    assert answer.choices[0].message.tool_calls is None and ("18" in text or "sunny" in text), text
+
+
+def test_streamed_tool_calls_concatenate_to_the_whole_answer(sdk: openai.OpenAI) -> None:
+    fields: dict[str, Any] = {"tools": TOOLS, "tool_choice": "required", "temperature": 0, "max_tokens": 120}
+    whole = sdk.chat.completions.create(model=smollm2.MODEL_ID, messages=WEATHER_QUESTION, **fields)
+    expected = [(c.function.name, c.function.arguments) for c in whole.choices[0].message.tool_calls or []]  # type: ignore[union-attr]
+    assert expected and whole.choices[0].finish_reason == "tool_calls"
+    calls: dict[int, list[str]] = {}
+    finish = None
+    for chunk in sdk.chat.completions.create(model=smollm2.MODEL_ID, messages=WEATHER_QUESTION, stream=True, **fields):
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            assert not choice.delta.content
+            for piece in choice.delta.tool_calls or []:
+                assert piece.function is not None
+                if piece.index not in calls:
+                    assert piece.id and piece.id.startswith("call_") and piece.function.name
+                    calls[piece.index] = [piece.function.name, ""]
+                calls[piece.index][1] += piece.function.arguments or ""
+    assert [tuple(calls[i]) for i in sorted(calls)] == expected and finish == "tool_calls"
+
+
+def test_auto_lets_the_model_choose_and_any_call_validates(client: TestClient) -> None:
+    body = {"messages": WEATHER_QUESTION, "tools": TOOLS, "temperature": 1, "n": 4, "seed": 3, "max_tokens": 40}
+    for choice in client.post("/v1/chat/completions", json=body).json()["choices"]:
+        for call in choice["message"]["tool_calls"] or []:
+            jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
+        assert choice["message"]["tool_calls"] or not choice["message"]["content"].startswith("<tool_call>")
