@@ -10,6 +10,7 @@ Schemathesis' own pytest loader (`schemathesis.pytest.from_fixture`) fails under
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,8 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.config import SchemathesisConfig  # noqa: E402
 from schemathesis.generation.modes import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
+
+from engine_apps import llamacpp_app  # noqa: E402
 
 EXAMPLES_PER_OPERATION = 100
 FUZZ_SETTINGS = settings(
@@ -38,25 +41,47 @@ CHECKS = [not_a_server_error, response_schema_conformance]
 REQUEST_TIMEOUT_SECONDS = 60
 
 
-def test_every_operation_conforms(app: FastAPI, subtests: pytest.Subtests) -> None:
+def fuzz_operations(
+    app: FastAPI, subtests: pytest.Subtests, labels: set[str] | None = None, examples: int = EXAMPLES_PER_OPERATION
+) -> set[str]:
+    """Fuzz each operation of `app`'s schema (those in `labels`, else all); the labels fuzzed."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)
-    examples: dict[str, int] = {}
+    counts: dict[str, int] = {}
     for result in schema.get_all_operations():
         operation = result.ok()  # raises if the app's own schema is invalid
-        examples[operation.label] = 0
+        if labels is not None and operation.label not in labels:
+            continue
+        counts[operation.label] = 0
         # Valid requests exercise generation; invalid ones exercise the 422 handling.
         cases = st.one_of(
             operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)
         )
 
-        @FUZZ_SETTINGS
+        @settings(FUZZ_SETTINGS, max_examples=examples)
         @given(case=cases)
         def fuzz(case: schemathesis.Case) -> None:
-            examples[case.operation.label] += 1
+            counts[case.operation.label] += 1
             case.call_and_validate(checks=CHECKS, timeout=REQUEST_TIMEOUT_SECONDS)
 
         with subtests.test(msg=operation.label):
             started = time.monotonic()
             fuzz()
-            print(f"{operation.label}: {examples[operation.label]} examples in {time.monotonic() - started:.1f} s")
-    assert {"GET /", "GET /{prompt}", "POST /generate", "POST /v1/completions", "GET /v1/models"} <= examples.keys()
+            print(f"{operation.label}: {counts[operation.label]} examples in {time.monotonic() - started:.1f} s")
+    return set(counts)
+
+
+def test_every_operation_conforms(app: FastAPI, subtests: pytest.Subtests) -> None:
+    fuzzed = fuzz_operations(app, subtests)
+    assert {"GET /", "GET /{prompt}", "POST /generate", "POST /v1/completions", "GET /v1/models"} <= fuzzed
+
+
+CONSTRAINED = {"POST /v1/chat/completions", "POST /v1/completions", "POST /generate", "POST /generate_stream"}
+
+
+def test_structured_output_and_tools_conform_on_the_llamacpp_engine(
+    long_chat_model_dir: Path, subtests: pytest.Subtests
+) -> None:
+    """The routes that take response_format, grammar and tools, on the engine that follows them: random schemas,
+    regexes and tool definitions get answers or 4xx errors, never a 5xx."""
+    app = llamacpp_app(long_chat_model_dir, max_batch_tokens=4096)
+    assert fuzz_operations(app, subtests, CONSTRAINED, examples=150) == CONSTRAINED
