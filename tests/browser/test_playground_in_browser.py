@@ -21,7 +21,6 @@ import httpx
 import jsonschema
 import pytest
 from fastapi import FastAPI
-from llamacpp_apps import llamacpp_app
 
 from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.engines import load_engine
@@ -31,6 +30,7 @@ from distilgpt2_api.http_api.protocol import ErrorBody, ErrorResponse
 from distilgpt2_api.settings import Settings
 
 from browser_harness import STAGE, NetworkLog, guarded_page, origin_of
+from engine_apps import llamacpp_app
 from server_process import serving_in_thread
 from slowdown import STEP_SECONDS, slow_down
 
