@@ -281,6 +281,16 @@ def test_other_single_segments_still_reach_the_tutorial_route(client: TestClient
     assert response.json()["generated_sequences"][0].startswith("generated")
 
 
+@pytest.mark.parametrize(("path", "prompt"), [("/%0A", "\n"), ("/generate%0A", "generate\n")])
+def test_a_prompt_ending_in_a_newline_is_the_tutorial_route_not_a_fixed_one(
+    client: TestClient, path: str, prompt: str
+) -> None:
+    """A path pattern's `$` would also match before a final newline (`/\\n` as `/`): paths end at their end."""
+    response = client.get(f"{path}?max_new_tokens=2")
+    assert response.status_code == 200, response.text
+    assert response.json()["generated_sequences"][0].startswith(prompt)
+
+
 def test_head_on_health_answers_without_a_body(client: TestClient) -> None:
     response = client.head("/")
     assert response.status_code == 200

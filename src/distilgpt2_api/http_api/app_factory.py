@@ -58,13 +58,15 @@ def create_app(scheduler: Scheduler, settings: Settings, *, cold_start_seconds: 
     if settings.cors_allow_origins:  # closed unless origins are configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"])
     keyed, bounds = [Depends(require_api_key)], Bounds.from_settings(settings)
+    # First: its `/{prompt}` yields every path a fixed route owns (http_api/routing.py), and matching it before
+    # them keeps Starlette's `$` (which also matches before a final newline) from giving `/%0A` to `GET /`.
+    app.include_router(generation_router(bounds), dependencies=keyed)
     install_docs(app)  # open, like health
     install_playground(app, settings)  # open too: the page asks for the key when one is needed
     app.include_router(health_router())
     install_metrics(app, settings, keyed)  # Prometheus; behind the key when there is one, as Prometheus can send it
     app.include_router(openai_router(bounds), dependencies=keyed)
     app.include_router(tokens_router(bounds), dependencies=keyed)
-    app.include_router(generation_router(bounds), dependencies=keyed)  # last: `/{prompt}` matches any segment
     document_events(app, [*openai.EVENTS, *native.EVENTS])
     return app
 
