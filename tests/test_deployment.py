@@ -575,6 +575,14 @@ print(json.dumps({"results": results, "outside": outside, "libraries": libraries
 """
 
 
+def structured_event() -> dict[str, object]:
+    """The shipped completions event asking for a JSON object (`response_format`)."""
+    event = json.loads((REPO / "events" / "post-completions.json").read_text())
+    body = json.loads(event["body"])
+    event["body"] = json.dumps({**body, "max_tokens": 40, "response_format": {"type": "json_object"}})
+    return event
+
+
 def lambda_library_path(task_root: Path, packages: Path) -> str:
     """Lambda's LD_LIBRARY_PATH, the task root's parts where this test keeps them (app files and packages apart)."""
     return ":".join(
@@ -618,6 +626,8 @@ def test_image_contents_serve_every_event(
     env |= {"PATH": "/usr/bin:/bin", "PYTHONPATH": search_path, "LAMBDA_TASK_ROOT": str(task_root)}
     env |= {"LD_LIBRARY_PATH": lambda_library_path(task_root, packages)}
     events = [f.read_text() for f in EVENT_FILES]
+    if engine == "llamacpp":  # and structured output, which only this engine serves: llguidance from the image
+        events.append(json.dumps(structured_event()))
     result = subprocess.run(
         [str(bare / "bin" / "python"), "-s", "-c", _INVOKE, recipe.cmd[0], search_path, *events],
         cwd=task_root,  # as on Lambda; `-c` puts the working directory on sys.path
@@ -629,12 +639,15 @@ def test_image_contents_serve_every_event(
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["outside"] == [], "imported from outside the image tree"
-    for event_file, response in zip(EVENT_FILES, report["results"], strict=True):
+    names = [f.name for f in EVENT_FILES] + (["structured output"] if engine == "llamacpp" else [])
+    for name, response in zip(names, report["results"], strict=True):
         if "statusCode" in response:
-            assert response["statusCode"] == 200, (event_file.name, response.get("body"))
+            assert response["statusCode"] == 200, (name, response.get("body"))
         else:
-            assert response["warmed"] is True, event_file.name
+            assert response["warmed"] is True, name
     if engine == "llamacpp":
+        (choice,) = json.loads(report["results"][-1]["body"])["choices"]
+        assert choice["finish_reason"] == "length" or isinstance(json.loads(choice["text"]), dict), choice
         # llama.cpp's libraries from beside the binding, and one CPU variant from bin/, as the engine loads them.
         ggml = [lib for lib in report["libraries"] if "/libggml" in lib or "/libllama" in lib]
         assert ggml and all(lib.startswith((f"{packages}/llama_cpp/lib/", f"{packages}/bin/")) for lib in ggml), ggml
@@ -651,6 +664,7 @@ def test_image_file_set_holds_no_build_tools_and_one_engine(engine: str, request
     assert not executables & BUILD_TOOLS, sorted(executables & BUILD_TOOLS)
     other = {"ctranslate2": "llama_cpp", "llamacpp": "ctranslate2"}[engine]
     assert other not in top, f"the {engine} image holds {other}"
+    assert ("llguidance" in top) == (engine == "llamacpp"), "structured output's masks: the llama.cpp image only"
     if engine == "llamacpp":
         variants = sorted(p.name for p in (packages / "bin").glob("libggml-cpu-*.so"))
         assert "libggml-cpu-x64.so" in variants and len(variants) > 1, variants  # the portable build, every variant
