@@ -453,7 +453,7 @@ def test_every_requirement_has_a_wheel_for_the_image(engine: str, machine: str, 
     assert all("lambda/python:3.12" in line for line in DOCKERFILE.read_text().splitlines() if "lambda/python" in line)
     wanted = tmp_path / "requirements.txt"
     wanted.write_text("\n".join(r for r in requirement_lines(REPO / recipe.requirements) if "llama-cpp" not in r))
-    platforms = [f"manylinux_2_{minor}_{machine}" for minor in (34, 28, 17)] + [f"manylinux2014_{machine}"]
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(34, 16, -1)] + [f"manylinux2014_{machine}"]
     result = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:"]
         + [arg for platform in platforms for arg in ("--platform", platform)]
