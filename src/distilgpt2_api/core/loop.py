@@ -240,7 +240,12 @@ class StepScheduler(SchedulerBase):
             elif gone:
                 sink.end(DeadlineExceeded("the request's time budget ran out while it waited for the model"))
             else:
-                self._active.append(self._request(sink))
+                try:
+                    request = self._request(sink)
+                except Exception as error:  # noqa: BLE001 - e.g. its grammar, dropped from the cache, failed again
+                    sink.end(error)
+                    continue
+                self._active.append(request)
                 running += sink.job.tokens.n
         self._running = tuple(request.sink for request in self._active)
         for request in self._active:
