@@ -23,16 +23,44 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import importlib
+import importlib.util
 import logging
+import sys
 import threading
+import types
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import llama_cpp.llama_cpp as llama
 import numpy as np
 
 from distilgpt2_api.engines.base import PREPARE_HINT, Chunk, ModelInfo, ModelLoadError, TextTokenizer
+
+
+def _bindings() -> types.ModuleType:
+    """llama_cpp.llama_cpp (the ctypes bindings) without running the llama_cpp package's __init__, which also
+    imports the high-level API this engine never uses (diskcache, sqlite3, multiprocessing...): 15-40 ms of cold
+    start. A later `import llama_cpp` still gets the whole package, built around these same bindings."""
+    if "llama_cpp" in sys.modules:
+        return importlib.import_module("llama_cpp.llama_cpp")
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError("llama-cpp-python is not installed", name="llama_cpp")
+    package = types.ModuleType("llama_cpp")
+    package.__spec__, package.__path__ = spec, list(spec.submodule_search_locations)
+    sys.modules["llama_cpp"] = package
+    try:
+        return importlib.import_module("llama_cpp.llama_cpp")
+    finally:
+        del sys.modules["llama_cpp"]  # the package proper is imported (whole) by whoever asks for it
+
+
+if TYPE_CHECKING:
+    import llama_cpp.llama_cpp as llama
+else:
+    llama = _bindings()
 
 GGUF_NAME = "model.gguf"  # written at prepare time (model_store/llamacpp_gguf.py)
 MIN_STREAM = 256  # llama.cpp's shortest KV stream: it rounds each up to a multiple of this
