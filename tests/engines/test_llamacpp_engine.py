@@ -18,6 +18,7 @@ from distilgpt2_api.engines import ModelInfo, ModelLoadError, load_engine
 from distilgpt2_api.engines.base import Chunk, TextTokenizer
 from distilgpt2_api.engines.llamacpp_engine import GGUF_NAME, MIN_STREAM, LlamaCppEngine
 from distilgpt2_api.model_store.llamacpp_gguf import quantize_gguf, quantized_name, write_gguf
+
 from model_factory import build_tiny_chat_llama
 
 SLOTS = 4
