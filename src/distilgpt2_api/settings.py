@@ -69,7 +69,16 @@ class Settings(BaseSettings):
         ge=0,
         description="Step-level engines: KV slots beyond MAX_BATCH_SIZE, so that ended sequences stay cached for "
         "later prompts sharing their beginning (system prompts, conversation history); any slot no sequence runs "
-        "in may hold one. Each slot reserves min(model context, MAX_BATCH_TOKENS) positions. 0: no prefix cache.",
+        "in may hold one. Each slot's KV cache holds KV_SLOT_TOKENS positions at first, growing to min(model "
+        "context, MAX_BATCH_TOKENS). 0: no prefix cache.",
+    )
+    kv_slot_tokens: int = Field(
+        0,
+        ge=0,
+        description="Step-level engines: positions each slot's KV cache holds when the model loads. When a sequence "
+        "needs more, every slot's cache doubles (or grows to what it needs), up to min(model context, "
+        "MAX_BATCH_TOKENS), and never shrinks. 0: llama.cpp's least, 256, so memory and cold start follow the load; "
+        "set it to the longest sequences a steady load holds to spare the moves as it grows.",
     )
     grammar_cache_size: int = Field(
         64,

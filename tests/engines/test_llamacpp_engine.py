@@ -3,6 +3,7 @@ prepare-model converts it: its logits are transformers', however the tokens are 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +16,10 @@ from transformers import AutoModelForCausalLM
 
 from distilgpt2_api.engines import ModelInfo, ModelLoadError, load_engine
 from distilgpt2_api.engines.base import Chunk, TextTokenizer
-from distilgpt2_api.engines.llamacpp_engine import GGUF_NAME, LlamaCppEngine
-from distilgpt2_api.model_store.llamacpp_gguf import quantize_gguf, quantized_name
+from distilgpt2_api.engines.llamacpp_engine import GGUF_NAME, MIN_STREAM, LlamaCppEngine
+from distilgpt2_api.model_store.llamacpp_gguf import quantize_gguf, quantized_name, write_gguf
+
+from model_factory import build_tiny_chat_llama
 
 SLOTS = 4
 # The GGUF holds the float32 weights; what differs from transformers is the KV cache's float16 and the order of
@@ -235,6 +238,97 @@ def test_a_q8_0_copy_stays_close_to_float32(model_dir: Path, tmp_path: Path) -> 
     finally:
         full.close()
         q8.close()
+
+
+def decode_greedily(engine: LlamaCppEngine, slot: int, ids: list[int], steps: int) -> list[np.ndarray]:
+    """`ids` into the empty `slot`, then `steps` argmax tokens, alone: the logits of every step."""
+    engine.truncate(slot, 0)
+    rows = [engine.forward([Chunk(slot, ids, 0)])[0]]
+    for step in range(steps):
+        rows.append(engine.forward([Chunk(slot, [int(np.argmax(rows[-1]))], len(ids) + step)])[0])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def long_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny chat Llama with a context of 1,024 positions (RoPE: no position table to resize), as a GGUF."""
+    path = build_tiny_chat_llama(tmp_path_factory.mktemp("models") / "tiny-llama-1024")
+    config = json.loads((path / "config.json").read_text())
+    config["max_position_embeddings"] = 1024
+    (path / "config.json").write_text(json.dumps(config))
+    write_gguf(path)
+    return path
+
+
+def test_kv_streams_start_small_not_at_slots_x_context(long_model_dir: Path) -> None:
+    info = ModelInfo.read(long_model_dir)
+    assert info.context_length == 1024
+    engines = [
+        LlamaCppEngine(info, threads=1, slots=12),
+        LlamaCppEngine(info, threads=1, slots=12, slot_tokens=600),
+        load_engine(long_model_dir, "llamacpp", threads=1, slots=2, slot_tokens=5000),
+    ]
+    try:
+        least, some, most = engines
+        assert least.context == 1024 and least.stream == MIN_STREAM and least.kv_cells == 12 * MIN_STREAM
+        assert some.stream == 768  # llama.cpp rounds a stream up to a multiple of 256
+        assert isinstance(most, LlamaCppEngine) and most.stream == most.context == 1024
+    finally:
+        for engine in engines:
+            engine.close()
+
+
+def test_a_sequence_beyond_its_stream_grows_them_all_and_every_slot_continues_exactly(long_model_dir: Path) -> None:
+    info = ModelInfo.read(long_model_dir)
+    rng = np.random.default_rng(1)
+    prompt = rng.integers(1, 900, size=240).tolist()
+    filler = rng.integers(1, 900, size=200).tolist()
+    roomy = LlamaCppEngine(info, threads=1, slots=SLOTS, slot_tokens=1024)
+    small = LlamaCppEngine(info, threads=1, slots=SLOTS)
+    try:
+        for engine in (roomy, small):
+            engine.forward([Chunk(3, filler, 0)])
+            engine.copy_prefix(3, 2, 60)
+        expected = decode_greedily(roomy, 0, prompt, 40)
+        got = decode_greedily(small, 0, prompt, 40)  # 240 + 40 > 256: every stream moves to 512 positions
+        assert small.stream == 512 and roomy.stream == 1024
+        for step, (a, b) in enumerate(zip(expected, got, strict=True)):
+            np.testing.assert_array_equal(b, a, err_msg=f"step {step}")
+        # What the other slots held before the move is still there, the copy's and the source's alike.
+        for engine in (roomy, small):
+            both = engine.forward([Chunk(2, filler[60:70], 60), Chunk(3, [filler[69]], 69)])
+            np.testing.assert_allclose(both[0], both[1], atol=1e-3)
+        np.testing.assert_array_equal(small.forward([Chunk(3, [5], 70)]), roomy.forward([Chunk(3, [5], 70)]))
+        small.forward([Chunk(1, rng.integers(1, 900, size=900).tolist(), 0)])  # beyond twice: what it needs
+        assert small.stream == 1024
+        with pytest.raises(ValueError, match="would hold"):
+            small.forward([Chunk(0, [1], 1024)])
+    finally:
+        roomy.close()
+        small.close()
+
+
+def test_what_a_slot_computes_does_not_depend_on_what_other_slots_held(long_model_dir: Path) -> None:
+    """The same logits alone and after batch mates came, went and left their cells free, streams grown or not."""
+    info = ModelInfo.read(long_model_dir)
+    prompt = TextTokenizer(long_model_dir).encode(PROMPTS[0])
+    alone_engine = LlamaCppEngine(info, threads=1, slots=SLOTS)
+    busy = LlamaCppEngine(info, threads=1, slots=SLOTS)
+    try:
+        alone = decode_greedily(alone_engine, 0, prompt, 30)
+        busy.forward([Chunk(1, list(range(100, 200)), 0)])
+        rows = [busy.forward([Chunk(0, prompt, 0)])[0]]
+        busy.truncate(1, 0)  # a mate leaves
+        for step in range(30):
+            chunks = [Chunk(0, [int(np.argmax(rows[-1]))], len(prompt) + step)]
+            if step >= 10:  # another comes and decodes alongside
+                chunks.append(Chunk(2, [7 + step], step - 10))
+            rows.append(busy.forward(chunks)[0])
+        for step, (a, b) in enumerate(zip(alone, rows, strict=True)):
+            np.testing.assert_allclose(b, a, atol=1e-3, err_msg=f"step {step}")
+    finally:
+        alone_engine.close()
+        busy.close()
 
 
 EXIT_SCRIPT = """

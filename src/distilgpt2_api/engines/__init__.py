@@ -31,18 +31,20 @@ def load_engine(
     compute_type: ComputeType = "auto",
     slots: int = 1,
     context: int | None = None,
+    slot_tokens: int | None = None,
 ) -> Engine | StepEngine:
     """Load the model in `model_dir` with `engine`, or raise ModelLoadError.
 
     llamacpp is a StepEngine, driven a step at a time by core/loop.py, holding `slots` sequences' KV caches of
-    up to `context` positions each (default: the model's context); the others generate whole requests (`slots`
-    and `context` do not apply to them).
+    up to `context` positions each (default: the model's context), `slot_tokens` each at first (default: the
+    least; they grow when a sequence needs more); the others generate whole requests (`slots`, `context` and
+    `slot_tokens` do not apply to them).
     """
     info = ModelInfo.read(model_dir, served_name)
     if engine == "llamacpp":
         from distilgpt2_api.engines.llamacpp_engine import LlamaCppEngine
 
-        return LlamaCppEngine(info, threads=threads, slots=slots, context=context)
+        return LlamaCppEngine(info, threads=threads, slots=slots, context=context, slot_tokens=slot_tokens)
     if engine == "ctranslate2":
         from distilgpt2_api.engines.ctranslate2_engine import CTranslate2Engine
 

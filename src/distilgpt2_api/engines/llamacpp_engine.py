@@ -3,10 +3,17 @@
 It only computes: the scheduler (core/loop.py) feeds token ids, samples from the logits it gets back and decides
 what each slot's KV cache keeps. llama.cpp's tokenizer is never used (TextTokenizer, as for every engine).
 
-KV layout: one KV stream per slot (`kv_unified` off), each of `context` positions. A sequence attends only to its
-own stream, so a decode step costs what its own length costs (a unified cache would have each ubatch attend over
-every slot's cells, masked), and every slot can always grow to the full context. The price: `copy_prefix` between
-slots copies the source's whole stream (a memcpy of a few MB), where a unified cache would share cells.
+KV layout: one KV stream per slot (`kv_unified` off). A sequence attends only to its own stream, whose cells
+hold its positions in order, so what it computes does not depend on its batch mates: a unified cache lets a
+sequence's later positions land in cells freed below its earlier ones, and llama.cpp's attention then gives
+other answers (measured on SmolLM2: logits off by up to 49 after such a hole, 40 of 100 greedy answers changed
+under 8 concurrent requests). The price: `copy_prefix` between slots copies the source's whole stream (a memcpy
+of a few MB), where a unified cache would share cells.
+
+Streams start small (`slot_tokens` positions each, default and least: llama.cpp's 256) rather than at the full
+`context`: when a chunk would take a slot beyond its stream, every stream moves into a context whose streams are
+twice as long (or as long as needed), up to `context` (`llama_state_seq_*`: an exact copy, cells in the same
+order). Memory follows the longest sequence held since the model loaded, not slots x context, and never shrinks.
 
 llama-cpp-python built with GGML_BACKEND_DL loads no CPU backend by itself: `_load_backends` loads the variant
 that fits this CPU (AVX2, AVX-512, AMX...) once per process, into the ggml that libllama links.
@@ -16,18 +23,49 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import importlib
+import importlib.util
 import logging
+import sys
 import threading
+import types
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import llama_cpp.llama_cpp as llama
 import numpy as np
 
 from distilgpt2_api.engines.base import PREPARE_HINT, Chunk, ModelInfo, ModelLoadError, TextTokenizer
 
+
+def _bindings() -> types.ModuleType:
+    """llama_cpp.llama_cpp (the ctypes bindings) without running the llama_cpp package's __init__, which also
+    imports the high-level API this engine never uses (diskcache, sqlite3, multiprocessing...): 15-40 ms of cold
+    start. A later `import llama_cpp` still gets the whole package, built around these same bindings."""
+    if "llama_cpp" in sys.modules:
+        return importlib.import_module("llama_cpp.llama_cpp")
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError("llama-cpp-python is not installed", name="llama_cpp")
+    package = types.ModuleType("llama_cpp")
+    package.__spec__, package.__path__ = spec, list(spec.submodule_search_locations)
+    sys.modules["llama_cpp"] = package
+    try:
+        return importlib.import_module("llama_cpp.llama_cpp")
+    finally:
+        del sys.modules["llama_cpp"]  # the package proper is imported (whole) by whoever asks for it
+
+
+if TYPE_CHECKING:
+    import llama_cpp.llama_cpp as llama
+else:
+    llama = _bindings()
+
 GGUF_NAME = "model.gguf"  # written at prepare time (model_store/llamacpp_gguf.py)
+MIN_STREAM = 256  # llama.cpp's shortest KV stream: it rounds each up to a multiple of this
+# Tokens computed together: the loop's prompt chunks (PREFILL_CHUNK_TOKENS) fit one. Compute buffers grow with it.
+UBATCH = 256
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +139,21 @@ def _close_open_engines() -> None:
 
 
 class LlamaCppEngine:
-    """`slots` sequences, each with its own KV stream of `context` positions (default: the model's context).
+    """`slots` sequences, each with its own KV stream of up to `context` positions (default: the model's context).
+    Streams start at `slot_tokens` positions (default: `MIN_STREAM`) and grow when a sequence needs more.
 
     `gguf` names the weights in the model directory: model.gguf, or a quantized copy such as model.q8_0.gguf.
     """
 
     def __init__(
-        self, info: ModelInfo, *, threads: int, slots: int, context: int | None = None, gguf: str = GGUF_NAME
+        self,
+        info: ModelInfo,
+        *,
+        threads: int,
+        slots: int,
+        context: int | None = None,
+        slot_tokens: int | None = None,
+        gguf: str = GGUF_NAME,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
@@ -116,6 +162,8 @@ class LlamaCppEngine:
         path = info.path / gguf
         if not path.is_file():
             raise ModelLoadError(f"MODEL_DIR={info.path} has no {gguf}. {PREPARE_HINT} Or choose another ENGINE.")
+        self._path = path
+        self._threads = threads
         self.tokenizer = TextTokenizer(info.path)
         _load_backends()
         model_params = llama.llama_model_default_params()
@@ -127,39 +175,62 @@ class LlamaCppEngine:
         # Any forward the slots can hold fits one llama_decode: the batch costs ~30 bytes a token, while compute
         # buffers follow n_ubatch and the output buffer n_outputs_max (one row per chunk).
         self._batch_size = self.context * slots
-        params = llama.llama_context_default_params()
-        params.n_ctx = self.context * slots
-        params.n_seq_max = slots
-        params.kv_unified = False
-        params.n_batch = self._batch_size
-        params.n_ubatch = min(self._batch_size, 512)
-        params.n_outputs_max = slots  # logits for each chunk's last token only
-        params.n_threads = params.n_threads_batch = threads
-        params.no_perf = True
-        self._ctx = llama.llama_init_from_model(self._model, params)
-        if not self._ctx:
+        self._ctx = None
+        self._batch = None
+        try:
+            self._ctx = self._new_context(min(max(slot_tokens or MIN_STREAM, MIN_STREAM), self.context))
+        except ModelLoadError:
             llama.llama_model_free(self._model)
-            raise ModelLoadError(f"llama.cpp cannot create a context for {path} ({slots} slots x {self.context})")
-        self._memory = llama.llama_get_memory(self._ctx)
+            self._model = None
+            raise
         self._vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))
         self._batch = llama.llama_batch_init(self._batch_size, 0, 1)
         _open_engines.add(self)
+
+    def _new_context(self, stream: int) -> llama.llama_context_p:
+        """A context of `slots` streams of `stream` positions (llama.cpp may round it up)."""
+        params = llama.llama_context_default_params()
+        params.n_ctx = stream * self.slots
+        params.n_seq_max = self.slots
+        params.kv_unified = False
+        params.n_batch = self._batch_size
+        params.n_ubatch = min(self._batch_size, UBATCH)
+        params.n_outputs_max = self.slots  # logits for each chunk's last token only
+        params.n_threads = params.n_threads_batch = self._threads
+        params.no_perf = True
+        ctx = llama.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise ModelLoadError(f"llama.cpp cannot create a context for {self._path} ({self.slots} x {stream})")
+        self.stream = min(llama.llama_n_ctx(ctx) // self.slots, self.context)  # positions a slot may hold now
+        self._memory = llama.llama_get_memory(ctx)
+        return ctx
+
+    @property
+    def kv_cells(self) -> int:
+        """KV positions reserved, all streams together."""
+        return self.stream * self.slots
 
     def forward(self, chunks: Sequence[Chunk]) -> np.ndarray:
         total = sum(len(chunk.token_ids) for chunk in chunks)
         if total > self._batch_size:
             raise ValueError(f"{total} tokens in one forward; at most {self._batch_size}")
-        batch = self._batch
-        last_rows: list[int] = []
-        i = 0
+        longest = 0
         for chunk in chunks:
             self._check_slot(chunk.slot)
             if not chunk.token_ids:
                 raise ValueError(f"an empty chunk for slot {chunk.slot}")
             if chunk.start + len(chunk.token_ids) > self.context:
                 raise ValueError(f"slot {chunk.slot} would hold {chunk.start + len(chunk.token_ids)} > {self.context}")
+            longest = max(longest, chunk.start + len(chunk.token_ids))
+        batch = self._batch
+        last_rows: list[int] = []
+        i = 0
+        for chunk in chunks:
             # The slot holds exactly `start` positions: whatever an earlier call left beyond them is dropped.
-            llama.llama_memory_seq_rm(self._memory, chunk.slot, chunk.start, -1)
+            self.truncate(chunk.slot, chunk.start)
+        if longest > self.stream:
+            self._grow(longest)
+        for chunk in chunks:
             for offset, token in enumerate(chunk.token_ids):
                 batch.token[i] = token
                 batch.pos[i] = chunk.start + offset
@@ -178,6 +249,29 @@ class LlamaCppEngine:
             logits[row] = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self._vocab,))
         return logits
 
+    def _grow(self, needed: int) -> None:
+        """Move every slot into streams of at least `needed` positions: twice as long, up to `context`."""
+        stream = min(max(needed, 2 * self.stream), self.context)
+        old, old_stream = self._ctx, self.stream
+        states = []
+        for slot in range(self.slots):
+            held = llama.llama_memory_seq_pos_max(self._memory, slot) >= 0
+            size = llama.llama_state_seq_get_size(old, slot) if held else 0
+            data = (ctypes.c_uint8 * size)() if size else None
+            if data is not None and llama.llama_state_seq_get_data(old, data, size, slot) != size:
+                raise RuntimeError(f"llama.cpp could not save slot {slot}")
+            states.append((slot, data, size))
+        ctx = self._new_context(stream)
+        for slot, data, size in states:
+            if data is not None and llama.llama_state_seq_set_data(ctx, data, size, slot) != size:
+                llama.llama_free(ctx)
+                self._memory = llama.llama_get_memory(old)
+                self.stream = old_stream
+                raise RuntimeError(f"llama.cpp could not restore slot {slot}")
+        llama.llama_free(old)
+        self._ctx = ctx
+        logger.info("llama.cpp KV streams grown to %d positions (%d slots)", self.stream, self.slots)
+
     def truncate(self, slot: int, length: int) -> None:
         self._check_slot(slot)
         llama.llama_memory_seq_rm(self._memory, slot, length, -1)
@@ -194,8 +288,10 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         """Free the batch, context and model now. Idempotent; the engine cannot compute afterwards."""
-        if getattr(self, "_ctx", None):
+        if getattr(self, "_batch", None) is not None:
             llama.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
             llama.llama_free(self._ctx)
             self._ctx = None
         if getattr(self, "_model", None):
