@@ -82,9 +82,12 @@ def engine(request: pytest.FixtureRequest, model_dir: Path) -> Engine:
 
 @pytest.fixture(scope="session")
 def app(model_dir: Path) -> FastAPI:
-    """The production app module, imported with MODEL_DIR pointing at the tiny model."""
+    """The production app module, imported with MODEL_DIR pointing at the tiny model, on the CTranslate2 engine:
+    the tests that use it stand in for its whole-job `generate` (slow, failing, held); the llama.cpp engine's app,
+    the default, is `engine_apps.llamacpp_app`."""
     os.environ["MODEL_DIR"] = str(model_dir)
-    for name in ("SERVED_MODEL_NAME", "ENGINE", "THREADS"):
+    os.environ["ENGINE"] = "ctranslate2"
+    for name in ("SERVED_MODEL_NAME", "THREADS"):
         os.environ.pop(name, None)
     from distilgpt2_api.settings import get_settings
 

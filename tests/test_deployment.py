@@ -532,18 +532,23 @@ def install_image_packages(base: Path, engine: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def image_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default image's packages (ENGINE=ctranslate2)."""
-    return install_image_packages(tmp_path_factory.getbasetemp().parent, default_engine(DOCKERFILE.read_text()))
-
-
-@pytest.fixture(scope="session")
 def llamacpp_image_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return install_image_packages(tmp_path_factory.getbasetemp().parent, "llamacpp")
 
 
+@pytest.fixture(scope="session")
+def ctranslate2_image_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install_image_packages(tmp_path_factory.getbasetemp().parent, "ctranslate2")
+
+
+@pytest.fixture(scope="session")
+def image_packages(request: pytest.FixtureRequest) -> Path:
+    """The default image's packages (Dockerfile.lambda's ENGINE default)."""
+    return engine_image_packages(request, default_engine(DOCKERFILE.read_text()))
+
+
 def engine_image_packages(request: pytest.FixtureRequest, engine: str) -> Path:
-    fixture = "image_packages" if engine == default_engine(DOCKERFILE.read_text()) else f"{engine}_image_packages"
+    fixture = f"{engine}_image_packages"
     packages: Path = request.getfixturevalue(fixture)
     return packages
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from runtime_api_standin import runtime_api_standin
-from test_deployment import (  # noqa: F401 - fixtures: image_packages, sam_tools
+from test_deployment import (  # noqa: F401 - fixtures: image_packages (and what it uses), sam_tools
     _TRANSFORM,
     DOCKERFILE,
     FUNCTION,
@@ -20,8 +20,10 @@ from test_deployment import (  # noqa: F401 - fixtures: image_packages, sam_tool
     SAM_ENV,
     build_task_root,
     definition_routes,
+    ctranslate2_image_packages,
     image_packages,
     lambda_routes,
+    llamacpp_image_packages,
     load_template,
     parse_dockerfile,
     sam_tools,

@@ -32,9 +32,9 @@ class Settings(BaseSettings):
         description="Name reported by the API; defaults to the manifest's model id or the directory name.",
     )
     engine: EngineName = Field(
-        "ctranslate2",
-        description="ctranslate2 (int8; needs a converted model), llamacpp (a GGUF, continuous batching, prefix "
-        "caching) or transformers (fp32 reference).",
+        "llamacpp",
+        description="llamacpp (a GGUF; continuous batching, prefix caching, structured output, tool calls), "
+        "ctranslate2 (int8; needs a converted model; faster on long prompts) or transformers (fp32 reference).",
     )
     compute_type: ComputeType = Field(
         "auto",

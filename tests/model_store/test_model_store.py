@@ -676,7 +676,7 @@ def test_s3_unreachable_endpoint_is_a_network_error(
 
 
 def test_cold_start_serves_the_model_from_s3(prepared: Path, bucket: str, tmp_path: Path) -> None:
-    """MODEL_S3_URI: the app downloads the prepared model (int8 conversion included) and serves it."""
+    """MODEL_S3_URI: the app downloads the prepared model (the files its engine reads) and serves it."""
     uri = f"s3://{bucket}/served"
     upload_directory(prepared, uri)
     settings = Settings(model_s3_uri=uri, model_cache_dir=tmp_path / "cache", model_dir=tmp_path / "unused")
@@ -686,8 +686,9 @@ def test_cold_start_serves_the_model_from_s3(prepared: Path, bucket: str, tmp_pa
         response = client.post("/generate", json={"prompt": "Hello", "max_new_tokens": 3})
         assert response.status_code == 200
     copy = cache_path(uri, tmp_path / "cache", settings.engine)
-    assert (copy / CT2_SUBDIR / "model.bin").is_file()
-    assert not (copy / "model.safetensors").exists()  # the default engine never reads the fp32 weights
+    assert settings.engine == "llamacpp" and (copy / "model.gguf").is_file()
+    # The default engine reads neither the fp32 weights nor CTranslate2's.
+    assert not (copy / "model.safetensors").exists() and not (copy / CT2_SUBDIR).exists()
 
 
 def test_cold_start_fetches_what_the_configured_engine_reads(prepared: Path, bucket: str, tmp_path: Path) -> None:
