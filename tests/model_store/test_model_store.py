@@ -675,8 +675,11 @@ def test_s3_unreachable_endpoint_is_a_network_error(
         ensure_model_from_s3(f"s3://{bucket}/tiny/", tmp_path / "cache")
 
 
-def test_cold_start_serves_the_model_from_s3(prepared: Path, bucket: str, tmp_path: Path) -> None:
+def test_cold_start_serves_the_model_from_s3(
+    prepared: Path, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """MODEL_S3_URI: the app downloads the prepared model (the files its engine reads) and serves it."""
+    monkeypatch.delenv("ENGINE", raising=False)  # the default engine (the `app` fixture sets one for its tests)
     uri = f"s3://{bucket}/served"
     upload_directory(prepared, uri)
     settings = Settings(model_s3_uri=uri, model_cache_dir=tmp_path / "cache", model_dir=tmp_path / "unused")
