@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 GrammarKind = Literal["json_schema", "regex", "lark"]
 
-# How llguidance writes JSON: one space after `,` and `:`, nothing else between tokens.
+# How llguidance writes JSON (answers and tool-call arguments): Python's default separators, no other whitespace.
 JSON_LAYOUT: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 ANY_JSON_OBJECT: Mapping[str, Any] = {"type": "object"}
 GRAMMAR_CACHE_SIZE = 64  # compiled grammars kept per instance (the least recently used goes first)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from distilgpt2_api.core.errors import InvalidRequest
+from distilgpt2_api.core.grammar import JSON_LAYOUT
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
@@ -32,8 +33,6 @@ ToolChoice = Literal["none", "auto", "required"] | str
 
 # OpenAI's rule for function names; it also keeps them plain literals in the grammar.
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# The compact JSON the grammar makes the model write: Python's default separators, no other whitespace.
-_COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 def _empty_object() -> Mapping[str, Any]:
@@ -167,7 +166,7 @@ def _check_tools(tools: Sequence[FunctionTool]) -> None:
 
 def _arguments_schema(tool: FunctionTool) -> dict[str, Any]:
     """The parameters schema, as an object (JSON Schema would allow any value without "type"), written compactly."""
-    return {"type": "object", **tool.parameters, "x-guidance": _COMPACT_JSON}
+    return {"type": "object", **tool.parameters, "x-guidance": JSON_LAYOUT}
 
 
 def _call_rules(index: int, tool: FunctionTool) -> str:
