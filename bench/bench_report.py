@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 # Targets from the performance issue, all against the once-created pipeline in the same run.
@@ -417,3 +418,42 @@ def lambda_section(results: dict[str, Any]) -> str:
             )
         )
     return "\n".join(out)
+
+
+def machine_section(machine: dict[str, Any], extra: Sequence[list[str]] = ()) -> str:
+    """The `## Machine` table of a side-by-side benchmark: CPU, SIMD flags, memory, software (and `extra` rows)."""
+    flags = ", ".join(f for f, present in machine["cpu_flags"].items() if present)
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    start, end = " ".join(machine["loadavg_start"]), " ".join(machine.get("loadavg_end", []))
+    rows = [
+        ["CPU", f"{machine['cpu_model']} ({machine['logical_cpus']} logical CPUs, {machine['usable_cpus']} usable)"],
+        ["SIMD flags", flags],
+        ["memory", f"{machine['memory_gb']} GB"],
+        ["software", f"Python {machine['python']}, kernel {machine['kernel']}, {versions}"],
+        *extra,
+        ["load average", f"start {start}, end {end}"],
+    ]
+    return "## Machine\n\n" + table(["", ""], rows)
+
+
+def noise_section(results: dict[str, Any], measured: str) -> str:
+    """What else used the CPU during each part (`results["noise"]`), besides `measured` (this benchmark and ...)."""
+    rows = [
+        [part, f"{v['foreign_load_cores']:.2f}", "<br>".join(p.replace("|", "/") for p in v["busiest_processes"][:3])]
+        for part, v in results.get("noise", {}).items()
+    ]
+    return (
+        "### What else ran\n\n"
+        f"CPU used by processes other than {measured}, averaged over each part (2 cores in all), and the busiest of "
+        "them when the part began:\n\n" + table(["part", "others' CPU, cores", "busiest other processes"], rows)
+    )
+
+
+def targets_section(results: dict[str, Any]) -> list[str]:
+    """`## Targets`: each target's measured value, threshold and whether it was met (nothing if none)."""
+    if not results.get("targets"):
+        return []
+    rows = [
+        [t["target"], t["value"], t["threshold"], "met" if t["passed"] else "**not met**"] for t in results["targets"]
+    ]
+    return ["## Targets\n", table(["target", "measured", "threshold", "result"], rows)]

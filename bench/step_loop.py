@@ -824,8 +824,6 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(results: dict[str, Any]) -> str:
     m, o, parts = results["machine"], results["options"], results.get("parts", {})
     table = bench_report.table
-    flags = ", ".join(f for f, present in m["cpu_flags"].items() if present)
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     out = [
         "# The llama.cpp engine on the step loop vs CTranslate2 vs llama-server\n",
         "`python bench/step_loop.py`: "
@@ -840,44 +838,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"-c {o['llama_server_ctx_per_slot']}×N` on the same GGUF file. {o['rounds']} interleaved rounds (A/B/C/A/B/C) "
         f"per part, {o['runs']} requests per system and round for the one-client parts; figures are medians. "
         "Tokens are counted from each response's `usage`. Ratios compare servers measured in this same run.\n",
-        "## Machine\n",
-        table(
-            ["", ""],
-            [
-                ["CPU", f"{m['cpu_model']} ({m['logical_cpus']} logical CPUs, {m['usable_cpus']} usable)"],
-                ["SIMD flags", flags],
-                ["memory", f"{m['memory_gb']} GB"],
-                ["software", f"Python {m['python']}, kernel {m['kernel']}, {versions}"],
-                ["llama-server", m.get("llama_server_version", "")],
-                ["load average", f"start {' '.join(m['loadavg_start'])}, end {' '.join(m.get('loadavg_end', []))}"],
-            ],
-        ),
-        "### What else ran\n",
-        "CPU used by processes other than this benchmark and its servers, averaged over each part (2 cores in all), "
-        "and the busiest of them when the part began:\n",
-        table(
-            ["part", "others' CPU, cores", "busiest other processes"],
-            [
-                [
-                    k,
-                    f"{v['foreign_load_cores']:.2f}",
-                    "<br>".join(p.replace("|", "/") for p in v["busiest_processes"][:3]),
-                ]
-                for k, v in results.get("noise", {}).items()
-            ],
-        ),
+        bench_report.machine_section(m, [["llama-server", m.get("llama_server_version", "")]]),
+        bench_report.noise_section(results, "this benchmark and its servers"),
     ]
-    if results.get("targets"):
-        out += [
-            "## Targets\n",
-            table(
-                ["target", "measured", "threshold", "result"],
-                [
-                    [t["target"], t["value"], t["threshold"], "met" if t["passed"] else "**not met**"]
-                    for t in results["targets"]
-                ],
-            ),
-        ]
+    out += bench_report.targets_section(results)
     for name, figures in parts.get("single", {}).items():
         ref = next((v for k, v in figures.items() if k.endswith("llama-server-np1")), None)
         out += [

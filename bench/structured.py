@@ -621,8 +621,6 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(results: dict[str, Any]) -> str:
     m, o, parts = results["machine"], results["options"], results.get("parts", {})
     table = bench_report.table
-    flags = ", ".join(f for f, present in m["cpu_flags"].items() if present)
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     out = [
         "# Structured output on the llama.cpp engine: cost and validity\n",
         "`python bench/structured.py`: "
@@ -637,43 +635,10 @@ def markdown(results: dict[str, Any]) -> str:
         "(`json_schema`) or without. Constrained and free requests alternate (A/B/A/B) round by round; figures "
         "are medians. Tokens are counted from each response's `usage`. The machine's 2 cores are shared with "
         "other work: what else ran is below.\n",
-        "## Machine\n",
-        table(
-            ["", ""],
-            [
-                ["CPU", f"{m['cpu_model']} ({m['logical_cpus']} logical CPUs, {m['usable_cpus']} usable)"],
-                ["SIMD flags", flags],
-                ["memory", f"{m['memory_gb']} GB"],
-                ["software", f"Python {m['python']}, kernel {m['kernel']}, {versions}"],
-                ["load average", f"start {' '.join(m['loadavg_start'])}, end {' '.join(m.get('loadavg_end', []))}"],
-            ],
-        ),
-        "### What else ran\n",
-        "CPU used by processes other than this benchmark and its server, averaged over each part (2 cores in all), "
-        "and the busiest of them when the part began:\n",
-        table(
-            ["part", "others' CPU, cores", "busiest other processes"],
-            [
-                [
-                    k,
-                    f"{v['foreign_load_cores']:.2f}",
-                    "<br>".join(p.replace("|", "/") for p in v["busiest_processes"][:3]),
-                ]
-                for k, v in results.get("noise", {}).items()
-            ],
-        ),
+        bench_report.machine_section(m),
+        bench_report.noise_section(results, "this benchmark and its server"),
     ]
-    if results.get("targets"):
-        out += [
-            "## Targets\n",
-            table(
-                ["target", "measured", "threshold", "result"],
-                [
-                    [t["target"], t["value"], t["threshold"], "met" if t["passed"] else "**not met**"]
-                    for t in results["targets"]
-                ],
-            ),
-        ]
+    out += bench_report.targets_section(results)
     speed = parts.get("speed")
     if speed:
         out += [
