@@ -13,6 +13,7 @@ Nothing here needs the model: these are text in, text out.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -108,7 +109,7 @@ def tool_grammar(tools: Sequence[FunctionTool], choice: ToolChoice, *, parallel:
 
     Each call is `{"name": ..., "arguments": ...}` in that order; the arguments follow the function's `parameters`
     schema in compact JSON (", " and ": " separators, no other whitespace), so they stream and parse as written.
-    Raises InvalidTools naming the function whose schema llguidance cannot compile.
+    Raises InvalidTools naming the function whose schema llguidance cannot compile (each schema checked once).
     """
     if choice == "none":
         return None
@@ -125,11 +126,8 @@ def tool_grammar(tools: Sequence[FunctionTool], choice: ToolChoice, *, parallel:
         rules.append(_call_rules(i, tool))
     calls = f"call ({_lark_string(CALL_SEPARATOR)} call)*" if parallel else "call"
     start = "start: calls | TEXT?\nTEXT: /[^<](?s:.)*/" if choice == "auto" else "start: calls"
-    grammar = "\n".join(["%llguidance {}", start, f"calls: {calls}", *rules]) + "\n"
-    error = grammar_error(grammar)
-    if error:
-        raise InvalidTools(f"the tools cannot be compiled into a grammar: {error}")
-    return grammar
+    # Compiled (and checked whole) by the scheduler's grammar cache, once per set of tools.
+    return "\n".join(["%llguidance {}", start, f"calls: {calls}", *rules]) + "\n"
 
 
 def grammar_error(grammar: str) -> str | None:
@@ -159,9 +157,16 @@ def _check_tools(tools: Sequence[FunctionTool]) -> None:
         kind = tool.parameters.get("type", "object")
         if kind != "object":
             raise InvalidTools(f"function {tool.name!r}: parameters must describe an object, not {kind!r}")
-        error = grammar_error(f"start: args\nargs: %json {json.dumps(_arguments_schema(tool))}\n")
+        error = _arguments_error(json.dumps(_arguments_schema(tool)))
         if error:
             raise InvalidTools(f"function {tool.name!r}: its parameters schema cannot be enforced: {error}")
+
+
+@functools.lru_cache(maxsize=256)
+def _arguments_error(schema: str) -> str | None:
+    """Why llguidance cannot enforce the arguments schema `schema` (JSON text), or None: a client sends the same
+    tools with every request, so each schema is checked once."""
+    return grammar_error(f"start: args\nargs: %json {schema}\n")
 
 
 def _arguments_schema(tool: FunctionTool) -> dict[str, Any]:
