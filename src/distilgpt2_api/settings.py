@@ -36,6 +36,13 @@ class Settings(BaseSettings):
         description="llamacpp (a GGUF; continuous batching, prefix caching, structured output, tool calls), "
         "ctranslate2 (int8; needs a converted model; faster on long prompts) or transformers (fp32 reference).",
     )
+    llama_cpu_variant: str = Field(
+        "auto",
+        pattern=r"^[A-Za-z0-9_.]+$",
+        description="llama.cpp's CPU backend: auto (the best-scored variant a child process ran correctly on this "
+        "CPU, the verdict cached in XDG_CACHE_HOME per CPU and build), or a variant's name to load it unprobed: "
+        "zen4, icelake, sapphirerapids, haswell, x64 (plain x86)... GET / shows the one in use and why.",
+    )
     compute_type: ComputeType = Field(
         "auto",
         description="CTranslate2 arithmetic: auto (int8 where prepare-model found it keeps quality), int8, float32.",

@@ -27,7 +27,7 @@ from distilgpt2_api.core.loop import StepScheduler, is_step_engine
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
 from distilgpt2_api.core.sequence import Delta
 from distilgpt2_api.core.stream import GenerationResult, Sink, gather
-from distilgpt2_api.engines.base import Chunk, ModelInfo, TextTokenizer
+from distilgpt2_api.engines.base import Chunk, Kernels, ModelInfo, TextTokenizer
 
 PROMPT_MARK = 7  # prompts here start with a token of their own; the fake can be told to end one at a length
 
@@ -46,6 +46,7 @@ class FakeStepEngine:
     info: ModelInfo
     tokenizer: TextTokenizer
     slots: int = 4
+    kernels: Kernels = Kernels("fake", "any", "none", "a test's stand-in")
     calls: list[Call] = field(default_factory=list)
     on_forward: Callable[[int, Sequence[Chunk]], None] | None = None  # (call number, chunks): may block or raise
     end_after: dict[int, int] = field(default_factory=dict)  # a prompt's first token -> EOS at this history length

@@ -14,8 +14,11 @@ import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from distilgpt2_api.core.loop import StepScheduler
+from distilgpt2_api.engines.base import cpu_name
+from distilgpt2_api.engines.llamacpp_engine import load_cpu_backend
 
 from engine_apps import llamacpp_app, openai_sdk
 from server_process import serving_in_thread
@@ -48,6 +51,20 @@ def sdk(base_url: str) -> openai.OpenAI:
 
 def test_the_step_loop_serves_it(app: FastAPI) -> None:
     assert isinstance(app.state.scheduler, StepScheduler)
+
+
+def test_health_and_metrics_name_the_cpu_variant_and_why(client: TestClient) -> None:
+    variant = load_cpu_backend()  # this process's: what the app's engine loaded
+    kernels = client.get("/").json()["kernels"]
+    assert kernels == {"engine": "llamacpp", "cpu": cpu_name(), "variant": variant.name, "reason": variant.reason}
+    assert variant.name in variant.reason and variant.chosen_by in variant.reason
+    (info,) = [
+        family
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        if family.name == "distilgpt2_api:kernels_info"
+    ]
+    (sample,) = info.samples
+    assert sample.labels == {"model_name": "tiny-gpt2", **kernels} and sample.value == 1
 
 
 def test_completions_greedy_seeded_and_streamed(sdk: openai.OpenAI) -> None:

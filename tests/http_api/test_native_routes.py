@@ -9,12 +9,22 @@ from fastapi.testclient import TestClient
 from distilgpt2_api import __version__
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
 from distilgpt2_api.core.stream import GenerationStream
+from distilgpt2_api.engines.base import cpu_name
 
 
 def test_health_names_the_model(client: TestClient) -> None:
     response = client.get("/")
     assert response.status_code == 200
-    assert response.json() == {"health": "ok", "model": "tiny-gpt2", "version": __version__}
+    body = response.json()
+    assert {k: body[k] for k in ("health", "model", "version")} == {
+        "health": "ok", "model": "tiny-gpt2", "version": __version__
+    }  # fmt: skip
+    assert body["kernels"] == {
+        "engine": "ctranslate2",  # the fixture's engine (the llama.cpp app's: test_llamacpp_app.py)
+        "cpu": cpu_name(),
+        "variant": "int8, auto ISA",
+        "reason": "CTranslate2 dispatches on the CPU's extensions as it runs",
+    }
     assert response.headers["x-request-id"]
 
 

@@ -21,7 +21,7 @@ from distilgpt2_api.core.errors import (
 from distilgpt2_api.core.grammar import Grammar
 from distilgpt2_api.core.request import GenerationRequest, TokenRequest
 from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Job, Sink
-from distilgpt2_api.engines.base import ModelInfo, TextTokenizer
+from distilgpt2_api.engines.base import Kernels, ModelInfo, TextTokenizer
 
 # With alternatives (top logprobs), CTranslate2 keeps every step's full logits until the job ends:
 # sequences x max_new_tokens x vocabulary floats. 512 steps of a 50k vocabulary hold about 200 MB.
@@ -33,9 +33,12 @@ class SchedulerBase:
 
     can_constrain = False  # whether answers can be held to a grammar (structured output, tool calls)
 
-    def __init__(self, info: ModelInfo, tokenizer: TextTokenizer, *, max_batch_tokens: int | None) -> None:
+    def __init__(
+        self, info: ModelInfo, tokenizer: TextTokenizer, kernels: Kernels, *, max_batch_tokens: int | None
+    ) -> None:
         self._info = info
         self._tokenizer = tokenizer
+        self.kernels = kernels  # what the engine computes with on this CPU: GET /, /metrics
         self.max_batch_tokens = max_batch_tokens  # None: only the context length bounds a request
         self._waiting: deque[Sink] = deque()  # queued requests, oldest first
         self._lock = threading.Condition()  # guards _waiting (and what a scheduler adds to it)

@@ -118,7 +118,7 @@ class StepScheduler(SchedulerBase):
         prefix_cache_slots: int | None = None,
         grammar_cache_size: int = GRAMMAR_CACHE_SIZE,
     ) -> None:
-        super().__init__(engine.info, engine.tokenizer, max_batch_tokens=max_batch_tokens)
+        super().__init__(engine.info, engine.tokenizer, engine.kernels, max_batch_tokens=max_batch_tokens)
         self.engine = engine
         self.max_batch_size = max(1, min(max_batch_size, engine.slots))  # sequences decoded together
         self.prefill_chunk_tokens = max(1, prefill_chunk_tokens)

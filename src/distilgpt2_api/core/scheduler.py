@@ -47,7 +47,7 @@ class Scheduler(SchedulerBase):
         max_batch_size: int = 1,
         batch_wait_seconds: float = BATCH_WAIT_SECONDS,
     ) -> None:
-        super().__init__(engine.info, engine.tokenizer, max_batch_tokens=max_batch_tokens)
+        super().__init__(engine.info, engine.tokenizer, engine.kernels, max_batch_tokens=max_batch_tokens)
         self.engine = engine
         self.max_batch_size = max_batch_size if engine.batching else 1  # sequences per engine call
         self.batch_wait_seconds = batch_wait_seconds

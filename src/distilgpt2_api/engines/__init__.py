@@ -32,19 +32,22 @@ def load_engine(
     slots: int = 1,
     context: int | None = None,
     slot_tokens: int | None = None,
+    cpu_variant: str = "auto",
 ) -> Engine | StepEngine:
     """Load the model in `model_dir` with `engine`, or raise ModelLoadError.
 
     llamacpp is a StepEngine, driven a step at a time by core/loop.py, holding `slots` sequences' KV caches of
     up to `context` positions each (default: the model's context), `slot_tokens` each at first (default: the
     least; they grow when a sequence needs more); the others generate whole requests (`slots`, `context` and
-    `slot_tokens` do not apply to them).
+    `slot_tokens` do not apply to them). `cpu_variant` pins llama.cpp's CPU backend (`auto`: one proven to run).
     """
     info = ModelInfo.read(model_dir, served_name)
     if engine == "llamacpp":
         from distilgpt2_api.engines.llamacpp_engine import LlamaCppEngine
 
-        return LlamaCppEngine(info, threads=threads, slots=slots, context=context, slot_tokens=slot_tokens)
+        return LlamaCppEngine(
+            info, threads=threads, slots=slots, context=context, slot_tokens=slot_tokens, cpu_variant=cpu_variant
+        )
     if engine == "ctranslate2":
         from distilgpt2_api.engines.ctranslate2_engine import CTranslate2Engine
 

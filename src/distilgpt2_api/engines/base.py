@@ -7,6 +7,7 @@ Both engines tokenize with the `tokenizers` library from tokenizer.json, through
 from __future__ import annotations
 
 import json
+import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -107,6 +108,36 @@ def _manifest_model_id(model_dir: Path) -> str | None:
     return model_id if isinstance(model_id, str) and model_id else None
 
 
+def cpu_identity() -> str:
+    """What tells CPUs apart for the probe's verdict: vendor, model and the feature flags the kernel exposes."""
+    keys = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags", "Features", "CPU implementer",
+            "CPU architecture", "CPU variant", "CPU part")  # fmt: skip
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    fields = (line.partition(":") for line in first.splitlines())
+    return "\n".join(f"{key.strip()}: {value.strip()}" for key, _, value in fields if key.strip() in keys)
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for logs and GET /."""
+    for line in cpu_identity().splitlines():
+        if line.startswith("model name:"):
+            return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Which compute kernels an engine runs on this CPU, and why: logged at load, shown by GET / and /metrics."""
+
+    engine: str  # llamacpp, ctranslate2, transformers
+    cpu: str  # the CPU's model name
+    variant: str  # e.g. llama.cpp's CPU backend (zen4, icelake...), or the instruction set a library dispatched to
+    reason: str  # how it was chosen
+
+
 @dataclass(frozen=True)
 class TokenStep:
     """One token an engine generated for one sequence of a job, as soon as it is chosen."""
@@ -142,6 +173,7 @@ class Engine(Protocol):
 
     info: ModelInfo
     tokenizer: TextTokenizer
+    kernels: Kernels
     batching: bool  # whether one call may carry several jobs (else exactly one)
 
     def generate(self, jobs: Sequence[TokenRequest], on_step: StepCallback) -> None:
@@ -178,6 +210,7 @@ class StepEngine(Protocol):
 
     info: ModelInfo
     tokenizer: TextTokenizer
+    kernels: Kernels
     slots: int
 
     def forward(self, chunks: Sequence[Chunk]) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +21,13 @@ import numpy as np
 from distilgpt2_api.core.request import SamplingParams, TokenRequest
 from distilgpt2_api.engines.base import (
     PREPARE_HINT,
+    Kernels,
     ModelInfo,
     ModelLoadError,
     StepCallback,
     TextTokenizer,
     TokenStep,
+    cpu_name,
     logprobs_of,
 )
 
@@ -65,6 +68,13 @@ class CTranslate2Engine:
             )
         self.tokenizer = TextTokenizer(info.path)
         self.compute_type = prepared_compute_type(converted) if compute_type == "auto" else compute_type
+        isa = os.environ.get("CT2_FORCE_CPU_ISA")
+        self.kernels = Kernels(
+            "ctranslate2",
+            cpu_name(),
+            f"{self.compute_type}, {isa or 'auto'} ISA",
+            "CT2_FORCE_CPU_ISA" if isa else "CTranslate2 dispatches on the CPU's extensions as it runs",
+        )
         self._generator_args = {
             "model_path": str(converted),
             "device": "cpu",

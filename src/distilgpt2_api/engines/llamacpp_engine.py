@@ -15,8 +15,9 @@ Streams start small (`slot_tokens` positions each, default and least: llama.cpp'
 twice as long (or as long as needed), up to `context` (`llama_state_seq_*`: an exact copy, cells in the same
 order). Memory follows the longest sequence held since the model loaded, not slots x context, and never shrinks.
 
-llama-cpp-python built with GGML_BACKEND_DL loads no CPU backend by itself: `_load_backends` loads the variant
-that fits this CPU (AVX2, AVX-512, AMX...) once per process, into the ggml that libllama links.
+llama-cpp-python built with GGML_BACKEND_DL loads no CPU backend by itself: `load_cpu_backend` loads the variant
+(AVX2, AVX-512, AMX...) a child process proved runs on this CPU (llamacpp_cpu.py), once per process, into the ggml
+that libllama links.
 """
 
 from __future__ import annotations
@@ -36,7 +37,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from distilgpt2_api.engines.base import PREPARE_HINT, Chunk, ModelInfo, ModelLoadError, TextTokenizer
+from distilgpt2_api.engines.base import (
+    PREPARE_HINT,
+    Chunk,
+    Kernels,
+    ModelInfo,
+    ModelLoadError,
+    TextTokenizer,
+    cpu_name,
+)
+from distilgpt2_api.engines.llamacpp_cpu import AUTO, CpuVariant, choose, default_cache_dir, variant_files
 
 
 def _bindings() -> types.ModuleType:
@@ -87,17 +97,17 @@ def _log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 llama.llama_log_set(_log, ctypes.c_void_p(0))
 
 _backends_lock = threading.Lock()
-_backends_loaded = False
+_cpu_variant: CpuVariant | None = None  # the CPU backend this process loaded (once: ggml keeps it)
 
 
-def _ggml_library() -> ctypes.CDLL:
+def _ggml_library_path() -> Path:
     """The ggml that libllama links (lib/libggml.so.0 in the wheel, beside libllama.so): the one whose backend
     registry llama_model_load_from_file reads. The wheel also holds a separate lib/libggml.so, a second copy with
     a registry of its own, so loading backends through it (or llama_cpp._ggml) leaves libllama with none."""
     lib_dir = Path(llama.__file__).parent / "lib"
     for name in ("libggml.so.0", "libggml.so", "libggml.dylib"):
         if (lib_dir / name).exists():
-            return ctypes.CDLL(str(lib_dir / name))
+            return lib_dir / name
     raise ModelLoadError(f"llama-cpp-python has no ggml library in {lib_dir}")
 
 
@@ -105,27 +115,30 @@ def _backend_dirs() -> list[Path]:
     """Where the CPU variants (libggml-cpu-*.so) may be: the wheel installs them in bin/ beside the package
     (site-packages/bin/, or <target>/bin/ for `pip install --target`); a build of its own may leave them in lib/."""
     package = Path(llama.__file__).parent
-    candidates = [package.parent / "bin", package / "lib"]
-    return [d for d in candidates if any(d.glob("libggml-cpu*"))]
+    return [package.parent / "bin", package / "lib"]
 
 
-def _load_backends() -> None:
-    global _backends_loaded
+def load_cpu_backend(pin: str = AUTO) -> CpuVariant:
+    """Load the CPU variant `llamacpp_cpu.choose` proves runs here (or `pin`), once per process."""
+    global _cpu_variant
     with _backends_lock:
-        if _backends_loaded:
-            return
-        ggml = _ggml_library()
-        ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
-        if ggml.ggml_backend_dev_count() == 0:
-            ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
-            for directory in _backend_dirs():
-                ggml.ggml_backend_load_all_from_path(str(directory).encode())
-                if ggml.ggml_backend_dev_count() > 0:
-                    break
-        if ggml.ggml_backend_dev_count() == 0:
-            raise ModelLoadError("llama.cpp found no CPU backend (libggml-cpu-*.so) next to llama-cpp-python")
+        if _cpu_variant is not None:
+            if pin not in (AUTO, _cpu_variant.name):
+                raise ModelLoadError(f"LLAMA_CPU_VARIANT={pin}, but this process runs {_cpu_variant.name} already")
+            return _cpu_variant
+        path = _ggml_library_path()
+        variant = choose(variant_files(_backend_dirs()), path, pin=pin, cache_dir=default_cache_dir())
+        ggml = ctypes.CDLL(str(path))
+        ggml.ggml_backend_load.argtypes, ggml.ggml_backend_load.restype = [ctypes.c_char_p], ctypes.c_void_p
+        if not ggml.ggml_backend_load(str(variant.path).encode()):
+            raise ModelLoadError(f"llama.cpp cannot load its CPU variant {variant.path}")
         llama.llama_backend_init()
-        _backends_loaded = True
+        logger.info(
+            "llama.cpp CPU variant %s on %s, chosen by %s in %.0f ms",
+            variant.name, cpu_name(), variant.reason, variant.seconds * 1000,
+        )  # fmt: skip
+        _cpu_variant = variant
+        return variant
 
 
 _open_engines: weakref.WeakSet[LlamaCppEngine] = weakref.WeakSet()
@@ -143,6 +156,7 @@ class LlamaCppEngine:
     Streams start at `slot_tokens` positions (default: `MIN_STREAM`) and grow when a sequence needs more.
 
     `gguf` names the weights in the model directory: model.gguf, or a quantized copy such as model.q8_0.gguf.
+    `cpu_variant` pins llama.cpp's CPU backend (LLAMA_CPU_VARIANT); `auto` runs the best one proven to work here.
     """
 
     def __init__(
@@ -154,6 +168,7 @@ class LlamaCppEngine:
         context: int | None = None,
         slot_tokens: int | None = None,
         gguf: str = GGUF_NAME,
+        cpu_variant: str = AUTO,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
@@ -165,7 +180,8 @@ class LlamaCppEngine:
         self._path = path
         self._threads = threads
         self.tokenizer = TextTokenizer(info.path)
-        _load_backends()
+        variant = load_cpu_backend(cpu_variant)
+        self.kernels = Kernels("llamacpp", cpu_name(), variant.name, variant.reason)
         model_params = llama.llama_model_default_params()
         model_params.use_mmap = True
         self._model = llama.llama_model_load_from_file(str(path).encode(), model_params)

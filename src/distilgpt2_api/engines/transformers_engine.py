@@ -12,11 +12,13 @@ from transformers.utils import logging as transformers_logging
 from distilgpt2_api.core.request import TokenRequest
 from distilgpt2_api.engines.base import (
     PREPARE_HINT,
+    Kernels,
     ModelInfo,
     ModelLoadError,
     StepCallback,
     TextTokenizer,
     TokenStep,
+    cpu_name,
     logprobs_of,
 )
 
@@ -28,6 +30,8 @@ class TransformersEngine:
         torch.set_num_threads(threads)
         transformers_logging.disable_progress_bar()  # progress bars are noise in service logs
         self.tokenizer = TextTokenizer(info.path)
+        capability = torch.backends.cpu.get_cpu_capability()
+        self.kernels = Kernels("transformers", cpu_name(), f"float32, {capability}", "torch's CPU dispatch")
         try:
             # local_files_only: a bad path must fail here, never turn into a Hub download.
             self.model = AutoModelForCausalLM.from_pretrained(

@@ -92,6 +92,7 @@ def load_scheduler(settings: Settings) -> Scheduler | StepScheduler:
         slots=max(settings.max_batch_size, settings.max_return_sequences) + settings.prefix_cache_slots,
         context=settings.max_batch_tokens,  # no sequence may hold more (the token budget of a request)
         slot_tokens=settings.kv_slot_tokens or None,  # each slot's KV at load; it grows to `context` on demand
+        cpu_variant=settings.llama_cpu_variant,
     )
     if is_step_engine(engine):
         return StepScheduler(

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from fastapi import FastAPI, params
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
@@ -113,6 +113,11 @@ class PrometheusMetrics:
         # Every reason from the start, so that rates begin at zero rather than at a reason's first request.
         self.request_success = {reason: success.labels(model, reason) for reason in set(FINISHED_REASONS.values())}
         self.registry.register(SchedulerLoad(scheduler))
+        kernels = scheduler.kernels
+        Info(PREFIX + "kernels", "The kernels the engine computes with on this CPU, and why.", [MODEL],
+             registry=self.registry).labels(model).info(
+            {"engine": kernels.engine, "cpu": kernels.cpu, "variant": kernels.variant, "reason": kernels.reason}
+        )  # fmt: skip
 
     def observe(
         self, timings: Timings, *, prompt_tokens: int, completion_tokens: Sequence[int], finish_reasons: Sequence[str]

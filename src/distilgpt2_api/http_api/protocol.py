@@ -74,10 +74,20 @@ def bounded(
     )
 
 
+class KernelsInfo(BaseModel):
+    """What the engine computes with on this CPU, and why (docs/DEPLOY.md: CPUs)."""
+
+    engine: str = Field(description="llamacpp, ctranslate2 or transformers.")
+    cpu: str = Field(description="The CPU's model name.")
+    variant: str = Field(description="llama.cpp's CPU backend (zen4, icelake...), or the arithmetic and ISA.")
+    reason: str = Field(description="How it was chosen: each variant probed before it and what happened to it.")
+
+
 class HealthResponse(BaseModel):
     health: Literal["ok"] = "ok"
     model: str
     version: str
+    kernels: KernelsInfo
 
 
 class PromptTokensDetails(BaseModel):

@@ -32,6 +32,7 @@ from .errors import ModelStoreError
 from .llamacpp_gguf import GGUF_NAME, PACKAGE_VERSION, quantize_gguf, write_gguf
 from .manifest import QUALITY_RECORD
 from .quality import PROBE_TOKENS, QUALITY_TOLERANCE, Reference
+from .settings import PrepareSettings
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Score:
     perplexity: float  # on the reference's token ids
     answer: list[int]  # greedy answer to the probe, as long as the reference's
     tokens_per_s: float  # greedy decode speed (see SPEED_METHOD)
+    cpu_variant: str = ""  # llama.cpp's CPU backend that ran it (GET / shows the one serving)
 
 
 SPEED_METHOD = (
@@ -167,6 +169,7 @@ def _evaluate(
             min(len(result.answer), len(reference.answer)),
         ),  # how far its answer follows fp32's
         "tokens_per_s": result.tokens_per_s,
+        "cpu_variant": result.cpu_variant,
         "passes": reference.passes(result.perplexity, result.answer),
     }
 
@@ -177,7 +180,14 @@ def score_gguf(model_dir: Path, name: str, reference: Reference) -> Score:
 
     ids, probe = reference.token_ids, reference.probe_ids
     context = max(len(ids), len(probe) + PROBE_TOKENS + 1)
-    engine = LlamaCppEngine(ModelInfo.read(model_dir), threads=THREADS, slots=1, context=context, gguf=name)
+    engine = LlamaCppEngine(
+        ModelInfo.read(model_dir),
+        threads=THREADS,
+        slots=1,
+        context=context,
+        gguf=name,
+        cpu_variant=PrepareSettings().llama_cpu_variant,
+    )
     try:
         # forward() returns the logits after a chunk's last token: one token a call gives every next-token logit.
         nll = 0.0
@@ -200,6 +210,7 @@ def score_gguf(model_dir: Path, name: str, reference: Reference) -> Score:
         perplexity=math.exp(nll / (len(ids) - 1)),
         answer=answer[: len(reference.answer)],
         tokens_per_s=PROBE_TOKENS / best,
+        cpu_variant=engine.kernels.variant,
     )
 
 

@@ -19,3 +19,4 @@ class PrepareSettings(BaseSettings):
 
     model_source: ModelSource = Field("auto", description="What `prepare-model` prepares (see docs/MODEL_STORE.md).")
     model_id: str = Field(DEFAULT_MODEL_ID, description="Hugging Face Hub id that `prepare-model` fetches.")
+    llama_cpu_variant: str = Field("auto", description="The GGUF gate's llama.cpp CPU backend, as when serving.")

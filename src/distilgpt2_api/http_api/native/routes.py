@@ -21,7 +21,7 @@ from distilgpt2_api.http_api.native.protocol import (
     generate_request_model,
     with_prompt,
 )
-from distilgpt2_api.http_api.protocol import Bounds, HealthResponse
+from distilgpt2_api.http_api.protocol import Bounds, HealthResponse, KernelsInfo
 from distilgpt2_api.http_api.routing import CatchAllRoute
 from distilgpt2_api.http_api.streaming import event_stream, sse_response_doc
 
@@ -38,7 +38,8 @@ def health_router() -> APIRouter:
     @router.head("/", response_model=HealthResponse, include_in_schema=False)
     async def health(scheduler: SchedulerDep) -> HealthResponse:
         """Liveness, and which model is served. Never touches the model."""
-        return HealthResponse(model=scheduler.model_name, version=__version__)
+        kernels = KernelsInfo.model_validate(scheduler.kernels, from_attributes=True)
+        return HealthResponse(model=scheduler.model_name, version=__version__, kernels=kernels)
 
     @router.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> None:
