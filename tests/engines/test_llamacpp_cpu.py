@@ -139,14 +139,16 @@ print(json.dumps({"variant": engine.kernels.variant, "greedy": [int(row.argmax()
 """
 
 
-def runnable(files: dict[str, Path], cache_dir: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def runnable(real_variants: dict[str, Path], best: CpuVariant) -> list[str]:
     """The variants this CPU runs: each probed on its own."""
     names = []
-    for name, path in files.items():
+    for name, path in real_variants.items():
         try:
-            names.append(choose({name: path}, _ggml_library_path(), cache_dir=cache_dir).name)
+            names.append(choose({name: path}, _ggml_library_path()).name)
         except ModelLoadError:
             continue  # not for this CPU (or it would crash): never loaded
+    assert best.name in names
     return names
 
 
@@ -163,12 +165,10 @@ def run(model: Path, variant: str, feed: list[int] | int, out: Path) -> tuple[li
 
 @pytest.mark.slow
 def test_every_variant_this_cpu_runs_gives_the_same_greedy_tokens_on_float32_weights(
-    real_variants: dict[str, Path], best: CpuVariant, model_dir: Path, tmp_path: Path
+    runnable: list[str], best: CpuVariant, model_dir: Path, tmp_path: Path
 ) -> None:
     """The tiny GPT-2's float32 GGUF: variants differ only in the order of float sums, so no argmax moves."""
-    names = runnable(real_variants, tmp_path)
-    assert best.name in names and len(names) > 1
-    answers = {name: run(model_dir, name, GREEDY_TOKENS, tmp_path / f"{name}.npy")[0] for name in names}
+    answers = {name: run(model_dir, name, GREEDY_TOKENS, tmp_path / f"{name}.npy")[0] for name in runnable}
     assert len(answers[best.name]) == GREEDY_TOKENS + 1
     assert {name: tokens for name, tokens in answers.items() if tokens != answers[best.name]} == {}
 
@@ -176,20 +176,19 @@ def test_every_variant_this_cpu_runs_gives_the_same_greedy_tokens_on_float32_wei
 @pytest.mark.real_weights
 @pytest.mark.slow
 def test_every_variant_this_cpu_runs_computes_the_same_logits_on_quantized_weights(
-    real_variants: dict[str, Path], best: CpuVariant, smollm2_llamacpp_dir: Path, tmp_path: Path
+    runnable: list[str], best: CpuVariant, smollm2_llamacpp_dir: Path, tmp_path: Path
 ) -> None:
     """SmolLM2's shipped Q4_1, every variant fed the best one's greedy answer. Variants of one family (the AVX-512
     ones) give identical logits; across families (AVX2, SSE, plain x86) kernels sum in other orders, so logits move
     (measured on a Xeon: up to 1.0, on logits with a spread of 5) and where the top two are that close a variant
     may choose the other. A broken kernel is far beyond either."""
-    names = runnable(real_variants, tmp_path)
     greedy, reference = run(smollm2_llamacpp_dir, best.name, GREEDY_TOKENS, tmp_path / "reference.npy")
     order = np.argsort(reference, axis=1)
     runner_up = order[:, -2]
     margin = (
         np.take_along_axis(reference, order[:, -1:], 1)[:, 0] - np.take_along_axis(reference, order[:, -2:-1], 1)[:, 0]
     )
-    for name in names:
+    for name in runnable:
         tokens, logits = run(smollm2_llamacpp_dir, name, greedy[:-1], tmp_path / f"{name}.npy")
         moved = np.abs(logits - reference).max()
         assert moved < QUANTIZED_LOGITS_ATOL, name

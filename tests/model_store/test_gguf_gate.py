@@ -255,3 +255,30 @@ def test_without_the_binding_prepare_keeps_the_converters_f32(
     assert ggufs(tmp_path / "out") == [GGUF_NAME] and gguf_types(tmp_path / "out" / GGUF_NAME)[0] == "F32"
     assert QUALITY_RECORD not in manifest.files and not (tmp_path / "out" / QUALITY_RECORD).exists()
     assert read_manifest(tmp_path / "out") == manifest
+
+
+@pytest.mark.usefixtures("fast_converter")
+def test_gguf_type_serves_the_candidate_asked_for_and_records_the_rules_choice(
+    tiny: Path, reference: Reference, tmp_path: Path
+) -> None:
+    model_dir = shutil.copytree(tiny, tmp_path / "model")
+    # The fastest answers the probe differently, so the rule takes q8_0; a user who wants the speed asks for it.
+    scores = fake_scores(reference, SPEEDS, disagree=frozenset({"q4_k_m"}))
+    gate = choose_gguf(model_dir, reference, score=scores, prefer="q4_k_m")
+    assert (gate["chosen"], gate["chosen_by"], gate["candidates"]["q4_k_m"]["passes"]) == ("q4_k_m", "GGUF_TYPE", False)
+    assert gate["note"] == "GGUF_TYPE=q4_k_m: it fails the rule, which chooses q8_0"
+    assert ggufs(model_dir) == [GGUF_NAME] and gguf_types(model_dir / GGUF_NAME)[0] == "Q4_K_M"
+    assert record(model_dir) == gate
+
+
+@pytest.mark.usefixtures("fast_converter")
+def test_gguf_type_the_model_lacks_fails_and_leaves_the_directory_as_it_was(
+    tiny: Path, reference: Reference, tmp_path: Path
+) -> None:
+    model_dir = shutil.copytree(tiny, tmp_path / "model")
+    before = sorted(p.name for p in model_dir.iterdir())
+    with pytest.raises(ModelStoreError, match="GGUF_TYPE=shipped cannot be served: this model has none"):
+        choose_gguf(model_dir, reference, score=fake_scores(reference, SPEEDS), prefer=SHIPPED)
+    with pytest.raises(ModelStoreError, match="GGUF_TYPE=q2_k: one of auto, shipped, f32, f16, q8_0, q4_k_m"):
+        choose_gguf(model_dir, reference, score=fake_scores(reference, SPEEDS), prefer="q2_k")
+    assert sorted(p.name for p in model_dir.iterdir()) == before

@@ -40,6 +40,8 @@ RECORD_NAME = QUALITY_RECORD  # quality.json, beside model.gguf (the CTranslate2
 SHIPPED = "shipped"  # the candidate that is the GGUF the model came with
 LOSSLESS = "f32"  # written by the converter from the safetensors; served when no candidate passes
 QUANTIZED = ("f16", "q8_0", "q4_k_m")  # quantized from the F32 by llama_model_quantize
+CANDIDATES = (SHIPPED, LOSSLESS, *QUANTIZED)
+AUTO = "auto"  # GGUF_TYPE: the rule chooses
 SPEED_RUNS = 3  # the probe's greedy decode is timed this many times; the fastest run counts
 THREADS = 1
 
@@ -71,10 +73,17 @@ def is_gated(model_dir: Path) -> bool:
 
 
 def choose_gguf(
-    model_dir: Path, reference: Reference, *, score: Callable[[Path, str, Reference], Score] | None = None
+    model_dir: Path,
+    reference: Reference,
+    *,
+    score: Callable[[Path, str, Reference], Score] | None = None,
+    prefer: str = AUTO,
 ) -> dict[str, Any]:
-    """Write every candidate, score each, keep the fastest that passes as model.gguf, delete the rest, and write the
-    record (quality.json). Returns the record. `score` replaces `score_gguf` (tests)."""
+    """Write every candidate, score each, keep the fastest that passes as model.gguf (or `prefer`, a candidate's
+    name, whatever its score: GGUF_TYPE), delete the rest, and write the record (quality.json). Returns the record.
+    `score` replaces `score_gguf` (tests)."""
+    if prefer not in (AUTO, *CANDIDATES):
+        raise ModelStoreError(f"GGUF_TYPE={prefer}: one of {', '.join((AUTO, *CANDIDATES))}")
     score = score or score_gguf
     shipped = model_dir / GGUF_NAME
     files: dict[str, str] = {}  # candidate -> its file while the gate runs
@@ -94,7 +103,11 @@ def choose_gguf(
         for key, name in files.items():
             entries[key] = _evaluate(model_dir, key, name, reference, score)
         passing = [key for key in files if entries[key]["passes"]]
-        chosen = max(passing, key=lambda key: entries[key]["tokens_per_s"]) if passing else LOSSLESS
+        ruled = max(passing, key=lambda key: entries[key]["tokens_per_s"]) if passing else LOSSLESS
+        if prefer != AUTO and (prefer not in files or "error" in entries[prefer]):
+            reason = entries.get(prefer, {}).get("error", "this model has none")
+            raise ModelStoreError(f"GGUF_TYPE={prefer} cannot be served: {reason}")
+        chosen = ruled if prefer == AUTO else prefer
     except BaseException:
         for key, name in files.items():
             if key != SHIPPED:
@@ -111,8 +124,12 @@ def choose_gguf(
         "chosen": chosen,
         "chosen_type": entries[chosen].get("type"),
         "passed": bool(passing),
+        "chosen_by": "the rule" if prefer == AUTO else "GGUF_TYPE",
         "note": (
-            "the fastest candidate that passes"
+            f"GGUF_TYPE={prefer}: it {'passes' if entries[chosen]['passes'] else 'fails'} the rule, "
+            f"which chooses {ruled}"
+            if prefer != AUTO
+            else "the fastest candidate that passes"
             if passing
             else f"no candidate passed: {LOSSLESS.upper()} (the safetensors' weights, lossless) is served"
         ),

@@ -16,7 +16,7 @@ from .local import copy_model_files, validate_model_dir
 from .manifest import Manifest, read_manifest, verify_checksums, write_manifest
 from .quality import fp32_reference
 from .s3 import download_prefix
-from .settings import DEFAULT_MODEL_ID, MODEL_SOURCES
+from .settings import DEFAULT_MODEL_ID, MODEL_SOURCES, PrepareSettings
 from .staging import staged_directory
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _finish(model_dir: Path, *, source: str, model_id: str, revision: str | None
         convert_for_ctranslate2(model_dir, reference)
     if gate:
         assert reference is not None
-        gguf_gate.choose_gguf(model_dir, reference)
+        gguf_gate.choose_gguf(model_dir, reference, prefer=PrepareSettings().gguf_type)
     elif not (model_dir / GGUF_NAME).is_file():
         write_gguf(model_dir)
     return write_manifest(model_dir, source=source, model_id=model_id, revision=revision)

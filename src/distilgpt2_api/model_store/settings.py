@@ -20,3 +20,8 @@ class PrepareSettings(BaseSettings):
     model_source: ModelSource = Field("auto", description="What `prepare-model` prepares (see docs/MODEL_STORE.md).")
     model_id: str = Field(DEFAULT_MODEL_ID, description="Hugging Face Hub id that `prepare-model` fetches.")
     llama_cpu_variant: str = Field("auto", description="The GGUF gate's llama.cpp CPU backend, as when serving.")
+    gguf_type: str = Field(
+        "auto",
+        description="The GGUF served: auto (the gate's rule: the fastest candidate whose quality passes), or a "
+        "candidate to serve whatever its score (shipped, f32, f16, q8_0, q4_k_m); every score is recorded.",
+    )
