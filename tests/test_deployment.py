@@ -221,7 +221,7 @@ def test_event_through_lambda_handler(event_file: Path, app: FastAPI, lambda_han
 # --- Dockerfile.lambda ------------------------------------------------------------------
 
 ENGINES = ["ctranslate2", "llamacpp"]  # what the image can serve: template.yaml's Engine values
-CMAKE_ARGS_MAKE = re.compile(r"^LLAMA_CPP_CMAKE_ARGS \?= (.*)$", re.M)
+CMAKE_ARGS_MAKE = re.compile(r"^(LLAMA_CPP_CMAKE_ARGS_\w+) := (.*)$", re.M)
 # Nothing that builds belongs in the image's file set, nor torch (prepare time only).
 BUILD_TOOLS = {"cmake", "ninja", "gcc", "g++", "cc", "c++", "ld", "make"}
 BUILD_PACKAGES = ("torch", "cmake", "ninja", "scikit_build_core", "setuptools_scm", "transformers")
@@ -408,9 +408,12 @@ def test_llamacpp_wheel_is_built_as_make_install_builds_it() -> None:
     stage = recipe.wheel_stage
     assert stage is not None and stage.base == "public.ecr.aws/lambda/python:3.12"  # Lambda's own OS and glibc
     env = dict(shlex.split(rest)[0].split("=", 1) for op, rest in stage.instructions if op == "ENV")
-    make_args = CMAKE_ARGS_MAKE.search((REPO / "Makefile").read_text())
-    assert make_args and env["CMAKE_ARGS"] == make_args.group(1)
-    assert "-DGGML_NATIVE=OFF" in env["CMAKE_ARGS"]  # never the build machine's own CPU
+    make_args = dict(CMAKE_ARGS_MAKE.findall((REPO / "Makefile").read_text()))
+    # Per architecture (uname -m), the same in both; never the build machine's own CPU.
+    assert set(make_args) == {"LLAMA_CPP_CMAKE_ARGS_x86_64", "LLAMA_CPP_CMAKE_ARGS_aarch64"}
+    assert {name: env[name] for name in make_args} == make_args
+    assert all("-DGGML_NATIVE=OFF" in args and "-DGGML_BACKEND_DL=ON" in args for args in make_args.values())
+    assert '"$(uname -m)"' in stage_text(stage) and "${LLAMA_CPP_CMAKE_ARGS_aarch64}" in stage_text(stage)
     (wheel,) = [shlex.split(rest) for rest in runs([stage]) if "pip wheel" in rest]
     assert "--no-deps" in wheel and "\"$(grep '^llama-cpp-python==' requirements-llamacpp.txt)\"" in stage_text(stage)
     pins = [line for line in requirement_lines(REPO / "requirements-llamacpp.txt") if line.startswith("llama-cpp-")]

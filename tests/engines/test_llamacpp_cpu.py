@@ -128,7 +128,7 @@ from distilgpt2_api.engines import ModelInfo
 from distilgpt2_api.engines.base import Chunk
 from distilgpt2_api.engines.llamacpp_engine import LlamaCppEngine
 model, variant, feed, out = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-engine = LlamaCppEngine(ModelInfo.read(model), threads=2, slots=1, cpu_variant=variant)
+engine = LlamaCppEngine(ModelInfo.read(model), threads=1, slots=1, cpu_variant=variant)
 tokens = engine.tokenizer.encode("The capital of France is a city where")
 rows = [engine.forward([Chunk(slot=0, token_ids=tokens, start=0)])[0]]  # the prompt's rows at once
 for step in range(feed if isinstance(feed, int) else len(feed)):
