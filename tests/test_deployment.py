@@ -414,11 +414,16 @@ def test_llamacpp_wheel_is_built_as_make_install_builds_it() -> None:
     assert {name: env[name] for name in make_args} == make_args
     assert all("-DGGML_NATIVE=OFF" in args and "-DGGML_BACKEND_DL=ON" in args for args in make_args.values())
     assert '"$(uname -m)"' in stage_text(stage) and "${LLAMA_CPP_CMAKE_ARGS_aarch64}" in stage_text(stage)
-    (wheel,) = [shlex.split(rest) for rest in runs([stage]) if "pip wheel" in rest]
-    assert "--no-deps" in wheel and "\"$(grep '^llama-cpp-python==' requirements-llamacpp.txt)\"" in stage_text(stage)
+    (build,) = [rest for rest in runs([stage]) if "llamacpp/build-wheel.sh" in rest]
+    assert 'CMAKE_ARGS="${CMAKE_ARGS}"' in build and "COPY llamacpp ./llamacpp" in stage_text(stage)
+    make_install = (REPO / "Makefile").read_text()
+    assert 'CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" PYTHON=$(BIN)/python llamacpp/build-wheel.sh' in make_install
+    script = (REPO / "llamacpp" / "build-wheel.sh").read_text()  # the pin, the patches, no dependencies
+    assert "grep '^llama-cpp-python==' \"$here/../requirements-llamacpp.txt\"" in script
+    assert 'for patch_file in "$here"/*.patch' in script and "pip wheel --quiet --no-deps" in script
     pins = [line for line in requirement_lines(REPO / "requirements-llamacpp.txt") if line.startswith("llama-cpp-")]
     assert pins == [f"llama-cpp-python=={LLAMACPP_VERSION}"]
-    assert any(re.search(r"\bdnf install -y .*gcc-c\+\+.*cmake", rest) for rest in runs([stage]))
+    assert any(re.search(r"\bdnf install -y .*gcc-c\+\+.*cmake.* patch\b", rest) for rest in runs([stage]))
     # Not in the ctranslate2 image: its packages never come from that stage.
     assert parse_dockerfile(DOCKERFILE.read_text(), "ctranslate2").wheel_stage is None
 
@@ -470,18 +475,14 @@ def test_every_requirement_has_a_wheel_for_the_image(engine: str, machine: str, 
 
 
 def cached_llamacpp_wheel() -> Path:
-    """The pinned llama-cpp-python wheel `make install` built (pip's wheel cache): the image builds the same one."""
+    """The pinned llama-cpp-python wheel `make install` built with llamacpp/*.patch (`make llamacpp-wheel` prints it,
+    building it first if it is not there): the image's build stage runs the same script with the same arguments."""
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "cache", "list", "llama_cpp_python", "--format=abspath"],
-        capture_output=True,
-        text=True,
+        ["make", "--no-print-directory", "-s", "llamacpp-wheel"], cwd=REPO, capture_output=True, text=True, check=True
     )
-    wheels = [
-        Path(p) for p in result.stdout.split() if Path(p).name.startswith(f"llama_cpp_python-{LLAMACPP_VERSION}-")
-    ]
-    if not wheels:
-        pytest.skip(f"no llama-cpp-python {LLAMACPP_VERSION} wheel in pip's cache: `make install` builds it")
-    return max(wheels, key=lambda p: p.stat().st_mtime)
+    wheel = Path(result.stdout.strip().splitlines()[-1])
+    assert wheel.name.startswith(f"llama_cpp_python-{LLAMACPP_VERSION}-") and wheel.is_file(), wheel
+    return wheel
 
 
 def _install_key(recipe: ImageRecipe, extra: bytes = b"") -> str:

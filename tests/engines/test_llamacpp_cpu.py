@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from distilgpt2_api.engines import ModelLoadError
+from distilgpt2_api.engines.base import cpu_identity
 from distilgpt2_api.engines.llamacpp_cpu import CpuVariant, choose, variant_files
 from distilgpt2_api.engines.llamacpp_engine import _backend_dirs, _ggml_library_path
 
@@ -195,3 +197,22 @@ def test_every_variant_this_cpu_runs_computes_the_same_logits_on_quantized_weigh
         for step, (token, expected) in enumerate(zip(tokens, greedy, strict=True)):
             if token != expected:  # only a near tie may go the other way, and only to the runner-up
                 assert (token, margin[step] < 2 * moved) == (runner_up[step], True), (name, step)
+
+
+AMX_VARIANT = "sapphirerapids"
+AMX_FLAGS = ("amx_tile", "amx_int8", "avx512_vnni", "avx512_bf16", "avx512vbmi")
+
+
+def test_the_amx_variant_serves_where_the_cpu_has_amx_and_nowhere_else(
+    real_variants: dict[str, Path], best: CpuVariant
+) -> None:
+    """llama.cpp's AMX kernels, built with llamacpp/amx-tile-config.patch, run on a CPU with AMX (without it they
+    died with SIGILL) and are the best-scored there; on any other CPU ggml scores the variant 0, so it never loads."""
+    if AMX_VARIANT not in real_variants:
+        pytest.skip(f"an {platform.machine()} build has no {AMX_VARIANT} variant")
+    flags = next(line for line in cpu_identity().splitlines() if line.startswith("flags:")).split()
+    if all(flag in flags for flag in AMX_FLAGS):
+        assert best.name == AMX_VARIANT and [a.outcome for a in best.attempts] == ["passed"], best.reason
+    else:
+        with pytest.raises(ModelLoadError, match=rf"{AMX_VARIANT} failed \(not for this CPU: it lacks an extension"):
+            choose({AMX_VARIANT: real_variants[AMX_VARIANT]}, _ggml_library_path())

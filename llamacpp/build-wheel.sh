@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds the pinned llama-cpp-python wheel (requirements-llamacpp.txt) from its sdist, with this directory's patches
+# applied to the llama.cpp it vendors, and CMAKE_ARGS from the environment (the Makefile's LLAMA_CPP_CMAKE_ARGS).
+# Prints the wheel's path. Once per pin, patches and CMAKE_ARGS: OUT_DIR/<their hash>/ keeps the wheel, and a later
+# run prints it without building (PyPI has only the sdist: about 15 min on 2 cores).
+#
+#   CMAKE_ARGS="..." [PYTHON=python3] llamacpp/build-wheel.sh OUT_DIR
+#
+# amx-tile-config.patch: llama.cpp's AMX kernels (the sapphirerapids CPU variant) load a tile config whose stores
+# GCC removes as dead, and die with SIGILL on every Intel Xeon with AMX; fixed, they read prompts 2-4x and decode
+# 2-2.8x faster than the next variant there (docs/PERFORMANCE.md).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:?usage: CMAKE_ARGS=... $0 OUT_DIR}"
+python="${PYTHON:-python3}"
+pin="$(grep '^llama-cpp-python==' "$here/../requirements-llamacpp.txt")"
+key="$(cat "$here"/*.patch <(printf '%s\n%s\n' "$pin" "${CMAKE_ARGS:-}") | sha256sum | cut -c1-16)"
+dest="$out/$key"
+if ! compgen -G "$dest/llama_cpp_python-*.whl" >/dev/null; then
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+    "$python" -m pip download --quiet --no-deps --no-binary :all: --dest "$work" "$pin" >&2
+    "$python" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+        "$(compgen -G "$work/llama_cpp_python-*.tar.gz")" "$work"
+    source_dir="$(compgen -G "$work/llama_cpp_python-*/")"
+    for patch_file in "$here"/*.patch; do
+        patch --quiet --forward -p1 -d "$source_dir/vendor/llama.cpp" <"$patch_file" >&2
+    done
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$work/wheel" "$source_dir" >&2
+    mkdir -p "$out"
+    rm -rf "$dest" "$dest.partial" && mv "$work/wheel" "$dest.partial" && mv "$dest.partial" "$dest"
+fi
+compgen -G "$dest/llama_cpp_python-*.whl"
