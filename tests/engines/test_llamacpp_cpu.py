@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distilgpt2_api.engines import ModelLoadError
+from distilgpt2_api.engines import ModelLoadError, llamacpp_cpu
 from distilgpt2_api.engines.base import cpu_identity
-from distilgpt2_api.engines.llamacpp_cpu import CpuVariant, choose, variant_files
+from distilgpt2_api.engines.llamacpp_cpu import Attempt, CpuVariant, choose, variant_files
 from distilgpt2_api.engines.llamacpp_engine import _backend_dirs, _ggml_library_path
 
 # Scored above every real variant; its backend's init executes an illegal instruction (ud2 on x86).
@@ -36,6 +36,12 @@ void * ggml_backend_init(void) {
     return 0;
 }
 """
+# Scored above every real variant too; its backend's init never returns.
+HANGING_BACKEND = r"""
+#include <unistd.h>
+int ggml_backend_score(void) { return 1 << 30; }
+void * ggml_backend_init(void) { for (;;) pause(); }
+"""
 GREEDY_TOKENS = 16
 QUANTIZED_LOGITS_ATOL = 1.5  # see the last test
 
@@ -47,16 +53,19 @@ def real_variants() -> dict[str, Path]:
     return files
 
 
-@pytest.fixture(scope="module")
-def crashing_backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """libggml-cpu-crashing.so, built here with the C compiler the llama.cpp build needs anyway."""
-    directory = tmp_path_factory.mktemp("crashing")
-    source, library = directory / "crashing.c", directory / "libggml-cpu-crashing.so"
-    source.write_text(CRASHING_BACKEND)
+def build_backend(directory: Path, name: str, source: str) -> Path:
+    """libggml-cpu-<name>.so from C `source`, built with the C compiler the llama.cpp build needs anyway."""
+    source_file, library = directory / f"{name}.c", directory / f"libggml-cpu-{name}.so"
+    source_file.write_text(source)
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     assert compiler, "no C compiler (make install needs one to build llama.cpp)"
-    subprocess.run([compiler, "-shared", "-fPIC", "-O0", "-o", str(library), str(source)], check=True)
+    subprocess.run([compiler, "-shared", "-fPIC", "-O0", "-o", str(library), str(source_file)], check=True)
     return library
+
+
+@pytest.fixture(scope="module")
+def crashing_backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_backend(tmp_path_factory.mktemp("crashing"), "crashing", CRASHING_BACKEND)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +113,16 @@ def test_the_verdict_is_cached_per_cpu_and_build(
     assert again.seconds < first.seconds
     os.utime(crashing_backend, ns=(0, 0))  # another build: the cache does not apply to it
     assert choose(files, _ggml_library_path(), cache_dir=tmp_path).chosen_by == "probe"
+
+
+def test_a_variant_that_hangs_is_skipped_after_the_time_limit(
+    real_variants: dict[str, Path], best: CpuVariant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(llamacpp_cpu, "PROBE_TIMEOUT_SECONDS", 3.0)
+    hanging = build_backend(tmp_path, "hanging", HANGING_BACKEND)
+    variant = choose({"hanging": hanging, **real_variants}, _ggml_library_path())
+    assert variant.name == best.name
+    assert variant.attempts[0] == Attempt("hanging", "crashed", "no answer within 3 s while probing load")
 
 
 def test_when_no_variant_runs_loading_fails_with_every_reason(crashing_backend: Path, tmp_path: Path) -> None:

@@ -24,8 +24,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from distilgpt2_api.engines import llamacpp_cpu_probe
 from distilgpt2_api.engines.base import ModelLoadError, cpu_identity, cpu_name
@@ -62,7 +63,7 @@ class CpuVariant:
     @property
     def reason(self) -> str:
         if not self.attempts:
-            return f"{self.chosen_by}"
+            return self.chosen_by
         tried = "; ".join(f"{a.variant} {a.outcome}" + (f" ({a.reason})" if a.reason else "") for a in self.attempts)
         return f"{self.chosen_by}: {tried}"
 
@@ -96,7 +97,7 @@ def choose(
     cache = cache_dir / f"llamacpp-cpu-{_cache_key(files)}.json" if cache_dir else None
     cached = _read_cache(cache, files)
     if cached is not None:
-        return CpuVariant(cached.name, cached.path, "cached probe", cached.attempts, time.perf_counter() - started)
+        return replace(cached, seconds=time.perf_counter() - started)
     attempts = _probe(files, ggml_library)
     chosen = next((a.variant for a in attempts if a.outcome == "passed"), None)
     if chosen is None:
@@ -118,8 +119,7 @@ def _probe(files: Mapping[str, Path], ggml_library: Path) -> list[Attempt]:
     while left:
         lines, returncode, error = _run_child(left, ggml_library)
         running: tuple[str, str] | None = None  # (variant, stage) begun and not finished
-        for line in lines:
-            event = json.loads(line)
+        for event in _events(lines):
             if event["event"] == "begin":
                 running = (event["variant"], event["stage"])
             elif event["event"] == "result":
@@ -152,10 +152,15 @@ def _run_child(files: Mapping[str, Path], ggml_library: Path) -> tuple[list[str]
         return lines, done.returncode, f"killed by {signal.Signals(-done.returncode).name}"
     if done.returncode not in (0, 1):
         last = done.stderr.strip().splitlines()[-1:] or ["no message"]
-        if not any(json.loads(line)["event"] == "begin" for line in lines):
+        if not any(event["event"] == "begin" for event in _events(lines)):
             raise ModelLoadError(f"the llama.cpp CPU probe failed before trying any variant: {last[0]}")
         return lines, done.returncode, f"exited with status {done.returncode}: {last[0]}"
     return lines, done.returncode, ""
+
+
+def _events(lines: list[str]) -> list[dict[str, Any]]:
+    """The probe's own lines (a library may print to stdout too)."""
+    return [json.loads(line) for line in lines if line.startswith('{"event": ')]
 
 
 def default_cache_dir() -> Path:
