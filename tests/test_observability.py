@@ -6,12 +6,17 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from distilgpt2_api.engines.base import cpu_name
+from distilgpt2_api.engines.llamacpp_engine import load_cpu_backend
+from distilgpt2_api.http_api.app_factory import load_scheduler
 from distilgpt2_api.observability import logger
+from distilgpt2_api.settings import Settings
 
 from event_factory import http_api_event, scheduled_event
 
@@ -83,6 +88,17 @@ def test_errors_metric_on_internal_error(
     assert response["statusCode"] == 500
     documents = _emf_documents(capsys.readouterr().out)
     assert any("Errors" in _metric_names(d) for d in documents)
+
+
+def test_loading_logs_the_engine_and_its_kernels(model_dir: Path, log_stream: io.StringIO) -> None:
+    """The load log line says what the engine computes with on this CPU and why: llama.cpp's probed variant."""
+    scheduler = load_scheduler(Settings(model_dir=model_dir, engine="llamacpp", max_batch_size=1))
+    (entry,) = [e for e in map(json.loads, log_stream.getvalue().splitlines()) if e["message"] == "engine loaded"]
+    variant = load_cpu_backend()
+    assert entry["model"] == "tiny-gpt2" and entry["level"] == "INFO"
+    kernels = {"engine": "llamacpp", "cpu": cpu_name(), "variant": variant.name, "reason": variant.reason}
+    assert entry["kernels"] == kernels
+    assert scheduler.kernels.variant == variant.name
 
 
 def test_request_log_has_fields_but_no_prompt(client: TestClient, log_stream: io.StringIO) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import cast
 
@@ -28,7 +29,7 @@ from distilgpt2_api.http_api.protocol import Bounds
 from distilgpt2_api.http_api.server_timing import ServerTiming
 from distilgpt2_api.http_api.streaming import document_events
 from distilgpt2_api.http_api.tokens.routes import tokens_router
-from distilgpt2_api.observability import RequestLogging, silence_access_log
+from distilgpt2_api.observability import RequestLogging, logger, silence_access_log
 from distilgpt2_api.settings import Settings
 
 
@@ -94,6 +95,8 @@ def load_scheduler(settings: Settings) -> Scheduler | StepScheduler:
         slot_tokens=settings.kv_slot_tokens or None,  # each slot's KV at load; it grows to `context` on demand
         cpu_variant=settings.llama_cpu_variant,
     )
+    # What the engine computes with on this CPU, and why (llama.cpp: the probed CPU variant): also GET / and /metrics.
+    logger.info("engine loaded", extra={"model": engine.info.name, "kernels": asdict(engine.kernels)})
     if is_step_engine(engine):
         return StepScheduler(
             cast(StepEngine, engine),
