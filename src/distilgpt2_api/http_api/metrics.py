@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 
 from fastapi import FastAPI, params
 from fastapi.responses import Response
@@ -113,11 +114,10 @@ class PrometheusMetrics:
         # Every reason from the start, so that rates begin at zero rather than at a reason's first request.
         self.request_success = {reason: success.labels(model, reason) for reason in set(FINISHED_REASONS.values())}
         self.registry.register(SchedulerLoad(scheduler))
-        kernels = scheduler.kernels
-        Info(PREFIX + "kernels", "The kernels the engine computes with on this CPU, and why.", [MODEL],
-             registry=self.registry).labels(model).info(
-            {"engine": kernels.engine, "cpu": kernels.cpu, "variant": kernels.variant, "reason": kernels.reason}
-        )  # fmt: skip
+        kernels = Info(
+            PREFIX + "kernels", "What the engine computes with on this CPU, and why.", [MODEL], registry=self.registry
+        )
+        kernels.labels(model).info(asdict(scheduler.kernels))
 
     def observe(
         self, timings: Timings, *, prompt_tokens: int, completion_tokens: Sequence[int], finish_reasons: Sequence[str]
