@@ -8,7 +8,7 @@
 #
 # amx-tile-config.patch: llama.cpp's AMX kernels (the sapphirerapids CPU variant) load a tile config whose stores
 # GCC removes as dead, and die with SIGILL on every Intel Xeon with AMX; fixed, they read prompts 2-4x and decode
-# 2-2.8x faster than the next variant there (docs/PERFORMANCE.md).
+# 1.8-2.5x faster than the next variant there (Q8_0-Q4_1, docs/PERFORMANCE.md).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?usage: CMAKE_ARGS=... $0 OUT_DIR}"

@@ -21,18 +21,18 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from distilgpt2_api.engines.base import Chunk, ModelInfo
+from distilgpt2_api.engines.base import Chunk, ModelInfo, cpu_identity, cpu_name
 
 from .errors import ModelStoreError
 from .llamacpp_gguf import GGUF_NAME, PACKAGE_VERSION, quantize_gguf, write_gguf
 from .manifest import QUALITY_RECORD
 from .quality import PROBE_TOKENS, QUALITY_TOLERANCE, Reference
-from .settings import PrepareSettings
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +78,14 @@ def choose_gguf(
     *,
     score: Callable[[Path, str, Reference], Score] | None = None,
     prefer: str = AUTO,
+    cpu_variant: str = AUTO,
 ) -> dict[str, Any]:
     """Write every candidate, score each, keep the fastest that passes as model.gguf (or `prefer`, a candidate's
     name, whatever its score: GGUF_TYPE), delete the rest, and write the record (quality.json). Returns the record.
-    `score` replaces `score_gguf` (tests)."""
+    `score` replaces `score_gguf` (tests); `cpu_variant` pins llama.cpp's CPU backend (LLAMA_CPU_VARIANT)."""
     if prefer not in (AUTO, *CANDIDATES):
         raise ModelStoreError(f"GGUF_TYPE={prefer}: one of {', '.join((AUTO, *CANDIDATES))}")
-    score = score or score_gguf
+    score = score or partial(score_gguf, cpu_variant=cpu_variant)
     shipped = model_dir / GGUF_NAME
     files: dict[str, str] = {}  # candidate -> its file while the gate runs
     for stale in model_dir.glob(f"{Path(GGUF_NAME).stem}.*.gguf"):
@@ -191,7 +192,7 @@ def _evaluate(
     }
 
 
-def score_gguf(model_dir: Path, name: str, reference: Reference) -> Score:
+def score_gguf(model_dir: Path, name: str, reference: Reference, *, cpu_variant: str = AUTO) -> Score:
     """Perplexity, greedy probe answer and decode speed of `model_dir/<name>` under the llama.cpp engine."""
     from distilgpt2_api.engines.llamacpp_engine import LlamaCppEngine
 
@@ -203,7 +204,7 @@ def score_gguf(model_dir: Path, name: str, reference: Reference) -> Score:
         slots=1,
         context=context,
         gguf=name,
-        cpu_variant=PrepareSettings().llama_cpu_variant,
+        cpu_variant=cpu_variant,
     )
     try:
         # forward() returns the logits after a chunk's last token: one token a call gives every next-token logit.
@@ -255,20 +256,11 @@ def gguf_types(path: Path) -> tuple[str, dict[str, int]]:
 
 def machine() -> dict[str, Any]:
     """Where the speeds were measured: the CPU's model name and the vector extensions llama.cpp can use."""
-    cpu, flags = platform.processor() or "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not cpu:
-                cpu = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
+    fields = (line.partition(": ") for line in cpu_identity().splitlines())
+    flags = set(next((value for key, _, value in fields if key == "flags"), "").split())
     wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni")
     return {
-        "cpu": cpu or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_flags": [flag for flag in wanted if flag in flags],
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),

@@ -116,7 +116,8 @@ def _finish(model_dir: Path, *, source: str, model_id: str, revision: str | None
         convert_for_ctranslate2(model_dir, reference)
     if gate:
         assert reference is not None
-        gguf_gate.choose_gguf(model_dir, reference, prefer=PrepareSettings().gguf_type)
+        settings = PrepareSettings()
+        gguf_gate.choose_gguf(model_dir, reference, prefer=settings.gguf_type, cpu_variant=settings.llama_cpu_variant)
     elif not (model_dir / GGUF_NAME).is_file():
         write_gguf(model_dir)
     return write_manifest(model_dir, source=source, model_id=model_id, revision=revision)
