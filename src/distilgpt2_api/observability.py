@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distilgpt2_api.core.request import Prompt
+from distilgpt2_api.core.stream import Timings
 
 SERVICE = "distilgpt2-api"
 REQUEST_ID_HEADER = "x-request-id"
@@ -29,13 +30,22 @@ metrics = Metrics(namespace="DistilGPT2Api", service=SERVICE)
 
 @dataclass(frozen=True)
 class GenerationRecord:
-    """What one generation did, for the request's log line and metrics."""
+    """What one generation did, made once when it ends: the request's log line, EMF and Prometheus read it."""
 
     prompt: Prompt
+    timings: Timings
     prompt_tokens: int
-    completion_tokens: int
-    finish_reasons: list[str]
-    seconds: float
+    completion_tokens: tuple[int, ...]  # per choice
+    finish_reasons: tuple[str, ...]  # per choice: a FinishReason, or why it did not finish (error, cancelled...)
+
+    @property
+    def seconds(self) -> float:
+        """Time spent generating."""
+        return self.timings.generating_seconds
+
+    @property
+    def total_completion_tokens(self) -> int:
+        return sum(self.completion_tokens)
 
 
 def under_lambda(scope: Scope) -> bool:
@@ -53,9 +63,9 @@ def record_generation(request: Request, record: GenerationRecord) -> None:
     if not under_lambda(request.scope):
         return
     metrics.add_metric(name="GenerationLatency", unit=MetricUnit.Milliseconds, value=record.seconds * 1000)
-    metrics.add_metric(name="CompletionTokens", unit=MetricUnit.Count, value=record.completion_tokens)
+    metrics.add_metric(name="CompletionTokens", unit=MetricUnit.Count, value=record.total_completion_tokens)
     if record.seconds > 0:
-        tokens_per_second = record.completion_tokens / record.seconds
+        tokens_per_second = record.total_completion_tokens / record.seconds
         metrics.add_metric(name="TokensPerSecond", unit=MetricUnit.CountPerSecond, value=tokens_per_second)
 
 
@@ -109,8 +119,8 @@ class RequestLogging:
         if record is not None:
             fields.update(
                 prompt_tokens=record.prompt_tokens,
-                completion_tokens=record.completion_tokens,
-                finish_reasons=record.finish_reasons,
+                completion_tokens=record.total_completion_tokens,
+                finish_reasons=list(record.finish_reasons),
                 generation_ms=round(record.seconds * 1000, 2),
             )
             if self.log_prompts:  # prompts can hold personal data: off unless asked for

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from distilgpt2_api.core.batch import BatchScheduler
 from distilgpt2_api.core.request import GREEDY, GenerationRequest, SamplingParams
-from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.core.stream import GenerationResult, GenerationStream
 from distilgpt2_api.engines import Engine, load_engine
 
@@ -24,8 +24,8 @@ def engine(model_dir: Path) -> Engine:
 
 
 @pytest.fixture
-def scheduler(engine: Engine) -> Iterator[Scheduler]:
-    yield Scheduler(engine, max_batch_size=8)
+def scheduler(engine: Engine) -> Iterator[BatchScheduler]:
+    yield BatchScheduler(engine, max_batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +38,17 @@ def same_length(engine: Engine) -> list[str]:
     return chosen
 
 
-def _queued_together(scheduler: Scheduler, requests: list[GenerationRequest]) -> list[GenerationStream]:
+def _queued_together(scheduler: BatchScheduler, requests: list[GenerationRequest]) -> list[GenerationStream]:
     """Start `requests` while the worker is held, so they are all waiting when it frees up."""
     gate = threading.Event()
     scheduler._executor.submit(gate.wait)
-    streams = [scheduler.stream(request) for request in requests]
+    streams = [scheduler.schedule(scheduler.validate(request)) for request in requests]
     gate.set()
     return streams
 
 
 def _run_together(
-    scheduler: Scheduler, requests: list[GenerationRequest]
+    scheduler: BatchScheduler, requests: list[GenerationRequest]
 ) -> tuple[list[GenerationResult], list[GenerationStream]]:
     async def main() -> tuple[list[GenerationResult], list[GenerationStream]]:
         streams = _queued_together(scheduler, requests)
@@ -61,7 +61,7 @@ def _texts(result: GenerationResult) -> list[tuple[str, str, int]]:
     return [(c.text, c.finish_reason, c.completion_tokens) for c in result.completions]
 
 
-def test_greedy_results_do_not_depend_on_batch_mates(scheduler: Scheduler, same_length: list[str]) -> None:
+def test_greedy_results_do_not_depend_on_batch_mates(scheduler: BatchScheduler, same_length: list[str]) -> None:
     requests = [
         GenerationRequest(prompt=prompt, max_new_tokens=4 + 3 * i, stop=(" the",) if i % 2 else ())
         for i, prompt in enumerate(same_length)
@@ -72,7 +72,7 @@ def test_greedy_results_do_not_depend_on_batch_mates(scheduler: Scheduler, same_
         assert _texts(result) == _texts(scheduler.generate_blocking(request))  # alone
 
 
-def test_greedy_prompts_of_other_lengths_are_kept_apart(scheduler: Scheduler) -> None:
+def test_greedy_prompts_of_other_lengths_are_kept_apart(scheduler: BatchScheduler) -> None:
     # A longer prompt's extra tokens would go through the decoding loop, whose arithmetic can flip a
     # near-tie: greedy requests share a call only with prompts of their own length.
     tokenizer = scheduler.engine.tokenizer
@@ -87,7 +87,7 @@ def test_greedy_prompts_of_other_lengths_are_kept_apart(scheduler: Scheduler) ->
     assert [s.timings.batch_size for s in streams] == [2, 2]  # sampled: no answer to keep, so they share
 
 
-def test_each_request_ends_with_its_own_sequences(scheduler: Scheduler) -> None:
+def test_each_request_ends_with_its_own_sequences(scheduler: BatchScheduler) -> None:
     short, long = (GenerationRequest(prompt="Once upon a time", max_new_tokens=k) for k in (2, 60))
     results, (short_stream, long_stream) = _run_together(scheduler, [short, long])
     assert [r.completions[0].completion_tokens for r in results] == [2, results[1].completions[0].completion_tokens]
@@ -97,7 +97,7 @@ def test_each_request_ends_with_its_own_sequences(scheduler: Scheduler) -> None:
         assert short_stream.timings.ended < long_stream.timings.ended
 
 
-def test_seeded_requests_run_alone_and_stay_reproducible(scheduler: Scheduler, same_length: list[str]) -> None:
+def test_seeded_requests_run_alone_and_stay_reproducible(scheduler: BatchScheduler, same_length: list[str]) -> None:
     seeded = GenerationRequest(prompt="Once", max_new_tokens=8, n=2, sampling=SamplingParams(do_sample=True, seed=5))
     others = [GenerationRequest(prompt=p, max_new_tokens=8) for p in same_length[:3]]
     results, streams = _run_together(scheduler, [*others[:1], seeded, *others[1:]])
@@ -106,7 +106,9 @@ def test_seeded_requests_run_alone_and_stay_reproducible(scheduler: Scheduler, s
     assert streams[0].timings.batch_size == 3  # the greedy ones went together, around it
 
 
-def test_only_compatible_requests_share_and_the_oldest_goes_first(scheduler: Scheduler, same_length: list[str]) -> None:
+def test_only_compatible_requests_share_and_the_oldest_goes_first(
+    scheduler: BatchScheduler, same_length: list[str]
+) -> None:
     warm = SamplingParams(do_sample=True, temperature=0.7)
     requests = [
         GenerationRequest(prompt=same_length[0], max_new_tokens=3, sampling=warm),
@@ -123,7 +125,7 @@ def test_only_compatible_requests_share_and_the_oldest_goes_first(scheduler: Sch
 
 
 def test_batches_hold_at_most_max_batch_size_sequences(engine: Engine) -> None:
-    scheduler = Scheduler(engine, max_batch_size=3)
+    scheduler = BatchScheduler(engine, max_batch_size=3)
     sampled = SamplingParams(do_sample=True)
     requests = [GenerationRequest(prompt=p, max_new_tokens=3, n=2, sampling=sampled) for p in PROMPTS[:4]]
     _, streams = _run_together(scheduler, requests)
@@ -131,12 +133,12 @@ def test_batches_hold_at_most_max_batch_size_sequences(engine: Engine) -> None:
 
 
 def test_batching_off_runs_requests_one_at_a_time(engine: Engine) -> None:
-    scheduler = Scheduler(engine, max_batch_size=1)
+    scheduler = BatchScheduler(engine, max_batch_size=1)
     _, streams = _run_together(scheduler, [GenerationRequest(prompt=p, max_new_tokens=3) for p in PROMPTS])
     assert {s.timings.batch_size for s in streams} == {1}
 
 
-def test_a_cancelled_request_leaves_its_batch_mates_running(scheduler: Scheduler, same_length: list[str]) -> None:
+def test_a_cancelled_request_leaves_its_batch_mates_running(scheduler: BatchScheduler, same_length: list[str]) -> None:
     keep_request, leave_request = (GenerationRequest(prompt=p, max_new_tokens=30) for p in same_length[:2])
 
     async def main() -> tuple[GenerationResult, GenerationStream]:
@@ -151,7 +153,7 @@ def test_a_cancelled_request_leaves_its_batch_mates_running(scheduler: Scheduler
 
 
 def test_the_reference_engine_does_not_batch(model_dir: Path) -> None:
-    scheduler = Scheduler(load_engine(model_dir, "transformers", threads=1), max_batch_size=8)
+    scheduler = BatchScheduler(load_engine(model_dir, "transformers", threads=1), max_batch_size=8)
     assert scheduler.max_batch_size == 1
     _, streams = _run_together(scheduler, [GenerationRequest(prompt=p, max_new_tokens=3) for p in PROMPTS[:3]])
     assert {s.timings.batch_size for s in streams} == {1}
@@ -162,7 +164,7 @@ def test_after_a_shared_call_the_worker_waits_for_the_clients_next_requests(
 ) -> None:
     # Clients whose answers came back together send their next requests a moment apart; without the
     # wait, the first would start alone and the others queue behind all of it.
-    scheduler = Scheduler(engine, max_batch_size=8, batch_wait_seconds=5.0)  # ends as soon as all are back
+    scheduler = BatchScheduler(engine, max_batch_size=8, batch_wait_seconds=5.0)  # ends as soon as all are back
     requests = [GenerationRequest(prompt=p, max_new_tokens=3) for p in same_length[:3]]
 
     async def main() -> list[GenerationStream]:
@@ -170,7 +172,7 @@ def test_after_a_shared_call_the_worker_waits_for_the_clients_next_requests(
         await asyncio.gather(*(s.collect() for s in first_round))
         second_round = []
         for request in requests:  # one by one, as separate clients would
-            second_round.append(scheduler.stream(request))
+            second_round.append(scheduler.schedule(scheduler.validate(request)))
             await asyncio.sleep(0.05)
         await asyncio.gather(*(s.collect() for s in second_round))
         return second_round

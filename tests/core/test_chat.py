@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from distilgpt2_api.core.batch import BatchScheduler
 from distilgpt2_api.core.chat import TOOLS_PROMPT, ChatMessage, ChatTemplate
 from distilgpt2_api.core.errors import ChatTemplateFailed, ChatUnsupported
-from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.core.tools import FunctionTool, ToolCall
 from distilgpt2_api.engines import ModelInfo, load_engine
 
@@ -64,7 +64,7 @@ def test_special_tokens_reach_the_template() -> None:
 
 
 def test_a_model_without_a_template_cannot_chat(model_dir: Path) -> None:
-    scheduler = Scheduler(load_engine(model_dir, "ctranslate2", threads=1))
+    scheduler = BatchScheduler(load_engine(model_dir, "ctranslate2", threads=1))
     with pytest.raises(ChatUnsupported, match="has no chat template"):
         _ = scheduler.chat_template
 

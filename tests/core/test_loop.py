@@ -23,11 +23,11 @@ import pytest
 from distilgpt2_api.core import loop as loop_module
 from distilgpt2_api.core.errors import DeadlineExceeded, TooManySequences
 from distilgpt2_api.core.grammar import Grammar, InvalidGrammar
-from distilgpt2_api.core.loop import StepScheduler, is_step_engine
+from distilgpt2_api.core.loop import StepScheduler
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
 from distilgpt2_api.core.sequence import Delta
 from distilgpt2_api.core.stream import GenerationResult, Sink, gather
-from distilgpt2_api.engines.base import Chunk, Kernels, ModelInfo, TextTokenizer
+from distilgpt2_api.engines.base import Chunk, Kernels, ModelInfo, StepEngine, TextTokenizer
 
 PROMPT_MARK = 7  # prompts here start with a token of their own; the fake can be told to end one at a length
 
@@ -40,7 +40,7 @@ class Call:
 
 
 @dataclass
-class FakeStepEngine:
+class FakeStepEngine(StepEngine):
     """A `StepEngine` whose next-token logits are a hash of the slot's history; it checks every call."""
 
     info: ModelInfo
@@ -122,7 +122,7 @@ class Collector:
         self.deltas: list[Delta] = []
         self.error: BaseException | None = None
         self.done = threading.Event()
-        self.sink = Sink(scheduler._job(request), self._deliver)
+        self.sink = Sink(scheduler.validate(request), self._deliver)
 
     def _deliver(self, item: Delta | BaseException | None) -> None:
         if isinstance(item, Delta):
@@ -135,7 +135,7 @@ class Collector:
         assert self.done.wait(30), "the request never ended"
         if self.error is not None:
             raise self.error
-        return gather(self.sink.job, self.deltas, self.sink.timings)
+        return gather(self.sink.request, self.deltas, self.sink.timings)
 
     def texts(self) -> list[tuple[str, str, int]]:
         return [(c.text, c.finish_reason, c.completion_tokens) for c in self.result().completions]
@@ -143,7 +143,7 @@ class Collector:
 
 def submit(scheduler: StepScheduler, request: GenerationRequest) -> Collector:
     collector = Collector(scheduler, request)
-    scheduler._submit(collector.sink)
+    scheduler._enqueue(collector.sink)
     return collector
 
 
@@ -173,11 +173,6 @@ def scheduler(engine: FakeStepEngine) -> Iterator[StepScheduler]:
 def alone(engine: FakeStepEngine, request: GenerationRequest) -> list[tuple[str, str, int]]:
     fresh = StepScheduler(replace(engine, calls=[], on_forward=None), max_batch_size=4, prefix_cache_slots=0)
     return submit(fresh, request).texts()
-
-
-def test_a_step_engine_is_recognised(engine: FakeStepEngine) -> None:
-    assert is_step_engine(engine)
-    assert not is_step_engine(object())
 
 
 def test_greedy_answers_do_not_depend_on_batch_mates_or_arrival(engine: FakeStepEngine) -> None:
@@ -436,8 +431,8 @@ def test_max_batch_size_holds_and_the_oldest_request_goes_first(engine: FakeStep
 
 def test_more_sequences_than_slots_are_refused(engine: FakeStepEngine, scheduler: StepScheduler) -> None:
     with pytest.raises(TooManySequences):
-        scheduler._job(GenerationRequest(prompt="hi", n=5, sampling=SamplingParams(True)))
-    scheduler._job(GenerationRequest(prompt="hi", n=5))  # greedy: one sequence, repeated
+        scheduler.validate(GenerationRequest(prompt="hi", n=5, sampling=SamplingParams(True)))
+    scheduler.validate(GenerationRequest(prompt="hi", n=5))  # greedy: one sequence, repeated
 
 
 def test_an_engine_error_ends_the_requests_it_hit_and_the_loop_goes_on(
@@ -488,7 +483,7 @@ def test_the_scheduler_surface_on_the_event_loop(engine: FakeStepEngine, schedul
 
     async def main() -> tuple[GenerationResult, list[Delta]]:
         result = await scheduler.generate(request)
-        stream = scheduler.stream(request)
+        stream = scheduler.schedule(scheduler.validate(request))
         deltas = [delta async for delta in stream]
         return result, deltas
 
@@ -595,5 +590,5 @@ def test_constrained_and_free_sequences_share_steps_and_every_constrained_answer
 
 def test_a_grammar_a_scheduler_cannot_compile_is_refused_before_it_queues(scheduler: StepScheduler) -> None:
     with pytest.raises(InvalidGrammar, match="uniqueItems"):
-        scheduler._job(GenerationRequest(prompt=prompt(0), grammar=Grammar.json_schema({"uniqueItems": True})))
+        scheduler.validate(GenerationRequest(prompt=prompt(0), grammar=Grammar.json_schema({"uniqueItems": True})))
     assert not scheduler._waiting

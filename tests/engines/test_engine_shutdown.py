@@ -20,9 +20,9 @@ import asyncio, sys, time
 from pathlib import Path
 from distilgpt2_api.engines import load_engine
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
-from distilgpt2_api.core.scheduler import Scheduler
+from distilgpt2_api.core.batch import BatchScheduler
 
-generator = Scheduler(load_engine(Path(sys.argv[1]), "ctranslate2", threads=1))
+generator = BatchScheduler(load_engine(Path(sys.argv[1]), "ctranslate2", threads=1))
 deadline = time.monotonic() + 60  # a deadline: the engine passes CTranslate2 a Python callback
 requests = [GenerationRequest("Once", 8, sampling=SamplingParams(do_sample=True, seed=seed), deadline=deadline)
             for seed in (None, 7, None)]  # the seeded request replaces the generator
@@ -58,10 +58,11 @@ import sys
 from pathlib import Path
 from distilgpt2_api.engines import load_engine
 from distilgpt2_api.core.request import GenerationRequest
-from distilgpt2_api.core.scheduler import Scheduler
+from distilgpt2_api.core.batch import BatchScheduler
 
 for _ in range(6):  # as the benchmark does: an engine per configuration, each dropped after use
-    Scheduler(load_engine(Path(sys.argv[1]), "ctranslate2", threads=1)).generate_blocking(GenerationRequest("Once", 8))
+    scheduler = BatchScheduler(load_engine(Path(sys.argv[1]), "ctranslate2", threads=1))
+    scheduler.generate_blocking(GenerationRequest("Once", 8))
 print("ok")
 """
 

@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +16,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from distilgpt2_api.core import sequence
+from distilgpt2_api.core.batch import BatchScheduler
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
-from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.engines import Engine, ModelInfo, ModelLoadError, load_engine
+from distilgpt2_api.engines.base import StepCallback, TokenRequest, TokenStep
 from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR, QUALITY_FILE
 from distilgpt2_api.model_store.convert import COMPUTE_TYPES, QUALITY_TOLERANCE, convert_for_ctranslate2
 
 from model_factory import build_tiny_llama
-from slowdown import slow_down
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,7 +50,7 @@ def _generate(engine: Engine, **fields: Any) -> list[tuple[str, str, int]]:
     sampling = SamplingParams(**{k: v for k, v in fields.items() if k in SAMPLING_FIELDS})
     rest = {k: v for k, v in fields.items() if k not in SAMPLING_FIELDS}
     request = GenerationRequest(**{"prompt": "Once upon a time", "max_new_tokens": 12, **rest}, sampling=sampling)
-    result = Scheduler(engine).generate_blocking(request)
+    result = BatchScheduler(engine).generate_blocking(request)
     return [(c.text, c.finish_reason, c.completion_tokens) for c in result.completions]
 
 
@@ -75,9 +77,21 @@ def test_stop_string_stops_generation(engine: Engine) -> None:
     assert tokens < free_tokens
 
 
-def test_time_budget_returns_what_it_has(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    import time
+def slow_down(engine: Engine, monkeypatch: pytest.MonkeyPatch, seconds: float = 0.05) -> None:
+    """Make every token `engine` generates take at least `seconds` more: a deliberately slowed model."""
+    generate = engine.generate
 
+    def slow_generate(jobs: Sequence[TokenRequest], on_step: StepCallback) -> None:
+        def slow_step(step: TokenStep) -> bool:
+            time.sleep(seconds)
+            return on_step(step)
+
+        generate(jobs, slow_step)
+
+    monkeypatch.setattr(engine, "generate", slow_generate)
+
+
+def test_time_budget_returns_what_it_has(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     slow_down(engine, monkeypatch)
     ((_, reason, tokens),) = _generate(engine, max_new_tokens=200, deadline=time.monotonic() + 0.5)
     assert reason == "time_limit"
@@ -90,7 +104,9 @@ def test_engines_run_llama_models(tmp_path: Path) -> None:
     for name in ("ctranslate2", "transformers"):
         engine = load_engine(model_dir, name, threads=1, served_name="my-llama")  # type: ignore[arg-type]
         assert engine.info.name == "my-llama"
-        result = Scheduler(engine).generate_blocking(GenerationRequest(prompt="Once upon a time", max_new_tokens=5))
+        result = BatchScheduler(engine).generate_blocking(
+            GenerationRequest(prompt="Once upon a time", max_new_tokens=5)
+        )
         assert result.prompt_tokens >= 4
         assert 1 <= result.completions[0].completion_tokens <= 5
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from distilgpt2_api.core.batch import BatchScheduler
 from distilgpt2_api.core.errors import LogprobsBudgetExceeded
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
-from distilgpt2_api.core.scheduler import MAX_ALTERNATIVES_STEPS, Scheduler
 from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.engines import Engine, ModelInfo, load_engine
 from distilgpt2_api.engines.ctranslate2_engine import CTranslate2Engine
@@ -50,7 +51,7 @@ def test_logprobs_are_the_models_log_softmax(model_dir: Path, engines: dict[str,
     engine = engines[name]
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompt_ids = engine.tokenizer.encode(PROMPT)
-    result = Scheduler(engine).generate_blocking(REQUEST)
+    result = BatchScheduler(engine).generate_blocking(REQUEST)
     assert len(result.completions) == 2
     for completion in result.completions:
         reference = _reference(model, prompt_ids, completion)
@@ -74,7 +75,7 @@ def test_logprobs_are_the_models_log_softmax(model_dir: Path, engines: dict[str,
 
 def test_both_engines_give_the_same_logprobs_for_the_same_tokens(engines: dict[str, Engine]) -> None:
     greedy = GenerationRequest(prompt=PROMPT, max_new_tokens=8, logprobs=0)
-    results = {name: Scheduler(engine).generate_blocking(greedy) for name, engine in engines.items()}
+    results = {name: BatchScheduler(engine).generate_blocking(greedy) for name, engine in engines.items()}
     ct2, hf = (results[name].completions[0].tokens for name in ("ctranslate2", "transformers"))
     assert [t.id for t in ct2] == [t.id for t in hf]
     assert [t.logprob for t in ct2] == pytest.approx([t.logprob for t in hf], abs=TOLERANCE)
@@ -82,18 +83,26 @@ def test_both_engines_give_the_same_logprobs_for_the_same_tokens(engines: dict[s
 
 
 def test_no_logprobs_unless_asked(engine: Engine) -> None:
-    result = Scheduler(engine).generate_blocking(GenerationRequest(prompt=PROMPT, max_new_tokens=4))
+    result = BatchScheduler(engine).generate_blocking(GenerationRequest(prompt=PROMPT, max_new_tokens=4))
     assert all(token.logprob is None for token in result.completions[0].tokens)
 
 
-def test_alternatives_are_bounded(engine: Engine) -> None:
-    # CTranslate2 keeps every step's logits while it generates with alternatives: memory grows with the steps.
+def test_alternatives_are_bounded_where_the_engine_keeps_every_step(engine: Engine) -> None:
+    # CTranslate2 keeps every step's logits while it generates with alternatives, so it declares a bound on the
+    # steps; the transformers engine keeps the last step's only, and declares none.
+    bound = type(engine).max_alternatives_steps
     request = GenerationRequest(
         prompt=PROMPT,
-        max_new_tokens=MAX_ALTERNATIVES_STEPS // 4 + 1,
+        max_new_tokens=(bound or 256) // 4 + 1,
         n=4,
         sampling=SamplingParams(do_sample=True),
         logprobs=1,
     )
+    scheduler = BatchScheduler(engine)
+    if bound is None:
+        result = scheduler.generate_blocking(request)
+        assert [len(c.tokens[0].top_logprobs) for c in result.completions] == [1] * 4
+        return
     with pytest.raises(LogprobsBudgetExceeded, match="logprobs"):
-        Scheduler(engine).generate_blocking(request)
+        scheduler.validate(request)
+    scheduler.validate(replace(request, n=1))  # within the bound: taken

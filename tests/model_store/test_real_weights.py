@@ -17,10 +17,9 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.engines import load_engine
 from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR, QUALITY_FILE, CTranslate2Engine
-from distilgpt2_api.http_api.app_factory import create_app
+from distilgpt2_api.http_api.app_factory import create_app, scheduler_for
 from distilgpt2_api.model_store import is_prepared, read_manifest, smollm2
 from distilgpt2_api.model_store.convert import QUALITY_TEXT
 from distilgpt2_api.model_store.gguf_gate import gguf_types
@@ -149,7 +148,7 @@ def test_fast_engine_keeps_perplexity_within_five_percent(
 @pytest.mark.parametrize("engine_name", ["ctranslate2", "transformers"])
 def test_served_through_the_app(smollm2_dir: Path, engine_name: str) -> None:
     engine = load_engine(smollm2_dir, engine_name, threads=1)  # type: ignore[arg-type]
-    with TestClient(create_app(Scheduler(engine), Settings(model_dir=smollm2_dir))) as client:
+    with TestClient(create_app(scheduler_for(engine, settings := Settings(model_dir=smollm2_dir)), settings)) as client:
         assert client.get("/").json()["model"] == smollm2.MODEL_ID
         request = {"prompt": "Once upon a time", "max_new_tokens": 20, "return_full_text": False}
         first = client.post("/generate", json=request).json()
@@ -158,12 +157,14 @@ def test_served_through_the_app(smollm2_dir: Path, engine_name: str) -> None:
         assert len(text.strip()) > 20
         assert sum(ch.isascii() for ch in text) / len(text) > 0.9, text
         models = client.get("/v1/models").json()
-        assert [m["id"] for m in models["data"]] == [smollm2.MODEL_ID]
+        assert [(m["id"], m["owned_by"]) for m in models["data"]] == [
+            (smollm2.MODEL_ID, smollm2.MODEL_ID.split("/")[0])
+        ]
 
 
 def test_chat_answers_and_stops_at_the_end_of_turn(smollm2_dir: Path) -> None:
     engine = load_engine(smollm2_dir, "ctranslate2", threads=1)  # the compute type prepare-model chose
-    with TestClient(create_app(Scheduler(engine), Settings(model_dir=smollm2_dir))) as client:
+    with TestClient(create_app(scheduler_for(engine, settings := Settings(model_dir=smollm2_dir)), settings)) as client:
         request = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0}
         response = client.post("/v1/chat/completions", json={**request, "max_tokens": 64})
         assert response.status_code == 200, response.text

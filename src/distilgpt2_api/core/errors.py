@@ -6,8 +6,20 @@ from __future__ import annotations
 class InvalidRequest(ValueError):
     """A request the model cannot take: a 400 with `code` (and the parameter to change), before any generation."""
 
+    status = 400
     code = "invalid_request"
     param: str | None = None
+
+
+class ModelNotFound(InvalidRequest):
+    """The request names a model other than the one served: requests never choose what is loaded."""
+
+    status = 404
+    code = "model_not_found"
+    param = "model"
+
+    def __init__(self, asked: str, served: str) -> None:
+        super().__init__(f"model {asked!r} is not served here; use {served!r}")
 
 
 class UnknownToken(InvalidRequest):
@@ -48,6 +60,16 @@ class TokenBudgetExceeded(RequestTooLarge):
             f"{sequences * (prompt_tokens + max_new_tokens)} tokens, more than this server's budget of {budget} "
             "per request (MAX_BATCH_TOKENS): lower num_return_sequences / n, max_new_tokens or the prompt"
         )
+
+
+class TooManyChoices(InvalidRequest):
+    """Several prompts with `n` choices each: more choices in all than one request may have."""
+
+    code = "too_many_choices"
+    param = "n"
+
+    def __init__(self, prompts: int, n: int, limit: int) -> None:
+        super().__init__(f"{prompts} prompts x n={n}: more than this server's {limit} choices")
 
 
 class LogprobsBudgetExceeded(InvalidRequest):

@@ -105,6 +105,18 @@ class Constraint:
             raise RuntimeError(f"the grammar refused token {token_id}: {self._matcher.get_error()}")
 
 
+@dataclass(frozen=True)
+class CompiledGrammar:
+    """A grammar compiled for one tokenizer, at its start: every sequence held to it begins its own `Constraint`."""
+
+    grammar: Grammar
+    matcher: llguidance.LLMatcher
+    vocab_size: int
+
+    def constraint(self) -> Constraint:
+        return Constraint(self.matcher.deep_copy(), self.vocab_size)
+
+
 class GrammarCache:
     """Grammars compiled for one model's tokenizer, the last `size` used kept. Thread-safe."""
 
@@ -115,23 +127,23 @@ class GrammarCache:
         self.eos_token_ids = tuple(eos)
         self._tokenizer = llguidance.LLTokenizer(tokenizer_json, eos_token=eos or None)
         self._size = max(1, size)
-        self._compiled: OrderedDict[tuple[GrammarKind, str], llguidance.LLMatcher] = OrderedDict()
+        self._compiled: OrderedDict[tuple[GrammarKind, str], CompiledGrammar] = OrderedDict()
         self._lock = threading.Lock()
         self.compilations = 0  # grammars compiled (cache misses), for tests and benchmarks
 
     def constraint(self, grammar: Grammar) -> Constraint:
         """A fresh position at the start of `grammar`; InvalidGrammar if it cannot be compiled."""
-        return Constraint(self.compiled(grammar).deep_copy(), self._tokenizer.vocab_size)
+        return self.compiled(grammar).constraint()
 
-    def compiled(self, grammar: Grammar) -> llguidance.LLMatcher:
-        """`grammar`'s matcher at its start (copy it before use), compiled once while it stays cached."""
+    def compiled(self, grammar: Grammar) -> CompiledGrammar:
+        """`grammar` compiled, once while it stays cached; InvalidGrammar if it cannot be."""
         key = (grammar.kind, grammar.source)
         with self._lock:
             matcher = self._compiled.get(key)
             if matcher is not None:
                 self._compiled.move_to_end(key)
                 return matcher
-        matcher = self._compile(grammar)
+        matcher = CompiledGrammar(grammar, self._compile(grammar), self._tokenizer.vocab_size)
         with self._lock:
             self._compiled[key] = matcher
             self.compilations += 1

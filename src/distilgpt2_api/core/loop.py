@@ -23,22 +23,20 @@ tokens it reused in `Timings.cached_tokens`.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
+from enum import Enum
 
 import numpy as np
 
-from distilgpt2_api.core.admission import SchedulerBase
-from distilgpt2_api.core.errors import DeadlineExceeded, TooManySequences
-from distilgpt2_api.core.grammar import GRAMMAR_CACHE_SIZE, Constraint, Grammar, GrammarCache
-from distilgpt2_api.core.request import GenerationRequest
+from distilgpt2_api.core.errors import DeadlineExceeded
+from distilgpt2_api.core.grammar import GRAMMAR_CACHE_SIZE, Constraint
 from distilgpt2_api.core.sampling import Sampler
-from distilgpt2_api.core.sequence import Delta, Sequence
+from distilgpt2_api.core.scheduler import Scheduler
+from distilgpt2_api.core.sequence import Sequence
 from distilgpt2_api.core.slots import SlotPool
-from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Job, Sink, gather
+from distilgpt2_api.core.stream import Sink
+from distilgpt2_api.core.validation import Limits, Validator, ValidRequest
 from distilgpt2_api.engines.base import Chunk, StepEngine, TokenStep
 
 logger = logging.getLogger(__name__)
@@ -46,11 +44,13 @@ logger = logging.getLogger(__name__)
 PREFILL_CHUNK_TOKENS = 256  # prompt tokens read per step, all prompts together
 
 
-def is_step_engine(engine: object) -> bool:
-    """Whether `engine` is driven a step at a time (engines/base.StepEngine) rather than a whole job per call."""
-    return all(callable(getattr(engine, name, None)) for name in ("forward", "truncate", "copy_prefix")) and (
-        isinstance(getattr(engine, "slots", None), int)
-    )
+class Phase(Enum):
+    """Where an admitted request is (llama.cpp's server names its slots' states the same way)."""
+
+    WAITING = "waiting"  # admitted, no slot yet
+    PROMPT = "prompt"  # its slots placed, its prompt being read a chunk a step
+    GENERATING = "generating"  # its sequences decode a token a step
+    DONE = "done"  # ended (every sequence finished, an error, or its client left); its slots are free
 
 
 @dataclass
@@ -61,7 +61,7 @@ class _Row:
     sequence: Sequence
     sampler: Sampler
     constraint: Constraint | None = None  # the request's grammar, where this sequence is in it
-    slot: int = -1
+    slot: int | None = None  # the KV slot it holds, while it holds one
     next_token: int | None = None  # chosen, not yet fed to the model
 
     def choose(self, logits: np.ndarray) -> TokenStep:
@@ -79,34 +79,33 @@ class _Row:
 
 @dataclass
 class _Request:
-    """An admitted request: its sequences, and the part of its prompt not read yet."""
+    """An admitted request: its sequences, and how much of its prompt its first slot holds."""
 
     sink: Sink
     rows: list[_Row]
-    prompt: tuple[int, ...]
-    read: int = -1  # prompt tokens in its first slot; -1: no slot yet
+    phase: Phase = Phase.WAITING
+    read: int = 0  # prompt tokens in its first slot
     slots: tuple[int, ...] = field(default=())
 
     @property
-    def job(self) -> Job:
-        return self.sink.job
+    def valid(self) -> ValidRequest:
+        return self.sink.request
+
+    @property
+    def prompt(self) -> tuple[int, ...]:
+        return self.sink.request.prompt_ids
 
     @property
     def reading(self) -> bool:
-        return self.read < len(self.prompt)
+        return self.phase in (Phase.WAITING, Phase.PROMPT)
 
     @property
     def live_rows(self) -> list[_Row]:
         return [row for row in self.rows if not row.sequence.finished]
 
 
-class StepScheduler(SchedulerBase):
-    """Runs requests on a `StepEngine` with continuous batching, per-sequence sampling and prefix caching.
-
-    Same surface as core/scheduler.Scheduler, so every route works unchanged.
-    """
-
-    can_constrain = True
+class StepScheduler(Scheduler):
+    """Runs requests on a `StepEngine` with continuous batching, per-sequence sampling and prefix caching."""
 
     def __init__(
         self,
@@ -118,64 +117,17 @@ class StepScheduler(SchedulerBase):
         prefix_cache_slots: int | None = None,
         grammar_cache_size: int = GRAMMAR_CACHE_SIZE,
     ) -> None:
-        super().__init__(engine.info, engine.tokenizer, engine.kernels, max_batch_tokens=max_batch_tokens)
+        limits = Limits(grammar=True, max_batch_tokens=max_batch_tokens, max_sequences=engine.slots)
+        validator = Validator(engine.info, engine.tokenizer, limits, grammar_cache_size=grammar_cache_size)
+        super().__init__(validator, engine.kernels)
         self.engine = engine
         self.max_batch_size = max(1, min(max_batch_size, engine.slots))  # sequences decoded together
         self.prefill_chunk_tokens = max(1, prefill_chunk_tokens)
         self._pool = SlotPool(engine, cache_entries=prefix_cache_slots)
-        self._grammar_cache_size = grammar_cache_size
         self._looping = False  # a worker turn is running the loop, or queued to (guarded by _lock)
         self._active: list[_Request] = []  # the worker's own; admission order
-        # One thread; the executor joins it at interpreter exit, before engines close. The loop returns when idle.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
-    def stream(self, request: GenerationRequest) -> GenerationStream:
-        """Validate `request` (InvalidRequest now, before anything is sent) and queue it; iterate for its deltas.
-
-        Call from the event loop. The caller must iterate to the end or `aclose` the stream.
-        """
-        stream = GenerationStream(self._job(request))
-        self._submit(stream.sink)
-        return stream
-
-    def generate_blocking(self, request: GenerationRequest) -> GenerationResult:
-        """Generate from a thread without an event loop (scripts, notebooks, benchmarks), waiting for the end."""
-        job = self._job(request)
-        deltas: list[Delta] = []
-        outcome: list[BaseException | None] = []
-        done = threading.Event()
-
-        def deliver(item: Delta | BaseException | None) -> None:
-            if isinstance(item, Delta):
-                deltas.append(item)
-            else:
-                outcome.append(item)
-                done.set()
-
-        sink = Sink(job, deliver)
-        self._submit(sink)
-        done.wait()
-        if outcome[0] is not None:
-            raise outcome[0]
-        return gather(job, deltas, sink.timings)
-
-    @cached_property
-    def grammars(self) -> GrammarCache:
-        """Grammars compiled for this model, built on first use (its tokenizer index costs ~0.2 s)."""
-        return GrammarCache(
-            self.engine.tokenizer.backend.to_str(), self.engine.info.eos_token_ids, self._grammar_cache_size
-        )
-
-    def check_grammar(self, grammar: Grammar) -> None:
-        self.grammars.compiled(grammar)  # compiled now, so a bad one is a 400 before anything is sent
-
-    def _job(self, request: GenerationRequest) -> Job:
-        job = super()._job(request)
-        if job.tokens.n > self.engine.slots:
-            raise TooManySequences(job.tokens.n, self.engine.slots)
-        return job
-
-    def _submit(self, sink: Sink) -> None:
+    def _enqueue(self, sink: Sink) -> None:
         with self._lock:
             self._waiting.append(sink)
             if self._looping:
@@ -200,7 +152,7 @@ class StepScheduler(SchedulerBase):
                     self._end(request, error, keep=False)
 
     def step(self) -> None:
-        """One step of the loop (on the worker thread)."""
+        """One step of the loop (on the worker thread): schedule, then execute and update."""
         self._retire_gone()
         self._admit()
         self._read_prompts()
@@ -210,7 +162,7 @@ class StepScheduler(SchedulerBase):
         """End the requests whose client left or whose time ran out."""
         now = time.monotonic()
         for request in list(self._active):
-            deadline = request.job.request.deadline
+            deadline = request.valid.deadline
             if request.sink.cancelled.is_set():
                 self._end(request)
             elif deadline is not None and now >= deadline:
@@ -230,9 +182,9 @@ class StepScheduler(SchedulerBase):
                 if not self._waiting:
                     break
                 sink = self._waiting[0]
-                deadline = sink.job.request.deadline
+                deadline = sink.request.deadline
                 gone = sink.cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline)
-                if not gone and running > 0 and running + sink.job.tokens.n > self.max_batch_size:
+                if not gone and running > 0 and running + sink.request.sequences > self.max_batch_size:
                     break  # it waits for room (alone, it may have more), and everything behind it too
                 self._waiting.popleft()
             if sink.cancelled.is_set():
@@ -240,39 +192,26 @@ class StepScheduler(SchedulerBase):
             elif gone:
                 sink.end(DeadlineExceeded("the request's time budget ran out while it waited for the model"))
             else:
-                try:
-                    request = self._request(sink)
-                except Exception as error:  # noqa: BLE001 - e.g. its grammar, dropped from the cache, failed again
-                    sink.end(error)
-                    continue
-                self._active.append(request)
-                running += sink.job.tokens.n
+                self._active.append(self._request(sink))
+                running += sink.request.sequences
         self._running = tuple(request.sink for request in self._active)
         for request in self._active:
             request.sink.timings.batch_size = max(request.sink.timings.batch_size, running)
 
     def _request(self, sink: Sink) -> _Request:
-        job = sink.job
+        valid = sink.request
         sink.timings.started = time.perf_counter()
-        grammar = job.request.grammar
+        info = self.engine.info
         rows = [
             _Row(
                 choice,
-                Sequence(
-                    self.engine.tokenizer,
-                    max_new_tokens=job.request.max_new_tokens,
-                    # A grammar decides where a constrained answer ends: a stop string would cut it short.
-                    stop=job.request.stop if grammar is None else (),
-                    eos_token_ids=self.engine.info.eos_token_ids,
-                ),
-                Sampler(
-                    job.tokens.sampling, history=job.tokens.prompt_ids, sequence=choice, logprobs=job.tokens.logprobs
-                ),
-                None if grammar is None else self.grammars.constraint(grammar),
+                Sequence.for_request(self.engine.tokenizer, valid, info.eos_token_ids),
+                Sampler(valid.sampling, history=valid.prompt_ids, sequence=choice, logprobs=valid.logprobs),
+                None if valid.grammar is None else valid.grammar.constraint(),
             )
-            for choice in range(job.tokens.n)
+            for choice in range(valid.sequences)
         ]
-        return _Request(sink, rows, job.tokens.prompt_ids)
+        return _Request(sink, rows)
 
     def _read_prompts(self) -> None:
         """Read up to `prefill_chunk_tokens` prompt tokens, each prompt in a forward call of its own."""
@@ -288,9 +227,9 @@ class StepScheduler(SchedulerBase):
     def _read_chunk(self, request: _Request, budget: int) -> int:
         """Feed the next piece of `request`'s prompt; after its last one, choose its first tokens. Returns the
         prompt tokens fed."""
-        if request.read < 0:
+        if request.phase is Phase.WAITING:
             placement = self._pool.place(request.prompt, len(request.rows))
-            request.slots, request.read = placement.slots, placement.reused
+            request.slots, request.read, request.phase = placement.slots, placement.reused, Phase.PROMPT
             for row, slot in zip(request.rows, placement.slots, strict=True):
                 row.slot = slot
             request.sink.timings.cached_tokens = placement.reused
@@ -299,9 +238,10 @@ class StepScheduler(SchedulerBase):
         logits = self.engine.forward([Chunk(first, chunk, request.read)])
         self._pool.fed(first, chunk)
         request.read += len(chunk)
-        if not request.reading:
-            for row in request.rows[1:]:
-                self._pool.copy(first, row.slot, len(request.prompt))
+        if request.read == len(request.prompt):
+            request.phase = Phase.GENERATING
+            for slot in request.slots[1:]:
+                self._pool.copy(first, slot, len(request.prompt))
             for row in request.rows:
                 self._choose(request, row, row.choose(logits[0]))
         return len(chunk)
@@ -313,7 +253,7 @@ class StepScheduler(SchedulerBase):
             return
         chunks = []
         for _, row in rows:
-            assert row.next_token is not None
+            assert row.next_token is not None and row.slot is not None  # a decoding row holds both
             chunks.append(Chunk(row.slot, (row.next_token,), len(self._pool.tokens(row.slot))))
         try:
             logits = self.engine.forward(chunks)
@@ -324,7 +264,7 @@ class StepScheduler(SchedulerBase):
         for index, (request, row) in enumerate(rows):
             if request not in self._active:
                 continue  # a mate of this row failed its request just now
-            self._pool.fed(row.slot, chunks[index].token_ids)
+            self._pool.fed(chunks[index].slot, chunks[index].token_ids)
             try:
                 step = row.choose(logits[index])
             except Exception as error:  # noqa: BLE001 - a grammar that cannot go on: its request fails
@@ -338,7 +278,7 @@ class StepScheduler(SchedulerBase):
         sequence.add(step)
         if row.constraint is not None and row.constraint.done:
             sequence.finish("stop")  # the grammar is complete: the answer matches it
-        deadline = request.job.request.deadline
+        deadline = request.valid.deadline
         if not sequence.finished and deadline is not None and time.monotonic() >= deadline:
             sequence.finish("time_limit")
         row.next_token = None if sequence.finished else step.token_id
@@ -347,17 +287,18 @@ class StepScheduler(SchedulerBase):
     def _publish(self, request: _Request, row: _Row) -> None:
         """Send what `row` released; a row that ended frees its slot, and the last one ends the request."""
         request.sink.publish(row.choice, row.sequence)
-        if row.sequence.finished and row.slot >= 0:
+        if row.sequence.finished and row.slot is not None:
             self._pool.release(row.slot, keep=True)
-            row.slot = -1
+            row.slot = None
         if all(r.sequence.finished for r in request.rows):
             self._end(request)
 
     def _end(self, request: _Request, error: BaseException | None = None, *, keep: bool = True) -> None:
         """`request` is over (or failed with `error`): free its slots and take it out of the loop."""
+        request.phase = Phase.DONE
         for row in request.rows:
-            if row.slot >= 0:
-                slot, row.slot = row.slot, -1
+            if row.slot is not None:
+                slot, row.slot = row.slot, None
                 try:
                     self._pool.release(slot, keep=keep)
                 except Exception:  # noqa: BLE001 - the engine could not even empty it; the request still ends

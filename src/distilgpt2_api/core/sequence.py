@@ -8,12 +8,15 @@ become the start of a stop string are held back until it is clear they do not.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tokenizers.decoders import DecodeStream
 
 from distilgpt2_api.core.stop import cut_at_stop, stop_prefix_start
 from distilgpt2_api.engines.base import TextTokenizer, TokenStep
+
+if TYPE_CHECKING:
+    from distilgpt2_api.core.validation import ValidRequest
 
 FinishReason = Literal["length", "stop", "eos", "time_limit"]
 
@@ -50,7 +53,12 @@ class Delta:
 
 
 class Sequence:
-    """The state of one sequence of a job. Not thread-safe: one engine thread feeds it."""
+    """The state of one sequence of a request. Not thread-safe: one engine thread feeds it."""
+
+    @classmethod
+    def for_request(cls, tokenizer: TextTokenizer, request: ValidRequest, eos_token_ids: frozenset[int]) -> Sequence:
+        """A sequence of `request`: its max_new_tokens and stop strings end it, and the model's EOS."""
+        return cls(tokenizer, max_new_tokens=request.max_new_tokens, stop=request.stop, eos_token_ids=eos_token_ids)
 
     def __init__(
         self,

@@ -14,15 +14,28 @@ import contextlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 from distilgpt2_api.engines.base import StepEngine
+
+
+class SlotState(Enum):
+    IDLE = "idle"  # its KV holds nothing
+    CACHED = "cached"  # no sequence owns it; its KV is a cache entry (a prompt and what followed it)
+    RUNNING = "running"  # a sequence owns it
 
 
 @dataclass
 class _Slot:
     tokens: list[int] = field(default_factory=list)  # what its KV holds
-    running: bool = False  # a sequence owns it; else it is empty or a cache entry
+    running: bool = False  # a sequence owns it
     used: int = 0  # when it was last a cache entry or a source of one (for LRU)
+
+    @property
+    def state(self) -> SlotState:
+        if self.running:
+            return SlotState.RUNNING
+        return SlotState.CACHED if self.tokens else SlotState.IDLE
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,7 @@ class SlotPool:
     @property
     def cached(self) -> int:
         """Slots holding a cache entry."""
-        return sum(1 for s in self._slots if not s.running and s.tokens)
+        return sum(1 for s in self._slots if s.state is SlotState.CACHED)
 
     def tokens(self, slot: int) -> list[int]:
         """What `slot`'s KV holds (do not modify)."""
@@ -115,7 +128,7 @@ class SlotPool:
             return
         state.used = next(self._clock)
         for other, entry in enumerate(self._slots):  # an entry this one extends is of no more use
-            if other != slot and not entry.running and entry.tokens and _starts(state.tokens, entry.tokens):
+            if other != slot and entry.state is SlotState.CACHED and _starts(state.tokens, entry.tokens):
                 self._empty(other)
         while self.cached > self.cache_entries:
             self._empty(self._least_recent())
@@ -130,18 +143,18 @@ class SlotPool:
         return best, best_key[0]
 
     def _obtainable(self, *, exclude: int | None = None) -> int:
-        return sum(1 for i, s in enumerate(self._slots) if not s.running and i != exclude)
+        return sum(1 for i, s in enumerate(self._slots) if s.state is not SlotState.RUNNING and i != exclude)
 
     def _obtain(self, *, exclude: int | None = None) -> int:
         """An empty slot, else the least recently used entry's, emptied, now running."""
-        empty = next((i for i, s in enumerate(self._slots) if not s.running and not s.tokens and i != exclude), None)
+        empty = next((i for i, s in enumerate(self._slots) if s.state is SlotState.IDLE and i != exclude), None)
         slot = empty if empty is not None else self._least_recent(exclude=exclude)
         self._empty(slot)
         self._slots[slot].running = True
         return slot
 
     def _least_recent(self, *, exclude: int | None = None) -> int:
-        entries = [(s.used, i) for i, s in enumerate(self._slots) if not s.running and s.tokens and i != exclude]
+        entries = [(s.used, i) for i, s in enumerate(self._slots) if s.state is SlotState.CACHED and i != exclude]
         if not entries:
             raise RuntimeError("no KV slot left: the scheduler admitted more sequences than the engine has slots")
         return min(entries)[1]

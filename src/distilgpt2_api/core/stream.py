@@ -8,22 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from distilgpt2_api.core.request import GenerationRequest, TokenRequest
 from distilgpt2_api.core.sequence import Delta, FinishReason, GeneratedToken, Sequence
-
-
-@dataclass(frozen=True)
-class Job:
-    """A validated request: what the engine computes, and what its sequences need to end it."""
-
-    request: GenerationRequest
-    tokens: TokenRequest
-    prompt_tokens: int
-
-    @property
-    def copies(self) -> int:
-        """Greedy decoding gives identical sequences: one is computed and each choice repeats it."""
-        return 1 if self.tokens.n == self.request.n else self.request.n
+from distilgpt2_api.core.validation import ValidRequest
 
 
 @dataclass(frozen=True)
@@ -76,10 +62,10 @@ class Timings:
 
 
 class Sink:
-    """Where the generating thread puts one job's deltas and its end; read as a `GenerationStream`."""
+    """Where the generating thread puts one request's deltas and its end; read as a `GenerationStream`."""
 
-    def __init__(self, job: Job, deliver: Callable[[Delta | BaseException | None], None]) -> None:
-        self.job = job
+    def __init__(self, request: ValidRequest, deliver: Callable[[Delta | BaseException | None], None]) -> None:
+        self.request = request
         self.timings = Timings(submitted=time.perf_counter())
         self.cancelled = threading.Event()
         self._deliver = deliver
@@ -90,19 +76,19 @@ class Sink:
         self._deliver(delta)
 
     def publish(self, choice: int, sequence: Sequence) -> None:
-        """Send what `sequence` (choice `choice`) released since its last delta, if anything; a greedy job's one
-        sequence goes to every choice it stands for (`Job.copies`)."""
+        """Send what `sequence` (choice `choice`) released since its last delta, if anything; a greedy request's
+        one sequence goes to every choice it stands for (`ValidRequest.copies`)."""
         delta = sequence.take(choice)
         if delta is None:
             return
-        if self.job.copies == 1:
+        if self.request.copies == 1:
             self.delta(delta)
         else:
-            for copy in range(self.job.copies):
+            for copy in range(self.request.copies):
                 self.delta(replace(delta, index=copy))
 
     def end(self, error: BaseException | None = None) -> None:
-        """The job is over: every sequence finished, or `error`. Only the first call counts."""
+        """The request is over: every sequence finished, or `error`. Only the first call counts."""
         if self.timings.ended is not None:
             return
         self.timings.ended = time.perf_counter()
@@ -112,8 +98,8 @@ class Sink:
 class GenerationStream:
     """The deltas of one request, as the model produces them; `aclose` (or the client leaving) cancels it."""
 
-    def __init__(self, job: Job) -> None:
-        self.job = job
+    def __init__(self, request: ValidRequest) -> None:
+        self.request = request
         self._queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -123,11 +109,7 @@ class GenerationStream:
             except RuntimeError:  # its event loop is closed: nobody is listening any more
                 self.sink.cancelled.set()
 
-        self.sink = Sink(job, deliver)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.job.prompt_tokens
+        self.sink = Sink(request, deliver)
 
     @property
     def timings(self) -> Timings:
@@ -156,7 +138,7 @@ class GenerationStream:
     async def collect(self) -> GenerationResult:
         """Every delta, gathered into whole completions."""
         deltas = [delta async for delta in self]
-        return gather(self.job, deltas, self.timings)
+        return gather(self.request, deltas, self.timings)
 
 
 class MergedStream:
@@ -165,18 +147,12 @@ class MergedStream:
 
     def __init__(self, streams: list[GenerationStream]) -> None:
         self.streams = streams
-        self._offsets = [sum(s.job.request.n for s in streams[:i]) for i in range(len(streams))]
-        first = streams[0].job
+        self._offsets = [sum(s.request.choices for s in streams[:i]) for i in range(len(streams))]
         # The requests as one: every choice, every prompt token (the first request's prompt, for the log).
-        request = replace(first.request, n=sum(s.job.request.n for s in streams))
-        self.job = Job(request, first.tokens, sum(s.prompt_tokens for s in streams))
+        self.request = streams[0].request.merged([s.request for s in streams[1:]])
         self._next: dict[asyncio.Future[Delta], int] = {}
         self._ready: list[Delta] = []
         self._running = list(range(len(streams)))  # the streams whose next delta is not asked for yet
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.job.prompt_tokens
 
     @property
     def timings(self) -> Timings:
@@ -224,18 +200,17 @@ class MergedStream:
 
     async def collect(self) -> GenerationResult:
         deltas = [delta async for delta in self]
-        return gather(self.job, deltas, self.timings)
+        return gather(self.request, deltas, self.timings)
 
 
 RequestStream = GenerationStream | MergedStream  # what a route reads: one request's deltas, or several requests'
 
 
-def gather(job: Job, deltas: list[Delta], timings: Timings) -> GenerationResult:
+def gather(request: ValidRequest, deltas: list[Delta], timings: Timings) -> GenerationResult:
     """A request's deltas, in order, as whole completions."""
-    request = job.request
-    texts: list[list[str]] = [[] for _ in range(request.n)]
-    tokens: list[list[GeneratedToken]] = [[] for _ in range(request.n)]
-    ends: list[Delta | None] = [None] * request.n
+    texts: list[list[str]] = [[] for _ in range(request.choices)]
+    tokens: list[list[GeneratedToken]] = [[] for _ in range(request.choices)]
+    ends: list[Delta | None] = [None] * request.choices
     for delta in deltas:
         texts[delta.index].append(delta.text)
         tokens[delta.index].extend(delta.tokens)
@@ -246,4 +221,4 @@ def gather(job: Job, deltas: list[Delta], timings: Timings) -> GenerationResult:
         for text, toks, end in zip(texts, tokens, ends, strict=True)
         if end is not None and end.finish_reason is not None
     ]
-    return GenerationResult(completions, job.prompt_tokens, request.sampling.seed_in_use, timings)
+    return GenerationResult(completions, request.prompt_tokens, request.sampling.seed_in_use, timings)

@@ -1,23 +1,22 @@
 """What every engine shares: the model directory's metadata, the engine contract, load errors.
 
 Nothing here imports torch or transformers, so the fast engine's cold start never pays for them.
-Both engines tokenize with the `tokenizers` library from tokenizer.json, through TextTokenizer.
+Every engine tokenizes with the `tokenizers` library from tokenizer.json, through TextTokenizer.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 from tokenizers import Tokenizer
-
-from distilgpt2_api.core.request import TokenRequest
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")  # what chat templates may refer to
@@ -139,6 +138,40 @@ class Kernels:
 
 
 @dataclass(frozen=True)
+class SamplingParams:
+    """How each next token is chosen. Greedy (the most likely token) unless `do_sample`."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k filtering
+    repetition_penalty: float = 1.0
+    seed: int | None = None  # sampling only: the same seed and request give the same output
+
+    @property
+    def seed_in_use(self) -> int | None:
+        """The seed, when it means something: greedy decoding draws nothing."""
+        return self.seed if self.do_sample else None
+
+
+GREEDY = SamplingParams()
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """What a whole-job engine computes: `n` sequences of new token ids after `prompt_ids`, nothing it does not use.
+
+    Stop strings, deadlines and cancellation are the scheduler's: it ends a sequence from the step callback.
+    """
+
+    prompt_ids: tuple[int, ...]
+    n: int
+    max_new_tokens: int
+    sampling: SamplingParams
+    logprobs: int | None = None  # None: none; k: each chosen token's log-probability and the k likeliest
+
+
+@dataclass(frozen=True)
 class TokenStep:
     """One token an engine generated for one sequence of a job, as soon as it is chosen."""
 
@@ -164,18 +197,21 @@ def logprobs_of(logits: np.ndarray, token_id: int, top: int) -> tuple[float, tup
     return float(logprobs[token_id]), tuple((int(i), float(logprobs[i])) for i in best)
 
 
-class Engine(Protocol):
-    """A loaded model that turns token ids into more token ids; it only computes.
+class Engine(ABC):
+    """A loaded model that generates whole jobs per call (core/batch.py drives it); it only computes.
 
     The scheduler tokenizes, validates, decodes and decides when a sequence ends; an engine receives only what
-    it uses.
+    it uses. What it cannot do is declared here, as class attributes, never probed.
     """
 
     info: ModelInfo
     tokenizer: TextTokenizer
     kernels: Kernels
-    batching: bool  # whether one call may carry several jobs (else exactly one)
+    batching: ClassVar[bool]  # whether one call may carry several jobs (else exactly one)
+    # With alternatives (top logprobs), steps a job may take in all (sequences x new tokens); None: unbounded.
+    max_alternatives_steps: ClassVar[int | None] = None
 
+    @abstractmethod
     def generate(self, jobs: Sequence[TokenRequest], on_step: StepCallback) -> None:
         """Generate every job's `n` sequences in one call, passing each new token to `on_step` as soon as it is
         chosen. `TokenStep.sequence` counts the sequences of all jobs, in order (job 0's first).
@@ -184,11 +220,10 @@ class Engine(Protocol):
         A sequence ends at an EOS token (passed on too), at its job's `max_new_tokens`, or when `on_step`
         returns True. Returns once every sequence has ended; an exception raised by `on_step` is raised here.
         """
-        ...
 
+    @abstractmethod
     def close(self) -> None:
         """Release native resources now, before interpreter shutdown; the engine is unusable after."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -200,7 +235,7 @@ class Chunk:
     start: int
 
 
-class StepEngine(Protocol):
+class StepEngine(ABC):
     """A model the scheduler drives one step at a time (core/loop.py); it only computes.
 
     It holds up to `slots` sequences' KV caches at once, each up to `info.context_length` positions. The
@@ -213,23 +248,23 @@ class StepEngine(Protocol):
     kernels: Kernels
     slots: int
 
+    @abstractmethod
     def forward(self, chunks: Sequence[Chunk]) -> np.ndarray:
         """Feed every chunk in one pass, each into its slot after the `start` positions it holds; return the
         logits after each chunk's last token: float32, shape (len(chunks), vocabulary). Rows are the model's raw
         scores, read before the next call."""
-        ...
 
+    @abstractmethod
     def truncate(self, slot: int, length: int) -> None:
         """Keep only the first `length` positions of `slot` (0: the slot is empty)."""
-        ...
 
+    @abstractmethod
     def copy_prefix(self, source: int, target: int, length: int) -> None:
         """Make `target` hold `source`'s first `length` positions (`target` emptied first)."""
-        ...
 
+    @abstractmethod
     def close(self) -> None:
         """Release native resources now; the engine is unusable after."""
-        ...
 
 
 class TextTokenizer:

@@ -18,14 +18,16 @@ from pathlib import Path
 import ctranslate2
 import numpy as np
 
-from distilgpt2_api.core.request import SamplingParams, TokenRequest
 from distilgpt2_api.engines.base import (
     PREPARE_HINT,
+    Engine,
     Kernels,
     ModelInfo,
     ModelLoadError,
+    SamplingParams,
     StepCallback,
     TextTokenizer,
+    TokenRequest,
     TokenStep,
     cpu_name,
     logprobs_of,
@@ -57,7 +59,7 @@ def _close_open_engines() -> None:
         engine.close()
 
 
-class CTranslate2Engine:
+class CTranslate2Engine(Engine):
     def __init__(self, info: ModelInfo, *, threads: int, compute_type: str = "auto") -> None:
         self.info = info
         converted = info.path / CT2_SUBDIR
@@ -96,6 +98,9 @@ class CTranslate2Engine:
         vars(self).pop("generator", None)
 
     batching = True
+    # With alternatives, CTranslate2 keeps every step's full logits until the job ends: sequences x new tokens x
+    # vocabulary floats. 512 steps of a 50k vocabulary hold about 200 MB.
+    max_alternatives_steps = 512
 
     def generate(self, jobs: Sequence[TokenRequest], on_step: StepCallback) -> None:
         first = jobs[0]

@@ -43,6 +43,7 @@ from distilgpt2_api.engines.base import (
     Kernels,
     ModelInfo,
     ModelLoadError,
+    StepEngine,
     TextTokenizer,
     cpu_name,
 )
@@ -151,7 +152,7 @@ def _close_open_engines() -> None:
         engine.close()
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(StepEngine):
     """`slots` sequences, each with its own KV stream of up to `context` positions (default: the model's context).
     Streams start at `slot_tokens` positions (default: `MIN_STREAM`) and grow when a sequence needs more.
 
@@ -174,6 +175,7 @@ class LlamaCppEngine:
             raise ValueError(f"slots must be at least 1, got {slots}")
         self.info = info
         self.slots = slots
+        self._model = self._ctx = self._batch = None  # native handles, freed by close() (whatever was made)
         path = info.path / gguf
         if not path.is_file():
             raise ModelLoadError(f"MODEL_DIR={info.path} has no {gguf}. {PREPARE_HINT} Or choose another ENGINE.")
@@ -191,8 +193,6 @@ class LlamaCppEngine:
         # Any forward the slots can hold fits one llama_decode: the batch costs ~30 bytes a token, while compute
         # buffers follow n_ubatch and the output buffer n_outputs_max (one row per chunk).
         self._batch_size = self.context * slots
-        self._ctx = None
-        self._batch = None
         try:
             self._ctx = self._new_context(min(max(slot_tokens or MIN_STREAM, MIN_STREAM), self.context))
         except ModelLoadError:
@@ -304,13 +304,13 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         """Free the batch, context and model now. Idempotent; the engine cannot compute afterwards."""
-        if getattr(self, "_batch", None) is not None:
+        if self._batch is not None:
             llama.llama_batch_free(self._batch)
             self._batch = None
-        if getattr(self, "_ctx", None):
+        if self._ctx:
             llama.llama_free(self._ctx)
             self._ctx = None
-        if getattr(self, "_model", None):
+        if self._model:
             llama.llama_model_free(self._model)
             self._model = None
 

@@ -9,21 +9,22 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.utils import logging as transformers_logging
 
-from distilgpt2_api.core.request import TokenRequest
 from distilgpt2_api.engines.base import (
     PREPARE_HINT,
+    Engine,
     Kernels,
     ModelInfo,
     ModelLoadError,
     StepCallback,
     TextTokenizer,
+    TokenRequest,
     TokenStep,
     cpu_name,
     logprobs_of,
 )
 
 
-class TransformersEngine:
+class TransformersEngine(Engine):
     def __init__(self, info: ModelInfo, *, threads: int) -> None:
         self.info = info
         self._threads = threads

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import cast
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from distilgpt2_api import __version__
-from distilgpt2_api.core.loop import StepScheduler, is_step_engine
+from distilgpt2_api.core.batch import BatchScheduler
+from distilgpt2_api.core.loop import StepScheduler
 from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.core.time_budget import TimeBudget
 from distilgpt2_api.engines import load_engine
-from distilgpt2_api.engines.base import StepEngine
+from distilgpt2_api.engines.base import Engine, StepEngine
 from distilgpt2_api.http_api.auth import install_api_keys, require_api_key
 from distilgpt2_api.http_api.body_limit import BodySizeLimit
 from distilgpt2_api.http_api.docs import install_docs
@@ -37,9 +37,9 @@ def create_app(scheduler: Scheduler, settings: Settings, *, cold_start_seconds: 
     """Build the app around an already loaded model; every limit comes from `settings`. `cold_start_seconds`:
     what loading took, reported in the first response's Server-Timing header."""
     app = FastAPI(
-        title="distilgpt2-api",
+        title=f"distilgpt2-api: {scheduler.model_name}",
         version=__version__,
-        summary="Text generation with a Hugging Face causal language model.",
+        summary=f"Text generation with {scheduler.model_name}, a Hugging Face causal language model.",
         docs_url=None,  # install_docs serves the docs pages, with their assets from this service
         redoc_url=None,
     )
@@ -81,8 +81,8 @@ def model_dir(settings: Settings) -> Path:
     return ensure_model_from_s3(settings.model_s3_uri, settings.model_cache_dir, engine=settings.engine)
 
 
-def load_scheduler(settings: Settings) -> Scheduler | StepScheduler:
-    """The model's engine behind a scheduler: continuous batching for a step-level engine, else whole jobs."""
+def load_scheduler(settings: Settings) -> Scheduler:
+    """The model's engine behind its scheduler: continuous batching for a step engine, else whole jobs."""
     engine = load_engine(
         model_dir(settings),
         settings.engine,
@@ -97,13 +97,18 @@ def load_scheduler(settings: Settings) -> Scheduler | StepScheduler:
     )
     # What the engine computes with on this CPU, and why (llama.cpp: the probed CPU variant): also GET / and /metrics.
     logger.info("engine loaded", extra={"model": engine.info.name, "kernels": asdict(engine.kernels)})
-    if is_step_engine(engine):
+    return scheduler_for(engine, settings)
+
+
+def scheduler_for(engine: Engine | StepEngine, settings: Settings) -> Scheduler:
+    """`engine` behind the scheduler of its kind: continuous batching for a step engine, else whole jobs."""
+    if isinstance(engine, StepEngine):
         return StepScheduler(
-            cast(StepEngine, engine),
+            engine,
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_size=settings.max_batch_size,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
             prefix_cache_slots=None if settings.prefix_cache_slots else 0,  # any free slot, or none
             grammar_cache_size=settings.grammar_cache_size,
         )
-    return Scheduler(engine, max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size)
+    return BatchScheduler(engine, max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size)

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from distilgpt2_api.core.request import GenerationRequest, Prompt
+from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.core.stream import GenerationResult, MergedStream, RequestStream, Timings
-from distilgpt2_api.http_api.metrics import observe_failure, observe_request
+from distilgpt2_api.core.stream import GenerationResult, MergedStream, RequestStream
+from distilgpt2_api.http_api.metrics import failure_record, observe_request
 from distilgpt2_api.http_api.protocol import ErrorResponse, Usage
 from distilgpt2_api.http_api.server_timing import add_timings, generation_timings
 from distilgpt2_api.observability import GenerationRecord, record_generation
@@ -38,36 +38,31 @@ SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 
 @dataclass(frozen=True)
 class Generation:
-    """What a generating route needs: the model's scheduler, the request's deadline, and a way to run a job."""
+    """What a generating route needs: the model's scheduler, the request's deadline, and a way to run requests."""
 
     request: Request
     scheduler: Scheduler
     deadline: float  # time.monotonic(): the one form the time budget takes, end to end
 
-    async def start(self, jobs: Sequence[GenerationRequest]) -> RequestStream:
-        """Queue `jobs` (each validated first: InvalidRequest before anything is sent), as one stream of deltas.
-        The caller must read it to the end or `aclose` it."""
-        streams = []
-        try:
-            for job in jobs:
-                streams.append(self.scheduler.stream(job))
-        except BaseException:
-            for stream in streams:
-                await stream.aclose()
-            raise
+    async def start(self, requests: Sequence[GenerationRequest]) -> RequestStream:
+        """Validate every request (InvalidRequest before any of them queues or anything is sent), then queue them
+        as one stream of deltas. The caller must read it to the end or `aclose` it."""
+        valid = [self.scheduler.validate(request) for request in requests]
+        streams = [self.scheduler.schedule(request) for request in valid]
         return streams[0] if len(streams) == 1 else MergedStream(streams)
 
-    async def run(self, *jobs: GenerationRequest) -> GenerationResult:
-        """Generate `jobs` (several: their choices in order, as one result), and record what happened for the
+    async def run(self, *requests: GenerationRequest) -> GenerationResult:
+        """Generate `requests` (several: their choices in order, as one result), and record what happened for the
         request's log line, metrics and Server-Timing header."""
-        stream = await self.start(jobs)
+        stream = await self.start(requests)
         try:
             result = await stream.collect()
         except BaseException as error:
-            observe_failure(self.request, stream, error)
+            observe_request(self.request, failure_record(stream, error))
             raise
         finally:
             await stream.aclose()
+        completions = result.completions
         add_timings(
             self.request,
             generation_timings(
@@ -75,35 +70,20 @@ class Generation:
             ),
         )
         self.record(
-            stream.job.request.prompt,
-            result.timings,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=[c.completion_tokens for c in result.completions],
-            finish_reasons=[c.finish_reason for c in result.completions],
+            GenerationRecord(
+                stream.request.prompt,
+                result.timings,
+                result.prompt_tokens,
+                tuple(c.completion_tokens for c in completions),
+                tuple(c.finish_reason for c in completions),
+            )
         )
         return result
 
-    def record(
-        self,
-        prompt: Prompt,
-        timings: Timings,
-        *,
-        prompt_tokens: int,
-        completion_tokens: list[int],
-        finish_reasons: list[str],
-    ) -> None:
+    def record(self, record: GenerationRecord) -> None:
         """What a generation did, per choice, for the request's log line, EMF and Prometheus metrics."""
-        record = GenerationRecord(
-            prompt, prompt_tokens, sum(completion_tokens), finish_reasons, timings.generating_seconds
-        )
         record_generation(self.request, record)
-        observe_request(
-            self.request,
-            timings,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            finish_reasons=finish_reasons,
-        )
+        observe_request(self.request, record)
 
 
 def get_generation(request: Request, scheduler: SchedulerDep) -> Generation:

@@ -112,7 +112,7 @@ async def _on_api_error(request: Request, exc: Exception) -> Response:
 
 async def _on_invalid_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InvalidRequest)
-    return _error(request, 400, exc.code, str(exc), param=exc.param)
+    return _error(request, exc.status, exc.code, str(exc), param=exc.param)
 
 
 async def _on_deadline(request: Request, exc: Exception) -> Response:

@@ -28,7 +28,8 @@ from starlette.requests import Request
 
 from distilgpt2_api.core.errors import DeadlineExceeded
 from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.core.stream import RequestStream, Timings
+from distilgpt2_api.core.stream import RequestStream
+from distilgpt2_api.observability import GenerationRecord
 from distilgpt2_api.settings import Settings
 
 PATH = "/metrics"
@@ -119,9 +120,7 @@ class PrometheusMetrics:
         )
         kernels.labels(model).info(asdict(scheduler.kernels))
 
-    def observe(
-        self, timings: Timings, *, prompt_tokens: int, completion_tokens: Sequence[int], finish_reasons: Sequence[str]
-    ) -> None:
+    def observe(self, record: GenerationRecord) -> None:
         """A request that reached the scheduler is over; per choice, its tokens and why it ended.
 
         Inter-token latency: a request's tokens come one per engine step, so its gaps add up to the time from
@@ -130,11 +129,12 @@ class PrometheusMetrics:
         Per-delta readings on the event loop would measure how fast the client reads, not the model. Requests
         that did not finish (the client left, an error) have no reliable end and add no gaps.
         """
+        timings, completion_tokens, finish_reasons = record.timings, record.completion_tokens, record.finish_reasons
         ended = timings.ended or time.perf_counter()  # a request whose client left may still be running
         self.request_queue_time.observe((timings.started or ended) - timings.submitted)
         self.e2e_request_latency.observe(ended - timings.submitted)
         if timings.started is not None:
-            self.prompt_tokens.inc(prompt_tokens)
+            self.prompt_tokens.inc(record.prompt_tokens)
         self.generation_tokens.inc(sum(completion_tokens))
         for reason in finish_reasons:
             self.request_success[FINISHED_REASONS[reason]].inc()
@@ -157,37 +157,24 @@ class PrometheusMetrics:
         return generate_latest(self.registry)
 
 
-def observe_request(
-    request: Request,
-    timings: Timings,
-    *,
-    prompt_tokens: int,
-    completion_tokens: Sequence[int],
-    finish_reasons: Sequence[str],
-) -> None:
+def observe_request(request: Request, record: GenerationRecord) -> None:
     """Count a request that reached the scheduler, now over, in its app's metrics (if they are on)."""
-    metrics: PrometheusMetrics | None = getattr(request.app.state, "prometheus", None)
+    metrics: PrometheusMetrics | None = request.app.state.prometheus  # None when metrics are off
     if metrics is not None:
-        metrics.observe(
-            timings, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finish_reasons=finish_reasons
-        )
+        metrics.observe(record)
 
 
-def observe_failure(request: Request, stream: RequestStream, error: BaseException) -> None:
-    """Count a request that ended with `error` before any completion came back."""
+def failure_record(stream: RequestStream, error: BaseException) -> GenerationRecord:
+    """A request that ended with `error` before any completion came back: no tokens, and why, per choice."""
     if isinstance(error, asyncio.CancelledError):
         reason = "cancelled"
     elif isinstance(error, DeadlineExceeded):
         reason = "time_limit"
     else:
         reason = "error"
-    n = stream.job.request.n
-    observe_request(
-        request,
-        stream.timings,
-        prompt_tokens=stream.prompt_tokens,
-        completion_tokens=[0] * n,
-        finish_reasons=[reason] * n,
+    request = stream.request
+    return GenerationRecord(
+        request.prompt, stream.timings, request.prompt_tokens, (0,) * request.choices, (reason,) * request.choices
     )
 
 

@@ -75,7 +75,7 @@ def page_config(scheduler: Scheduler, settings: Settings, *, root: str, key_requ
         "root": root,
         "model": scheduler.model_name,
         "version": __version__,
-        "chat": scheduler.engine.info.chat_template is not None,
+        "chat": scheduler.info.chat_template is not None,
         "keyRequired": key_required,
         "maxTokens": settings.max_new_tokens_limit,
         "maxChoices": settings.max_return_sequences,

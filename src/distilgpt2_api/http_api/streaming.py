@@ -22,9 +22,10 @@ from distilgpt2_api.core.sequence import Delta
 from distilgpt2_api.core.stream import RequestStream
 from distilgpt2_api.http_api.dependencies import Generation
 from distilgpt2_api.http_api.errors import stream_error
-from distilgpt2_api.http_api.metrics import observe_failure
+from distilgpt2_api.http_api.metrics import failure_record, observe_request
 from distilgpt2_api.http_api.protocol import DONE, ErrorResponse, Usage
 from distilgpt2_api.http_api.server_timing import add_timings, generation_timings
+from distilgpt2_api.observability import GenerationRecord
 
 REF_PREFIX = "#/components/schemas/"
 PING_SECONDS = 15  # a comment line when nothing else was sent for this long, so proxies keep a quiet stream open
@@ -60,17 +61,17 @@ class EventFormat(Protocol):
 
 
 async def event_stream(
-    generation: Generation, jobs: Sequence[GenerationRequest], events: EventFormat
+    generation: Generation, requests: Sequence[GenerationRequest], events: EventFormat
 ) -> EventSourceResponse:
-    """Start `jobs` and answer with their events; raises (for a normal error response) until the first delta."""
-    stream = await generation.start(jobs)
+    """Start `requests` and answer with their events; raises (for a normal error response) until the first delta."""
+    stream = await generation.start(requests)
     try:
         first = await anext(stream)
     except BaseException as error:
-        observe_failure(generation.request, stream, error)
+        observe_request(generation.request, failure_record(stream, error))
         await stream.aclose()
         raise
-    timings = generation_timings(stream.timings, prompt_tokens=stream.prompt_tokens, completion_tokens=None)
+    timings = generation_timings(stream.timings, prompt_tokens=stream.request.prompt_tokens, completion_tokens=None)
     add_timings(generation.request, timings)
     return EventSourceResponse(_body(generation, stream, first, events), ping=PING_SECONDS)
 
@@ -78,7 +79,7 @@ async def event_stream(
 async def _body(
     generation: Generation, stream: RequestStream, first: Delta, events: EventFormat
 ) -> AsyncIterator[ServerSentEvent]:
-    tally = StreamTally(stream.prompt_tokens, stream.timings.cached_tokens)
+    tally = StreamTally(stream.request.prompt_tokens, stream.timings.cached_tokens)
     unfinished = "cancelled"  # what a choice without a finish reason became: its client left, or an error
     try:
         tally.add(first)
@@ -96,13 +97,15 @@ async def _body(
             yield _sse(event)
     finally:
         await stream.aclose()  # a client that left, or an error: stop generating
-        request = stream.job.request
+        choices = range(stream.request.choices)
         generation.record(
-            request.prompt,
-            stream.timings,
-            prompt_tokens=tally.prompt_tokens,
-            completion_tokens=[tally.completion_tokens.get(i, 0) for i in range(request.n)],
-            finish_reasons=[tally.finish_reasons.get(i, unfinished) for i in range(request.n)],
+            GenerationRecord(
+                stream.request.prompt,
+                stream.timings,
+                tally.prompt_tokens,
+                tuple(tally.completion_tokens.get(i, 0) for i in choices),
+                tuple(tally.finish_reasons.get(i, unfinished) for i in choices),
+            )
         )
 
 

@@ -84,8 +84,8 @@ def generation_router(bounds: Bounds) -> APIRouter:
     ) -> Response:
         """`POST /generate`'s request, answered token by token as Server-Sent Events (text-generation-inference's
         events). An error after the first event ends the stream with an error event."""
-        job = body.to_generation_request(generation.deadline, logprobs=True)
-        return await event_stream(generation, [job], StreamEvents(body, job.sampling.seed_in_use))
+        request = body.to_generation_request(generation.deadline, logprobs=True)
+        return await event_stream(generation, [request], StreamEvents(body, request.sampling.seed_in_use))
 
     async def generate_from_path(
         prompt: Annotated[bounds.prompt, Path()],  # type: ignore[name-defined]
@@ -94,8 +94,8 @@ def generation_router(bounds: Bounds) -> APIRouter:
         num_return_sequences: Annotated[bounds.sequences, Query()] = 1,  # type: ignore[name-defined]
     ) -> GeneratedSequences:
         """The tutorial's route: sampled continuations (top-k 50, as its pipeline did), prompt included."""
-        job = tutorial_request(prompt, max_new_tokens, num_return_sequences, generation.deadline)
-        result = await generation.run(job)
+        request = tutorial_request(prompt, max_new_tokens, num_return_sequences, generation.deadline)
+        result = await generation.run(request)
         return GeneratedSequences(generated_sequences=with_prompt(prompt, result.completions))
 
     router.add_api_route(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator, model_validator
@@ -20,8 +21,8 @@ from distilgpt2_api.core.request import GenerationRequest
 from distilgpt2_api.core.sequence import Delta, GeneratedToken
 from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.core.tools import FunctionTool, ToolCall, ToolCallStream, parse_tool_calls, tool_grammar
-from distilgpt2_api.http_api.openai.protocol import Choice, OpenAIEvents, OpenAIRequest, Response
-from distilgpt2_api.http_api.protocol import Bounds, StrictModel, TopLogprobs, Usage
+from distilgpt2_api.http_api.openai.protocol import Choice, Chunk, OpenAIEvents, OpenAIRequest, Response
+from distilgpt2_api.http_api.protocol import Bounds, StrictModel, TopLogprobs
 
 MAX_MESSAGES = 256
 MAX_TOOLS = 64
@@ -141,22 +142,20 @@ class ChatCompletionRequest(OpenAIRequest):
             raise ValueError("tool_choice needs tools")
         return self
 
-    def offered_tools(self) -> list[FunctionTool]:
-        """The tools the model is told of and may call: none when tool_choice is `none`."""
+    @cached_property
+    def offered_tools(self) -> tuple[FunctionTool, ...]:
+        """The tools the model is told of and may call: none when tool_choice is `none`. Built once."""
         if not self.tools or self.tool_choice == "none":
-            return []
-        return [tool.to_tool() for tool in self.tools]
+            return ()
+        return tuple(tool.to_tool() for tool in self.tools)
 
-    @property
-    def constrained(self) -> bool:
-        """Whether the answer must follow a grammar (tools or a JSON response_format)."""
-        return bool(self.offered_tools()) or self.grammar() is not None
-
-    def tools_grammar(self) -> Grammar | None:
-        tools = self.offered_tools()
+    def answer_grammar(self) -> Grammar | None:
+        """What every answer must match: a call of the offered tools (or text, with `auto`), else
+        response_format's JSON, else nothing."""
+        tools, response_format = self.offered_tools, self.grammar()
         if not tools:
-            return None
-        if self.grammar() is not None:
+            return response_format
+        if response_format is not None:
             raise InvalidRequest("response_format json_object/json_schema cannot be combined with tools here")
         choice = self.tool_choice or "auto"
         name = choice if isinstance(choice, str) else choice.function.name
@@ -169,8 +168,9 @@ class ChatCompletionRequest(OpenAIRequest):
     def to_generation_request(
         self, template: ChatTemplate, *, default_max_tokens: int, deadline: float | None
     ) -> GenerationRequest:
+        """This API's one translation into the core's request."""
         return GenerationRequest(
-            prompt=chat_prompt(template, self.messages, self.offered_tools()),
+            prompt=chat_prompt(template, self.messages, self.offered_tools),
             max_new_tokens=self.max_new_tokens(default_max_tokens),
             n=self.n,
             sampling=self.sampling(),
@@ -178,7 +178,8 @@ class ChatCompletionRequest(OpenAIRequest):
             deadline=deadline,
             add_special_tokens=False,  # the template wrote them
             logprobs=(self.top_logprobs or 0) if self.logprobs else None,
-            grammar=self.tools_grammar() or self.grammar(),
+            grammar=self.answer_grammar(),
+            model=self.model,
         )
 
 
@@ -326,15 +327,11 @@ class ChatChunkChoice(BaseModel):
     time_limit_reached: bool = False
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(Chunk):
     """One event of a streamed chat answer: what each choice's message gained; its finish_reason at its end."""
 
-    id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
-    usage: Usage | None = None
 
 
 class ChatEvents(OpenAIEvents):
@@ -346,7 +343,7 @@ class ChatEvents(OpenAIEvents):
     def __init__(self, model: str, body: ChatCompletionRequest) -> None:
         super().__init__(model, body)
         self._logprobs = body.logprobs
-        self._tools = body.offered_tools()
+        self._tools = body.offered_tools
         self._started: set[int] = set()
         self._calls: dict[int, ToolCallStream] = {}  # per choice, with tools: its text read as it streams
         self._called: set[int] = set()  # choices that made a call

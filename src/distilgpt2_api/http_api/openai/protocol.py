@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from distilgpt2_api.core.errors import TooManyChoices
 from distilgpt2_api.core.grammar import Grammar
 from distilgpt2_api.core.request import GREEDY, GenerationRequest, Prompt, SamplingParams
 from distilgpt2_api.core.sequence import Delta, GeneratedToken
@@ -146,8 +147,13 @@ class CompletionRequest(OpenAIRequest):
             return [tuple(prompt)]  # type: ignore[arg-type]
         return [item if isinstance(item, str) else tuple(item) for item in prompt]  # type: ignore[misc]
 
-    def to_generation_requests(self, deadline: float | None) -> list[GenerationRequest]:
-        """One request per prompt, each with `n` choices."""
+    def to_generation_requests(self, deadline: float | None, *, max_choices: int) -> list[GenerationRequest]:
+        """This API's one translation into the core's requests: one per prompt, each with `n` choices, at most
+        `max_choices` in all."""
+        prompts = self.prompts()
+        if len(prompts) * self.n > max_choices:
+            raise TooManyChoices(len(prompts), self.n, max_choices)
+        grammar = self.grammar()
         return [
             GenerationRequest(
                 prompt=prompt,
@@ -157,9 +163,10 @@ class CompletionRequest(OpenAIRequest):
                 stop=self.stop_strings(),
                 deadline=deadline,
                 logprobs=self.logprobs,
-                grammar=self.grammar(),
+                grammar=grammar,
+                model=self.model,
             )
-            for prompt in self.prompts()
+            for prompt in prompts
         ]
 
 
@@ -253,15 +260,20 @@ class CompletionChunkChoice(CompletionChoice):
     finish_reason: Literal["stop", "length"] | None = None  # type: ignore[assignment]
 
 
-class CompletionChunk(BaseModel):
-    """One event of a streamed completion: the text each choice gained, its finish_reason at its end."""
+class Chunk(BaseModel):
+    """What every event of a streamed OpenAI answer carries besides its object and choices."""
 
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
+    usage: Usage | None = None  # in the last event, with stream_options.include_usage
+
+
+class CompletionChunk(Chunk):
+    """One event of a streamed completion: the text each choice gained, its finish_reason at its end."""
+
+    object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChunkChoice]
-    usage: Usage | None = None
 
 
 class OpenAIEvents:
@@ -311,7 +323,13 @@ class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
-    owned_by: str = "distilgpt2-api"
+    owned_by: str
+
+    @classmethod
+    def of(cls, model: str, created: int) -> ModelCard:
+        """The served model; it is owned by its name's namespace (`HuggingFaceTB/SmolLM2-135M-Instruct`), else
+        by the name itself (`distilgpt2`)."""
+        return cls(id=model, created=created, owned_by=model.partition("/")[0])
 
 
 class ModelList(BaseModel):
