@@ -536,15 +536,15 @@ def test_ensure_model_from_s3_downloads_once(
     uri = f"s3://{bucket}/tiny"
     upload_directory(prepared, uri)
     cache_dir = tmp_path / "model-cache"
-    first = ensure_model_from_s3(uri, cache_dir)
-    assert first == cache_path(uri, cache_dir) and is_prepared(first, engine="ctranslate2")
+    first = ensure_model_from_s3(uri, cache_dir, engine="ctranslate2")
+    assert first == cache_path(uri, cache_dir, "ctranslate2") and is_prepared(first, engine="ctranslate2")
     weights_mtime = (first / CT2_SUBDIR / "model.bin").stat().st_mtime_ns
     # Empty the bucket: a second call can only succeed without downloading.
     client = boto3.client("s3")
     for item in client.list_objects_v2(Bucket=bucket)["Contents"]:
         client.delete_object(Bucket=bucket, Key=item["Key"])
     requested_keys.clear()
-    assert ensure_model_from_s3(uri, cache_dir) == first
+    assert ensure_model_from_s3(uri, cache_dir, engine="ctranslate2") == first
     assert not requested_keys
     assert (first / CT2_SUBDIR / "model.bin").stat().st_mtime_ns == weights_mtime
     assert [p.name for p in cache_dir.iterdir()] == [first.name]
@@ -563,7 +563,7 @@ def test_ensure_model_from_s3_rejects_checksum_mismatch(prepared: Path, bucket: 
         tampered[-1] ^= 0xFF
         client.put_object(Bucket=bucket, Key=f"tiny/{name}", Body=bytes(tampered))
     with pytest.raises(ModelStoreError, match=f"checksum mismatch for {CT2_SUBDIR}/model.bin"):
-        ensure_model_from_s3(uri, tmp_path / "cache")
+        ensure_model_from_s3(uri, tmp_path / "cache", engine="ctranslate2")
     with pytest.raises(ModelStoreError, match="checksum mismatch for model.safetensors"):
         ensure_model_from_s3(uri, tmp_path / "cache", engine="transformers")
     assert list((tmp_path / "cache").iterdir()) == []
@@ -578,7 +578,7 @@ def test_ensure_model_from_s3_rejects_a_same_size_swap(prepared: Path, bucket: s
     size = (prepared / "tokenizer.json").stat().st_size
     boto3.client("s3").put_object(Bucket=bucket, Key="tiny/tokenizer.json", Body=b" " * size)
     with pytest.raises(ModelStoreError, match="checksum mismatch for tokenizer.json"):
-        ensure_model_from_s3(uri, tmp_path / "cache")
+        ensure_model_from_s3(uri, tmp_path / "cache", engine="ctranslate2")
 
 
 def test_ensure_model_from_s3_needs_manifest_and_listed_files(prepared: Path, bucket: str, tmp_path: Path) -> None:
@@ -587,13 +587,13 @@ def test_ensure_model_from_s3_needs_manifest_and_listed_files(prepared: Path, bu
     client = boto3.client("s3")
     client.delete_object(Bucket=bucket, Key="tiny/tokenizer.json")
     with pytest.raises(ModelStoreError, match="tokenizer.json is listed in manifest.json but missing"):
-        ensure_model_from_s3(uri, tmp_path / "cache")
+        ensure_model_from_s3(uri, tmp_path / "cache", engine="ctranslate2")
     client.put_object(Bucket=bucket, Key="tiny/manifest.json", Body=b"{not json")
     with pytest.raises(ModelStoreError, match="has no valid manifest.json"):
-        ensure_model_from_s3(uri, tmp_path / "cache")
+        ensure_model_from_s3(uri, tmp_path / "cache", engine="ctranslate2")
     client.delete_object(Bucket=bucket, Key="tiny/manifest.json")
     with pytest.raises(ModelStoreError, match="has no valid manifest.json"):
-        ensure_model_from_s3(uri, tmp_path / "cache")
+        ensure_model_from_s3(uri, tmp_path / "cache", engine="ctranslate2")
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -603,7 +603,7 @@ def test_ensure_model_from_s3_ctranslate2_needs_the_int8_conversion(
     uri = f"s3://{bucket}/unconverted/"
     upload_directory(tiny_gpt2, uri)  # made by the factory: no ctranslate2-int8/
     with pytest.raises(ModelStoreError, match=f"has no {CT2_SUBDIR}/model.bin .* or set ENGINE=transformers"):
-        ensure_model_from_s3(uri, tmp_path / "cache")
+        ensure_model_from_s3(uri, tmp_path / "cache", engine="ctranslate2")
     assert is_prepared(ensure_model_from_s3(uri, tmp_path / "cache", engine="transformers"))
     with pytest.raises(ModelStoreError, match=f"has no {GGUF_NAME} .* or choose another ENGINE"):
         ensure_model_from_s3(uri, tmp_path / "cache", engine="llamacpp")
@@ -660,7 +660,7 @@ def test_free_space_message_for_smollm2_fp32_in_a_default_tmp(tmp_path: Path, mo
 
 def test_s3_missing_bucket_and_missing_prefix(bucket: str, tmp_path: Path) -> None:
     with pytest.raises(ModelStoreError, match=r"s3://no-such-bucket-[0-9a-f]+/tiny/: the bucket does not exist"):
-        ensure_model_from_s3(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/tiny/", tmp_path / "cache")
+        ensure_model_from_s3(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/tiny/", tmp_path / "cache", engine="llamacpp")
     with pytest.raises(ModelStoreError, match=f"no objects under s3://{bucket}/absent/"):
         prepare_model("s3", tmp_path / "out", model_id=f"s3://{bucket}/absent/")
     assert not (tmp_path / "out").exists()
@@ -672,7 +672,7 @@ def test_s3_unreachable_endpoint_is_a_network_error(
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(NetworkUnavailableError, match="cannot reach the S3 endpoint"):
-        ensure_model_from_s3(f"s3://{bucket}/tiny/", tmp_path / "cache")
+        ensure_model_from_s3(f"s3://{bucket}/tiny/", tmp_path / "cache", engine="llamacpp")
 
 
 def test_cold_start_serves_the_model_from_s3(

@@ -119,13 +119,13 @@ def upload_directory(source: Path, uri: str) -> None:
         raise _translate(error, f"s3://{bucket}/{prefix}") from error
 
 
-def cache_path(uri: str, cache_dir: Path, engine: EngineName = "ctranslate2") -> Path:
+def cache_path(uri: str, cache_dir: Path, engine: EngineName) -> Path:
     """Where `ensure_model_from_s3` keeps `engine`'s copy of `uri`: one subdirectory per URI and engine."""
     bucket, prefix = parse_s3_uri(uri)
     return cache_dir / f"{hashlib.sha256(f'{bucket}/{prefix}'.encode()).hexdigest()[:16]}-{engine}"
 
 
-def ensure_model_from_s3(uri: str, cache_dir: Path, *, engine: EngineName = "ctranslate2") -> Path:
+def ensure_model_from_s3(uri: str, cache_dir: Path, *, engine: EngineName) -> Path:
     """Return a local, checksum-verified copy of what `engine` reads of the model at `uri`, downloaded once.
 
     Meant for Lambda cold starts: the first call of an instance fetches manifest.json, checks that the
