@@ -67,8 +67,8 @@ EVENT ?= events/get-root.json
 invoke: model  ## EVENT=events/….json through the Lambda handler (handler.handler), printing its result
 	@$(BIN)/python -m distilgpt2_api invoke $(EVENT)
 
-test: install sam-tools  ## install everything and run the whole test suite
-	$(BIN)/python -m pytest
+test: install sam-tools  ## install everything and run the whole test suite (and name its 15 slowest tests)
+	$(BIN)/python -m pytest --durations=15
 
 # A bounded load test on loopback (8 clients x 60 s by default); not part of `make test`.
 LOAD_CLIENTS ?= 8
