@@ -10,6 +10,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -100,19 +101,21 @@ def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path
     return path
 
 
+TINY_GPT2: dict[str, Any] = {"n_positions": 256, "n_embd": 64, "n_layer": 2, "n_head": 2}
+TINY_LLAMA: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
 def build_tiny_gpt2(path: Path) -> Path:
     """A 2-layer GPT-2 (n_embd 64) with random weights (seed 0) in `path`."""
     tokenizer = build_tokenizer()
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=256,
-        n_embd=64,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-    )
+    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=eos_id, eos_token_id=eos_id, **TINY_GPT2)
     torch.manual_seed(0)
     return _save(GPT2LMHeadModel(config), tokenizer, path, "tiny-gpt2")
 
@@ -130,14 +133,10 @@ def _tiny_llama(
     """A 2-layer Llama (hidden 64, 4 heads, 2 KV heads) with random weights (seed 0) for `tokenizer`."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=context,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
+        **TINY_LLAMA,
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config)
