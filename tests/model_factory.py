@@ -31,17 +31,21 @@ EOS = "<|endoftext|>"
 
 def build_tokenizer(vocab_size: int = 1000) -> PreTrainedTokenizerFast:
     """A GPT-2 style byte-level BPE trained on tests/data/corpus.txt, with EOS as bos/eos."""
+    tokenizer, trainer = _byte_level_bpe(vocab_size)
+    tokenizer.train([str(CORPUS)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS)
+
+
+def _byte_level_bpe(vocab_size: int) -> tuple[Tokenizer, trainers.BpeTrainer]:
+    """An untrained GPT-2 style byte-level BPE (every byte encodable, EOS its one special token) and its trainer."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable
-        show_progress=False,
+        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=alphabet, show_progress=False
     )
-    tokenizer.train([str(CORPUS)], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS)
+    return tokenizer, trainer
 
 
 GPT2_VOCAB_SIZE = 50257  # 256 byte symbols + 50,000 merges + <|endoftext|>, as GPT-2 and distilgpt2
@@ -77,15 +81,7 @@ def _pseudo_english(lines: int, seed: int) -> Iterator[str]:
 def build_gpt2_size_tokenizer() -> PreTrainedTokenizerFast:
     """A GPT-2 style byte-level BPE of GPT-2's size: 256 byte symbols, 50,000 merges and EOS, no added tokens
     beyond EOS. Trained offline on tests' corpus plus made-up words, deterministically (same seed, same merges)."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=GPT2_VOCAB_SIZE,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    tokenizer, trainer = _byte_level_bpe(GPT2_VOCAB_SIZE)
     tokenizer.train_from_iterator(_pseudo_english(lines=20_000, seed=0), trainer)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS)
     if len(wrapped) != GPT2_VOCAB_SIZE or set(wrapped.get_added_vocab()) != {EOS}:

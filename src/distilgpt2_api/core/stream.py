@@ -30,11 +30,6 @@ class GenerationResult:
     timings: Timings
 
     @property
-    def seconds(self) -> float:
-        """Time spent generating."""
-        return self.timings.generating_seconds
-
-    @property
     def completion_tokens(self) -> int:
         return sum(completion.completion_tokens for completion in self.completions)
 
@@ -115,10 +110,6 @@ class GenerationStream:
     def timings(self) -> Timings:
         return self.sink.timings
 
-    @property
-    def seconds(self) -> float:
-        return self.timings.generating_seconds
-
     def __aiter__(self) -> GenerationStream:
         return self
 
@@ -166,10 +157,6 @@ class MergedStream:
             batch_size=max(t.batch_size for t in all_timings),
             cached_tokens=sum(t.cached_tokens for t in all_timings),
         )
-
-    @property
-    def seconds(self) -> float:
-        return self.timings.generating_seconds
 
     def __aiter__(self) -> MergedStream:
         return self

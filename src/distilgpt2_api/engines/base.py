@@ -6,8 +6,10 @@ Every engine tokenizes with the `tokenizers` library from tokenizer.json, throug
 
 from __future__ import annotations
 
+import atexit
 import json
 import platform
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -195,6 +197,25 @@ def logprobs_of(logits: np.ndarray, token_id: int, top: int) -> tuple[float, tup
     best = np.argpartition(-logprobs, top)[:top]
     best = best[np.argsort(-logprobs[best], kind="stable")]
     return float(logprobs[token_id]), tuple((int(i), float(logprobs[i])) for i in best)
+
+
+_open_engines: weakref.WeakSet[Engine | StepEngine] = weakref.WeakSet()
+
+
+def close_at_exit(engine: Engine | StepEngine) -> None:
+    """Close `engine` at interpreter exit if nobody did, while the interpreter is still whole (atexit runs after
+    the schedulers' worker threads are joined). llama.cpp frees its contexts and models while llama-cpp-python's
+    log callback still exists. CTranslate2: a generate_batch with a Python callback leaves that callback in a job
+    which its worker thread frees after the caller has its result, and freeing it takes the GIL; once the
+    interpreter is finalizing, CPython ends such a thread with pthread_exit, whose unwinding through a noexcept
+    destructor calls std::terminate (exit code -6): closing first lets that job go."""
+    _open_engines.add(engine)
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    for engine in list(_open_engines):
+        engine.close()
 
 
 class Engine(ABC):

@@ -8,10 +8,8 @@ prepare time (model_store/convert.py), never here.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from distilgpt2_api.engines.base import (
     TextTokenizer,
     TokenRequest,
     TokenStep,
+    close_at_exit,
     cpu_name,
     logprobs_of,
 )
@@ -43,20 +42,6 @@ def prepared_compute_type(converted: Path) -> str:
         return str(json.loads((converted / QUALITY_FILE).read_text())["compute_type"])
     except (OSError, ValueError, KeyError):
         return "int8"
-
-
-_open_engines: weakref.WeakSet[CTranslate2Engine] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_open_engines() -> None:
-    # A generate_batch with a Python callback leaves that callback in a job which CTranslate2's
-    # worker thread frees after the caller has its result, and freeing it takes the GIL. Once the
-    # interpreter is finalizing, CPython ends such a thread with pthread_exit, whose unwinding through
-    # a noexcept destructor calls std::terminate (exit code -6). Closing here, before finalization
-    # (atexit runs after the request executor's thread is joined), lets that job go first.
-    for engine in list(_open_engines):
-        engine.close()
 
 
 class CTranslate2Engine(Engine):
@@ -88,7 +73,7 @@ class CTranslate2Engine(Engine):
             self.generator = ctranslate2.Generator(**self._generator_args)
         except (RuntimeError, ValueError, OSError) as error:
             raise ModelLoadError(f"cannot load the model in MODEL_DIR={info.path}: {error}. {PREPARE_HINT}") from error
-        _open_engines.add(self)
+        close_at_exit(self)
 
     def close(self) -> None:
         """Free the generator now: its destructor joins the worker thread with the GIL released.

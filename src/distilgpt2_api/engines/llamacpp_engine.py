@@ -22,7 +22,6 @@ that libllama links.
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import importlib
 import importlib.util
@@ -30,7 +29,6 @@ import logging
 import sys
 import threading
 import types
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +43,7 @@ from distilgpt2_api.engines.base import (
     ModelLoadError,
     StepEngine,
     TextTokenizer,
+    close_at_exit,
     cpu_name,
 )
 from distilgpt2_api.engines.llamacpp_cpu import AUTO, CpuVariant, choose, default_cache_dir, variant_files
@@ -142,16 +141,6 @@ def load_cpu_backend(pin: str = AUTO) -> CpuVariant:
         return variant
 
 
-_open_engines: weakref.WeakSet[LlamaCppEngine] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_open_engines() -> None:
-    # Free contexts and models while the interpreter (and llama-cpp-python's log callback) is still whole.
-    for engine in list(_open_engines):
-        engine.close()
-
-
 class LlamaCppEngine(StepEngine):
     """`slots` sequences, each with its own KV stream of up to `context` positions (default: the model's context).
     Streams start at `slot_tokens` positions (default: `MIN_STREAM`) and grow when a sequence needs more.
@@ -201,7 +190,7 @@ class LlamaCppEngine(StepEngine):
             raise
         self._vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))
         self._batch = llama.llama_batch_init(self._batch_size, 0, 1)
-        _open_engines.add(self)
+        close_at_exit(self)
 
     def _new_context(self, stream: int) -> llama.llama_context_p:
         """A context of `slots` streams of `stream` positions (llama.cpp may round it up)."""
