@@ -1,4 +1,5 @@
-"""The generation core: what to generate (request), how requests take turns (scheduler), stop strings and budgets.
+"""The generation core: a request validated once (validation), scheduled through one contract (scheduler) onto a
+step engine (loop) or a whole-job engine (batch), and its tokens turned into text (sequence, stream).
 
 It knows nothing of HTTP: each API translates its own schema into a GenerationRequest.
 """
