@@ -23,9 +23,10 @@ import pytest
 from distilgpt2_api.core import loop as loop_module
 from distilgpt2_api.core.errors import DeadlineExceeded, TooManySequences
 from distilgpt2_api.core.grammar import Grammar, InvalidGrammar
-from distilgpt2_api.core.loop import StepScheduler
+from distilgpt2_api.core.loop import Phase, StepScheduler
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
 from distilgpt2_api.core.sequence import Delta
+from distilgpt2_api.core.slots import SlotState
 from distilgpt2_api.core.stream import GenerationResult, Sink, gather
 from distilgpt2_api.engines.base import Chunk, Kernels, ModelInfo, StepEngine, TextTokenizer
 
@@ -592,3 +593,18 @@ def test_a_grammar_a_scheduler_cannot_compile_is_refused_before_it_queues(schedu
     with pytest.raises(InvalidGrammar, match="uniqueItems"):
         scheduler.validate(GenerationRequest(prompt=prompt(0), grammar=Grammar.json_schema({"uniqueItems": True})))
     assert not scheduler._waiting
+
+
+def test_a_request_goes_through_its_phases_in_order(engine: FakeStepEngine) -> None:
+    scheduler = StepScheduler(engine, max_batch_size=4, prefill_chunk_tokens=16, prefix_cache_slots=0)
+    seen: list[Phase] = []
+
+    def watch(call: int, chunks: Sequence[Chunk]) -> None:  # on the loop's thread, before each forward
+        seen.extend(request.phase for request in scheduler._active)
+
+    engine.on_forward = watch
+    collector = submit(scheduler, GenerationRequest(prompt=prompt(0, length=40), max_new_tokens=3))
+    assert [c.finish_reason for c in collector.result().completions] == ["length"]
+    # A 40-token prompt in chunks of 16: three reads, then a decode step per token after the first.
+    assert seen == [Phase.PROMPT] * 3 + [Phase.GENERATING] * 2
+    assert scheduler._active == [] and scheduler._pool.state(engine.forwards_of()[0][0].slot) is SlotState.IDLE

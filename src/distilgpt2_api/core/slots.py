@@ -73,6 +73,9 @@ class SlotPool:
         """Slots holding a cache entry."""
         return sum(1 for s in self._slots if s.state is SlotState.CACHED)
 
+    def state(self, slot: int) -> SlotState:
+        return self._slots[slot].state
+
     def tokens(self, slot: int) -> list[int]:
         """What `slot`'s KV holds (do not modify)."""
         return self._slots[slot].tokens
