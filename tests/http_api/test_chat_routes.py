@@ -55,7 +55,8 @@ def test_max_completion_tokens_and_n(chat: TestClient) -> None:
     assert [c["index"] for c in body["choices"]] == [0, 1]
     tokens = [len(c["logprobs"]["content"]) for c in body["choices"]]  # one entry per generated token
     for choice, count in zip(body["choices"], tokens, strict=True):
-        assert count == 3 if choice["finish_reason"] == "length" else choice["finish_reason"] == "stop" and count < 3
+        reason = choice["finish_reason"]
+        assert (count, reason) == (3, "length") or (count < 3 and reason == "stop")
     assert body["usage"]["completion_tokens"] == sum(tokens)
 
 
