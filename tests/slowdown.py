@@ -15,14 +15,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from distilgpt2_api.engines.base import Chunk
+from distilgpt2_api.core.request import TokenRequest
+from distilgpt2_api.engines.base import Chunk, StepCallback, TokenStep
 
 STEP_SECONDS = 0.05
 
 
 def slow_down(engine: Any, monkeypatch: pytest.MonkeyPatch, seconds: float = STEP_SECONDS) -> None:
     """Make every step of `engine` (a prompt chunk read, or one decode step: one more token for each running
-    sequence) take at least `seconds` more: a deliberately slowed model."""
+    sequence) take at least `seconds` more: a deliberately slowed model. A whole-job engine (CTranslate2,
+    transformers: `generate`, no `forward`) is slowed the same way, each token it passes on `seconds` later."""
+    if not callable(getattr(engine, "forward", None)):
+        _slow_down_whole_jobs(engine, monkeypatch, seconds)
+        return
     forward = engine.forward
 
     def slow_forward(chunks: Sequence[Chunk]) -> np.ndarray:
@@ -30,6 +35,19 @@ def slow_down(engine: Any, monkeypatch: pytest.MonkeyPatch, seconds: float = STE
         return forward(chunks)
 
     monkeypatch.setattr(engine, "forward", slow_forward)
+
+
+def _slow_down_whole_jobs(engine: Any, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    generate = engine.generate
+
+    def slow_generate(jobs: Sequence[TokenRequest], on_step: StepCallback) -> None:
+        def slow_step(step: TokenStep) -> bool:
+            time.sleep(seconds)
+            return on_step(step)
+
+        generate(jobs, slow_step)
+
+    monkeypatch.setattr(engine, "generate", slow_generate)
 
 
 def fail_after(engine: Any, monkeypatch: pytest.MonkeyPatch, steps: int, message: str) -> Callable[[], None]:

@@ -153,7 +153,10 @@ def test_api_keys_apply_to_streams(lambda_api: RuntimeApiStandIn, app: FastAPI) 
         assert refused.prelude()["statusCode"] == 401
         assert json.loads(refused.payload())["error"]["code"] == "missing_api_key"
         event["headers"]["authorization"] = "Bearer sesame"
-        assert lambda_api.invoke_and_wait(event).prelude()["statusCode"] == 200
+        served = lambda_api.invoke_and_wait(event)
+        assert served.prelude()["statusCode"] == 200
+        events = [json.loads(data) for data in sse_data(served.payload())]
+        assert len(events) == events[-1]["details"]["generated_tokens"] <= 3
     finally:
         app.state.api_keys = previous
 
@@ -205,6 +208,9 @@ def test_buffered_invocations_get_their_usual_answers(lambda_api: RuntimeApiStan
     assert health.result()["headers"]["x-request-id"] == health.request_id
     whole = lambda_api.invoke_and_wait(http_api_event("POST", "/generate_stream", body={"prompt": PROMPT}))
     assert whole.result()["headers"]["content-type"].startswith("text/event-stream")  # the whole stream at once
+    events = [json.loads(data) for data in sse_data(whole.result()["body"].encode())]
+    assert events[-1]["details"]["generated_tokens"] == len(events)
+    assert events[-1]["generated_text"] == PROMPT + "".join(e["token"]["text"] for e in events)
     warm = lambda_api.invoke_and_wait(scheduled_event())
     assert warm.result()["warmed"] is True
     foreign = lambda_api.invoke_and_wait({"Records": []})

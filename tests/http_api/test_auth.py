@@ -97,9 +97,7 @@ def test_without_a_valid_key_is_a_401(
 
 @pytest.mark.parametrize("route", KEYED)
 @pytest.mark.parametrize("key", ["old-key-123", "new-key-456"])
-def test_with_either_key_is_served(
-    locked: TestClient, client: TestClient, route: tuple[str, str], key: str
-) -> None:
+def test_with_either_key_is_served(locked: TestClient, client: TestClient, route: tuple[str, str], key: str) -> None:
     response = _send(locked, route, {"authorization": f"Bearer {key}"})
     if route in PAST_THE_KEY:
         assert (response.status_code, response.json()["error"]["code"]) == PAST_THE_KEY[route]

@@ -89,7 +89,9 @@ def test_logprobs_and_generate_details(sdk: openai.OpenAI, client: TestClient) -
     assert completion.usage is not None and logprobs is not None and logprobs.top_logprobs is not None
     assert len(logprobs.tokens or []) == len(logprobs.token_logprobs or []) == completion.usage.completion_tokens
     assert "".join(logprobs.tokens or []) == completion.choices[0].text
-    for token, logprob, top in zip(logprobs.tokens or [], logprobs.token_logprobs or [], logprobs.top_logprobs):
+    for token, logprob, top in zip(
+        logprobs.tokens or [], logprobs.token_logprobs or [], logprobs.top_logprobs, strict=True
+    ):
         assert logprob is not None and logprob <= 0
         assert len(top) == 3  # greedy: the chosen token is the likeliest, one of the three
         assert top[token] == pytest.approx(logprob) and logprob == pytest.approx(max(top.values()))
@@ -107,8 +109,10 @@ def test_the_tutorial_route_and_tgi_stream(client: TestClient) -> None:
         events = [json.loads(line[len("data:") :]) for line in response.iter_lines() if line.startswith("data:")]
     assert len(events) == 3 and [e["generated_text"] is None for e in events] == [True, True, False]
     plain = client.post("/generate", json=body).json()
-    assert events[-1]["generated_text"] == plain["generated_sequences"][0] == PROMPT + "".join(
-        e["token"]["text"] for e in events
+    assert (
+        events[-1]["generated_text"]
+        == plain["generated_sequences"][0]
+        == PROMPT + "".join(e["token"]["text"] for e in events)
     )
 
 
@@ -169,5 +173,6 @@ def test_chat_on_the_chat_model(chat_client: TestClient) -> None:
     assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
     tokens = choice["logprobs"]["content"]
     assert answer["usage"]["completion_tokens"] == len(tokens)
-    assert (len(tokens), choice["finish_reason"]) == (5, "length") or (len(tokens) < 5 and choice["finish_reason"] == "stop")
+    reason = choice["finish_reason"]
+    assert (len(tokens), reason) == (5, "length") or (len(tokens) < 5 and reason == "stop")
     assert "".join(t["token"] for t in tokens if "<|im" not in t["token"]) == choice["message"]["content"]

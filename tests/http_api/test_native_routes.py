@@ -25,7 +25,12 @@ def test_health_names_the_model(client: TestClient) -> None:
         "health": "ok", "model": "tiny-gpt2", "version": __version__
     }  # fmt: skip
     variant = load_cpu_backend()  # this process's: what the default engine loaded
-    assert body["kernels"] == {"engine": "llamacpp", "cpu": cpu_name(), "variant": variant.name, "reason": variant.reason}
+    assert body["kernels"] == {
+        "engine": "llamacpp",
+        "cpu": cpu_name(),
+        "variant": variant.name,
+        "reason": variant.reason,
+    }
     assert str(uuid.UUID(response.headers["x-request-id"])) == response.headers["x-request-id"]
 
 

@@ -163,7 +163,11 @@ def test_an_engine_that_cannot_constrain_says_which_can(client_of_ctranslate2: T
         ("/v1/completions", {"prompt": "x", "response_format": {"type": "json_object"}}, "response_format"),
         ("/generate", {"prompt": "x", "grammar": {"type": "regex", "value": "a+"}}, "grammar"),
         ("/v1/chat/completions", {"messages": hello, "response_format": {"type": "json_object"}}, "response_format"),
-        ("/v1/chat/completions", {"messages": hello, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        (
+            "/v1/chat/completions",
+            {"messages": hello, "tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools",
+        ),
     ):
         response = client_of_ctranslate2.post(route, json=body)
         assert response.status_code == 400, response.text
