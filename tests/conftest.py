@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny GPT-2 built here, loaded through MODEL_DIR exactly as in production; the real SmolLM2
-for the llama.cpp engine (smollm2_model.py)."""
+"""Shared fixtures: a tiny GPT-2 built here, loaded through MODEL_DIR exactly as in production (on the default
+engine, llama.cpp); the real SmolLM2 for the llama.cpp engine (smollm2_model.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from distilgpt2_api.model_store import write_manifest
 from distilgpt2_api.model_store.convert import convert_for_ctranslate2
 from distilgpt2_api.model_store.llamacpp_gguf import write_gguf
 
+from engine_apps import llamacpp_app
 from model_factory import build_tiny_chat_llama, build_tiny_gpt2
 
 pytest_plugins = ["smollm2_model"]  # smollm2_llamacpp_dir: the real SmolLM2 for the llama.cpp engine
@@ -82,18 +83,30 @@ def engine(request: pytest.FixtureRequest, model_dir: Path) -> Engine:
 
 @pytest.fixture(scope="session")
 def app(model_dir: Path) -> FastAPI:
-    """The production app module, imported with MODEL_DIR pointing at the tiny model, on the CTranslate2 engine:
-    the tests that use it stand in for its whole-job `generate` (slow, failing, held); the llama.cpp engine's app,
-    the default, is `engine_apps.llamacpp_app`."""
+    """The production app module, imported with MODEL_DIR pointing at the tiny GPT-2 and no ENGINE set: the
+    default engine, llama.cpp, on the float32 `model.gguf` that `model_dir` writes. The tests that use it stand
+    in for its step engine's `forward` (slowed, failing, held: slowdown.py); the other engines keep their
+    contract in tests/engines, and an app on one of them is `engine_apps.engine_app`."""
     os.environ["MODEL_DIR"] = str(model_dir)
-    os.environ["ENGINE"] = "ctranslate2"
-    for name in ("SERVED_MODEL_NAME", "THREADS"):
+    for name in ("ENGINE", "SERVED_MODEL_NAME", "THREADS"):
         os.environ.pop(name, None)
     from distilgpt2_api.settings import get_settings
 
     get_settings.cache_clear()
     module = importlib.import_module("distilgpt2_api.app")
     return module.app
+
+
+@pytest.fixture(scope="session")
+def chat_app(chat_model_dir: Path) -> FastAPI:
+    """The production app on the default engine (llama.cpp) over the tiny chat Llama: the chat routes' model."""
+    return llamacpp_app(chat_model_dir)
+
+
+@pytest.fixture
+def chat_client(chat_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(chat_app, raise_server_exceptions=False) as test_client:
+        yield test_client
 
 
 @pytest.fixture

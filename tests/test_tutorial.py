@@ -10,8 +10,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from distilgpt2_api.core.loop import StepScheduler
 from distilgpt2_api.core.request import GenerationRequest
-from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.text_generation import TextGenerator
 
 from server_process import server_process
@@ -43,7 +43,7 @@ def test_text_generator_returns_prompt_plus_continuations(app: FastAPI) -> None:
 def test_text_generator_samples_as_the_tutorial_route(
     app: FastAPI, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scheduler: Scheduler = app.state.scheduler
+    scheduler: StepScheduler = app.state.scheduler
     seen: list[GenerationRequest] = []
     validate = scheduler._job
 

@@ -41,11 +41,16 @@ def test_the_entry_point_loads_once_then_streams_and_buffers(model_dir: Path, tm
         event = http_api_event("POST", "/generate_stream", body=body, function_url=True)
         streamed = api.invoke_and_wait(event)
         assert streamed.streamed and streamed.prelude()["statusCode"] == 200
-        events = [line for line in streamed.payload().decode().splitlines() if line.startswith("data:")]
-        assert len(events) == json.loads(events[-1][len("data:") :])["details"]["generated_tokens"]
+        lines = [line for line in streamed.payload().decode().splitlines() if line.startswith("data:")]
+        events = [json.loads(line[len("data:") :]) for line in lines]
+        assert len(events) == events[-1]["details"]["generated_tokens"]
         assert api.invoke_and_wait(scheduled_event()).result()["cold_start"] is False  # the model loaded once
         buffered = api.invoke_and_wait(http_api_event("POST", "/generate", body=body))
         assert not buffered.streamed and buffered.result()["statusCode"] == 200
+        # Greedy: the buffered answer is the streamed one.
+        answer = json.loads(buffered.result()["body"])
+        assert answer["generated_sequences"] == [events[-1]["generated_text"]]
+        assert answer["usage"]["completion_tokens"] == len(events)
 
 
 def test_a_failed_init_is_reported_to_init_error(tmp_path: Path) -> None:

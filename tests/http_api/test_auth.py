@@ -49,7 +49,8 @@ KEYED[("POST", "/generate_stream")] = {"url": "/generate_stream", "json": {"prom
 KEYED[("POST", "/tokenize")] = {"url": "/tokenize", "json": {"prompt": "Once"}}
 KEYED[("POST", "/detokenize")] = {"url": "/detokenize", "json": {"tokens": [1, 2]}}
 KEYED[("GET", "/metrics")] = {"url": "/metrics"}  # Prometheus sends the key too (docs/METRICS.md)
-PAST_THE_KEY = {("POST", "/v1/chat/completions"): 400}  # the tiny GPT-2 has no chat template: served, and refused
+# The tiny GPT-2 has no chat template: past the key, served, and refused for that.
+PAST_THE_KEY = {("POST", "/v1/chat/completions"): (400, "chat_template_missing")}
 
 
 def keyed_app(app: FastAPI, **settings: Any) -> FastAPI:
@@ -96,12 +97,23 @@ def test_without_a_valid_key_is_a_401(
 
 @pytest.mark.parametrize("route", KEYED)
 @pytest.mark.parametrize("key", ["old-key-123", "new-key-456"])
-def test_with_either_key_is_served(locked: TestClient, route: tuple[str, str], key: str) -> None:
-    assert _send(locked, route, {"authorization": f"Bearer {key}"}).status_code == PAST_THE_KEY.get(route, 200)
+def test_with_either_key_is_served(locked: TestClient, client: TestClient, route: tuple[str, str], key: str) -> None:
+    response = _send(locked, route, {"authorization": f"Bearer {key}"})
+    if route in PAST_THE_KEY:
+        assert (response.status_code, response.json()["error"]["code"]) == PAST_THE_KEY[route]
+        return
+    assert response.status_code == 200, response.text
+    # What the open app answers to the same request, in the same shape.
+    open_answer = _send(client, route, {})
+    assert response.headers["content-type"] == open_answer.headers["content-type"]
+    if response.headers["content-type"] == "application/json":
+        assert response.json().keys() == open_answer.json().keys()
 
 
 def test_a_bad_request_without_a_key_learns_nothing_about_the_schema(locked: TestClient) -> None:
-    assert locked.post("/generate", json={"prompt": ""}).status_code == 401
+    response = locked.post("/generate", json={"prompt": ""})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "missing_api_key"
+    assert "param" not in response.json()["error"]
 
 
 @pytest.mark.parametrize("path", ["/", "/docs", "/openapi.json", "/playground"])
@@ -117,7 +129,9 @@ def test_openapi_declares_the_bearer_scheme(locked: TestClient) -> None:
 
 
 def test_no_key_configured_leaves_the_api_open(client: TestClient) -> None:
-    assert client.post("/generate", json={"prompt": "Once", "max_new_tokens": 2}).status_code == 200
+    response = client.post("/generate", json={"prompt": "Once", "max_new_tokens": 2})
+    assert response.status_code == 200
+    assert response.json()["generated_sequences"][0].startswith("Once")
 
 
 def test_keys_compare_whole() -> None:
@@ -135,7 +149,8 @@ def sdk_base_url(app: FastAPI) -> Iterator[str]:
 
 def test_openai_sdk_sends_its_api_key(sdk_base_url: str) -> None:
     good = openai.OpenAI(base_url=sdk_base_url, api_key="new-key-456", max_retries=0, timeout=30)
-    assert good.completions.create(model="tiny-gpt2", prompt="Once", max_tokens=2).choices
+    (choice,) = good.completions.create(model="tiny-gpt2", prompt="Once", max_tokens=2).choices
+    assert choice.index == 0 and choice.finish_reason in ("stop", "length")
     bad = openai.OpenAI(base_url=sdk_base_url, api_key="nope", max_retries=0, timeout=30)
     with pytest.raises(openai.AuthenticationError) as error:
         bad.completions.create(model="tiny-gpt2", prompt="Once", max_tokens=2)

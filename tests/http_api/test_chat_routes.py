@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,26 +11,15 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
-from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.engines import load_engine
-from distilgpt2_api.http_api.app_factory import create_app
-from distilgpt2_api.settings import Settings
-
 from server_process import serving_in_thread
 
 HELLO = [{"role": "user", "content": "Once upon a time"}]
 
 
-@pytest.fixture(scope="module")
-def chat_app(chat_model_dir: Path) -> FastAPI:
-    scheduler = Scheduler(load_engine(chat_model_dir, "ctranslate2", threads=1))
-    return create_app(scheduler, Settings(model_dir=Path("unused")))
-
-
 @pytest.fixture
-def chat(chat_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(chat_app, raise_server_exceptions=False) as client:
-        yield client
+def chat(chat_client: TestClient) -> TestClient:
+    """The chat model on the default engine (conftest's chat_app)."""
+    return chat_client
 
 
 def _chat(client: TestClient, **body: Any) -> Any:
@@ -63,9 +51,13 @@ def test_greedy_is_deterministic_and_text_parts_equal_a_string(chat: TestClient)
 
 
 def test_max_completion_tokens_and_n(chat: TestClient) -> None:
-    body = _chat(chat, max_tokens=None, max_completion_tokens=3, n=2, seed=3)
+    body = _chat(chat, max_tokens=None, max_completion_tokens=3, n=2, seed=3, logprobs=True)
     assert [c["index"] for c in body["choices"]] == [0, 1]
-    assert body["usage"]["completion_tokens"] <= 6
+    tokens = [len(c["logprobs"]["content"]) for c in body["choices"]]  # one entry per generated token
+    for choice, count in zip(body["choices"], tokens, strict=True):
+        reason = choice["finish_reason"]
+        assert (count, reason) == (3, "length") or (count < 3 and reason == "stop")
+    assert body["usage"]["completion_tokens"] == sum(tokens)
 
 
 @pytest.mark.parametrize(
@@ -81,20 +73,14 @@ def test_max_completion_tokens_and_n(chat: TestClient) -> None:
             None,
         ),
         ({"messages": HELLO, "tools": [{"type": "function"}]}, 422, "validation_error", "tools.0.function"),
-        (
-            {"messages": HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]},
-            400,
-            "unsupported_by_engine",
-            "tools",
-        ),
         ({"messages": HELLO, "tool_choice": "required"}, 422, "validation_error", None),
         ({"messages": [{"role": "tool", "content": "1"}]}, 422, "validation_error", None),
         ({"messages": [{"role": "user", "content": None}]}, 422, "validation_error", "messages.0.content"),
         (
-            {"messages": HELLO, "response_format": {"type": "json_object"}},
-            400,
-            "unsupported_by_engine",
-            "response_format",
+            {"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 1}}},
+            422,
+            "validation_error",
+            None,
         ),
         ({"messages": HELLO, "max_tokens": 5, "max_completion_tokens": 5}, 422, "validation_error", None),
         ({"messages": HELLO, "max_tokens": 513}, 422, "validation_error", "max_tokens"),
@@ -110,11 +96,10 @@ def test_max_completion_tokens_and_n(chat: TestClient) -> None:
         "no-content",
         "image-part",
         "tool-without-function",
-        "tools",
         "tool-choice-without-tools",
         "tool-turn-without-call-id",
         "null-user-content",
-        "response-format",
+        "schema-not-an-object",
         "two-limits",
         "over-limit",
         "top-logprobs-alone",
@@ -142,7 +127,7 @@ def test_a_model_without_a_chat_template_says_so(client: TestClient) -> None:
     assert error["code"] == "chat_template_missing" and "no chat template" in error["message"]
 
 
-def test_openai_sdk_chat(chat_app: FastAPI) -> None:
+def test_openai_sdk_chat(chat_app: FastAPI, chat: TestClient) -> None:
     with serving_in_thread(chat_app) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
         completion = client.chat.completions.create(
@@ -151,10 +136,17 @@ def test_openai_sdk_chat(chat_app: FastAPI) -> None:
             max_completion_tokens=6,
             temperature=0,  # type: ignore[arg-type]
         )
+    greedy = _chat(chat, max_tokens=None, max_completion_tokens=6, temperature=0)  # the same answer, as JSON
+    (expected,) = greedy["choices"]
     assert completion.object == "chat.completion"
-    assert completion.choices[0].message.role == "assistant"
-    assert completion.choices[0].finish_reason in ("stop", "length")
-    assert completion.usage is not None and completion.usage.completion_tokens >= 1
+    (choice,) = completion.choices
+    assert choice.message.role == "assistant" and choice.message.content == expected["message"]["content"]
+    assert choice.finish_reason == expected["finish_reason"]
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == greedy["usage"]["prompt_tokens"]
+    assert completion.usage.completion_tokens == greedy["usage"]["completion_tokens"]
+    if choice.finish_reason == "length":
+        assert completion.usage.completion_tokens == 6
 
 
 def test_the_developer_role_is_the_system_role(chat: TestClient) -> None:
@@ -167,5 +159,9 @@ def test_the_developer_role_is_the_system_role(chat: TestClient) -> None:
         return response.json()["tokens"]
 
     assert tokens("developer") == tokens("system") != tokens("user")
-    body = _chat(chat, temperature=0, messages=[{"role": "developer", "content": "Answer briefly."}, *HELLO])
-    assert body["choices"][0]["message"]["role"] == "assistant"
+    answers = [
+        _chat(chat, temperature=0, messages=[{"role": role, "content": "Answer briefly."}, *HELLO])
+        for role in ("developer", "system")
+    ]
+    assert answers[0]["choices"] == answers[1]["choices"]
+    assert answers[0]["usage"]["prompt_tokens"] == len(tokens("developer"))

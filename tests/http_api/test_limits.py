@@ -11,13 +11,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.core.time_budget import TimeBudget
 from distilgpt2_api.http_api.app_factory import create_app
 from distilgpt2_api.settings import Settings
 
+from engine_apps import llamacpp_app
 from event_factory import http_api_event, response_json
-from slowdown import slow_down
+from slowdown import STEP_SECONDS, slow_down
 
 
 @pytest.fixture
@@ -59,7 +59,8 @@ def test_slow_generation_stops_at_the_budget(
     assert response.status_code == 200
     body = response.json()
     assert body["finish_reasons"] == ["time_limit"]
-    assert 1 <= body["usage"]["completion_tokens"] < 200
+    # Every token takes a slowed step: no more fit in the budget than it has steps (and the first always comes).
+    assert 1 <= body["usage"]["completion_tokens"] <= 0.5 / STEP_SECONDS + 1
     assert elapsed < 5  # 200 slowed steps would take over 10 s
 
 
@@ -68,9 +69,11 @@ def test_openai_route_reports_length_with_a_time_limit_flag(
 ) -> None:
     set_budget(_seconds(0.5))
     response = client.post("/v1/completions", json={"prompt": "Once", "max_tokens": 200, "temperature": 0})
-    (choice,) = response.json()["choices"]
+    body = response.json()
+    (choice,) = body["choices"]
     assert choice["finish_reason"] == "length"
     assert choice["time_limit_reached"] is True
+    assert 1 <= body["usage"]["completion_tokens"] <= 0.5 / STEP_SECONDS + 1  # cut, well before max_tokens
 
 
 def test_lambda_remaining_time_bounds_the_budget(
@@ -133,11 +136,15 @@ def test_cors_is_closed_by_default(client: TestClient) -> None:
     assert "access-control-allow-origin" not in response.headers
 
 
+@pytest.fixture(scope="module")
+def budgeted_app(model_dir: Path) -> FastAPI:
+    """The default engine's app with a 100-token budget per request (MAX_BATCH_TOKENS)."""
+    return llamacpp_app(model_dir, max_batch_tokens=100)
+
+
 @pytest.fixture
-def budgeted(app: FastAPI) -> Iterator[TestClient]:
-    """The app with a 100-token budget per request (MAX_BATCH_TOKENS)."""
-    generator = Scheduler(app.state.scheduler.engine, max_batch_tokens=100)
-    with TestClient(create_app(generator, Settings(model_dir=Path("unused")))) as client:
+def budgeted(budgeted_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(budgeted_app) as client:
         yield client
 
 
@@ -149,7 +156,9 @@ def test_sampled_sequences_beyond_the_token_budget_are_a_400(budgeted: TestClien
     assert error["code"] == "token_budget_exceeded"
     assert "MAX_BATCH_TOKENS" in error["message"] and "100" in error["message"]
     body["num_return_sequences"] = 4  # 4 x (1 + 20) = 84 tokens: within the budget
-    assert budgeted.post("/generate", json=body).status_code == 200
+    response = budgeted.post("/generate", json=body)
+    assert response.status_code == 200
+    assert len(response.json()["generated_sequences"]) == len(response.json()["finish_reasons"]) == 4
 
 
 def test_greedy_sequences_count_once_against_the_budget(budgeted: TestClient) -> None:
@@ -157,7 +166,8 @@ def test_greedy_sequences_count_once_against_the_budget(budgeted: TestClient) ->
     body = {"prompt": "Once", "max_new_tokens": 20, "num_return_sequences": 8}
     response = budgeted.post("/generate", json=body)
     assert response.status_code == 200
-    assert len(response.json()["generated_sequences"]) == 8
+    single = budgeted.post("/generate", json={**body, "num_return_sequences": 1}).json()
+    assert response.json()["generated_sequences"] == single["generated_sequences"] * 8
 
 
 def test_openai_route_has_the_same_budget(budgeted: TestClient) -> None:
@@ -170,7 +180,8 @@ def test_limits_come_from_the_settings_given_to_create_app(app: FastAPI) -> None
     settings = Settings(model_dir=Path("unused"), max_new_tokens_limit=10, max_return_sequences=2, max_prompt_chars=20)
     with TestClient(create_app(app.state.scheduler, settings)) as client:
         ok = {"prompt": "Once", "max_new_tokens": 10, "num_return_sequences": 2}
-        assert client.post("/generate", json=ok).status_code == 200
+        answer = client.post("/generate", json=ok)
+        assert answer.status_code == 200 and len(answer.json()["generated_sequences"]) == 2
         for field, value in (("max_new_tokens", 11), ("num_return_sequences", 3), ("prompt", "x" * 21)):
             response = client.post("/generate", json={**ok, field: value})
             assert response.status_code == 422 and response.json()["error"]["param"] == field, field

@@ -1,10 +1,10 @@
-"""The app on the llama.cpp engine and the step loop: every route and stream as on the other engines, through
+"""The app on its default engine, llama.cpp, and the step loop (conftest's `app`): every route and stream through
 a real server and the `openai` SDK; requests of different sampling settings share steps; prefix caching."""
 
 from __future__ import annotations
 
+import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,24 +18,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from distilgpt2_api.core.loop import StepScheduler
 from distilgpt2_api.engines.base import cpu_name
-from distilgpt2_api.engines.llamacpp_engine import load_cpu_backend
+from distilgpt2_api.engines.llamacpp_engine import LlamaCppEngine, load_cpu_backend
+from distilgpt2_api.settings import Settings
 
-from engine_apps import llamacpp_app, openai_sdk
+from engine_apps import openai_sdk
 from server_process import serving_in_thread
+from slowdown import slow_down, wait_until_idle
 
 PROMPT = "Once upon a time"
 NEVER = ["never in this text"]  # keeps generation going to max tokens
-
-
-@pytest.fixture(scope="module")
-def app(model_dir: Path) -> FastAPI:
-    return llamacpp_app(model_dir, max_batch_size=4)
-
-
-@pytest.fixture(scope="module")
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +40,13 @@ def sdk(base_url: str) -> openai.OpenAI:
     return openai_sdk(base_url)
 
 
-def test_the_step_loop_serves_it(app: FastAPI) -> None:
-    assert isinstance(app.state.scheduler, StepScheduler)
+def test_the_default_app_is_the_step_loop_on_llamacpp(app: FastAPI) -> None:
+    """No ENGINE set (conftest's `app`): llama.cpp, driven a step at a time, with the default settings' slots."""
+    scheduler, defaults = app.state.scheduler, Settings(model_dir=Path("unused"))
+    assert defaults.engine == "llamacpp"
+    assert type(scheduler) is StepScheduler and type(scheduler.engine) is LlamaCppEngine
+    assert scheduler.max_batch_size == defaults.max_batch_size
+    assert scheduler.engine.slots == defaults.max_batch_size + defaults.prefix_cache_slots
 
 
 def test_health_and_metrics_name_the_cpu_variant_and_why(client: TestClient) -> None:
@@ -76,7 +72,7 @@ def test_completions_greedy_seeded_and_streamed(sdk: openai.OpenAI) -> None:
         [c.text for c in sdk.completions.create(model="tiny-gpt2", prompt=PROMPT, max_tokens=8, n=2, seed=7).choices]
         for _ in range(2)
     ]
-    assert seeded[0] == seeded[1] and len(seeded[0]) == 2
+    assert seeded[0] == seeded[1] and len(seeded[0]) == 2 and seeded[0][0] != seeded[0][1]
     streamed = "".join(
         chunk.choices[0].text
         for chunk in sdk.completions.create(
@@ -90,19 +86,34 @@ def test_completions_greedy_seeded_and_streamed(sdk: openai.OpenAI) -> None:
 def test_logprobs_and_generate_details(sdk: openai.OpenAI, client: TestClient) -> None:
     completion = sdk.completions.create(model="tiny-gpt2", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=3)
     logprobs = completion.choices[0].logprobs
-    assert logprobs is not None and logprobs.token_logprobs and logprobs.top_logprobs
-    assert all(lp is not None and lp <= 0 for lp in logprobs.token_logprobs)
-    assert all(1 <= len(top) <= 4 for top in logprobs.top_logprobs)
+    assert completion.usage is not None and logprobs is not None and logprobs.top_logprobs is not None
+    assert len(logprobs.tokens or []) == len(logprobs.token_logprobs or []) == completion.usage.completion_tokens
+    assert "".join(logprobs.tokens or []) == completion.choices[0].text
+    for token, logprob, top in zip(
+        logprobs.tokens or [], logprobs.token_logprobs or [], logprobs.top_logprobs, strict=True
+    ):
+        assert logprob is not None and logprob <= 0
+        assert len(top) == 3  # greedy: the chosen token is the likeliest, one of the three
+        assert top[token] == pytest.approx(logprob) and logprob == pytest.approx(max(top.values()))
     body = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 3, "details": True}).json()
-    assert len(body["details"][0]["tokens"]) == 3
+    (details,) = body["details"]
+    assert len(details["tokens"]) == details["generated_tokens"] == body["usage"]["completion_tokens"]
+    assert body["generated_sequences"] == [PROMPT + "".join(t["text"] for t in details["tokens"])]
 
 
 def test_the_tutorial_route_and_tgi_stream(client: TestClient) -> None:
     (sequence,) = client.get("/Hello?max_new_tokens=3").json()["generated_sequences"]
-    assert sequence.startswith("Hello")
-    with client.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 3}) as response:
-        events = [line for line in response.iter_lines() if line.startswith("data:")]
-    assert len(events) == 3 and '"generated_text"' in events[-1]
+    assert sequence.startswith("Hello") and len(sequence) > len("Hello")
+    body = {"prompt": PROMPT, "max_new_tokens": 3, "stop": NEVER}
+    with client.stream("POST", "/generate_stream", json=body) as response:
+        events = [json.loads(line[len("data:") :]) for line in response.iter_lines() if line.startswith("data:")]
+    assert len(events) == 3 and [e["generated_text"] is None for e in events] == [True, True, False]
+    plain = client.post("/generate", json=body).json()
+    assert (
+        events[-1]["generated_text"]
+        == plain["generated_sequences"][0]
+        == PROMPT + "".join(e["token"]["text"] for e in events)
+    )
 
 
 def test_a_repeated_prompt_reuses_its_prefix(client: TestClient) -> None:
@@ -143,28 +154,25 @@ def test_requests_with_different_settings_share_steps(app: FastAPI, base_url: st
 
 
 def test_a_client_that_leaves_frees_its_slot(base_url: str, app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = app.state.scheduler.engine
-    forward = engine.forward
-
-    def slow_forward(chunks: Any) -> Any:
-        time.sleep(0.05)
-        return forward(chunks)
-
-    monkeypatch.setattr(engine, "forward", slow_forward)
+    slow_down(app.state.scheduler.engine, monkeypatch)
     long = {"prompt": PROMPT, "max_new_tokens": 200, "stop": NEVER}  # >= 10 s of steps
     with httpx.stream("POST", f"{base_url}/generate_stream", json=long, timeout=60) as response:
         for index, _ in enumerate(line for line in response.iter_lines() if line.startswith("data:")):
             if index == 2:
                 break
-    deadline = time.monotonic() + 5
-    while app.state.scheduler.running and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert app.state.scheduler.running == 0  # the slot was freed long before its 200 tokens
+    assert wait_until_idle(app.state.scheduler, timeout=10) < 5  # freed long before its 200 tokens
+    assert app.state.scheduler.running == 0
 
 
-def test_chat_on_the_chat_model(chat_model_dir: Path) -> None:
-    with TestClient(llamacpp_app(chat_model_dir), raise_server_exceptions=False) as chat:
-        body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "temperature": 0}
-        response = chat.post("/v1/chat/completions", json=body)
-        assert response.status_code == 200, response.text
-        assert response.json()["choices"][0]["message"]["role"] == "assistant"
+def test_chat_on_the_chat_model(chat_client: TestClient) -> None:
+    body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "temperature": 0, "logprobs": True}
+    response = chat_client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    (choice,) = answer["choices"]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
+    tokens = choice["logprobs"]["content"]
+    assert answer["usage"]["completion_tokens"] == len(tokens)
+    reason = choice["finish_reason"]
+    assert (len(tokens), reason) == (5, "length") or (len(tokens) < 5 and reason == "stop")
+    assert "".join(t["token"] for t in tokens if "<|im" not in t["token"]) == choice["message"]["content"]

@@ -17,15 +17,13 @@ from fastapi.testclient import TestClient
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.parser import text_string_to_metric_families
 
-from distilgpt2_api.core.request import TokenRequest
-from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.engines.base import StepCallback
 from distilgpt2_api.http_api.app_factory import create_app
 from distilgpt2_api.settings import Settings
 
+from engine_apps import llamacpp_app
 from route_table import app_routes
 from server_process import serving_in_thread
-from slowdown import slow_down
+from slowdown import STEP_SECONDS, fail_after, hold, slow_down
 
 P = "distilgpt2_api:"
 MODEL = "tiny-gpt2"
@@ -146,13 +144,6 @@ def test_each_choice_is_counted(client: TestClient) -> None:
     assert counts_moved(before, after)["e2e_request_latency_seconds"] == 1  # one request
 
 
-def _failing_engine(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
-    def explode(job: TokenRequest, on_step: StepCallback) -> None:
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(app.state.scheduler.engine, "generate", explode)
-
-
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -164,8 +155,9 @@ def test_a_failed_request_counts_as_an_error(
     client: TestClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch, path: str, body: dict[str, Any]
 ) -> None:
     before = scrape(client)
-    _failing_engine(app, monkeypatch)
-    assert client.post(path, json=body).status_code == 500
+    fail_after(app.state.scheduler.engine, monkeypatch, 0, "boom")  # the prompt's read fails: no token comes
+    response = client.post(path, json=body)
+    assert response.status_code == 500 and response.json()["error"]["code"] == "internal_error"
     after = scrape(client)
     assert reasons_moved(before, after) == {"error": 1}
     assert counts_moved(before, after) == {
@@ -182,15 +174,18 @@ def test_a_client_that_leaves_counts_as_an_abort(app: FastAPI, monkeypatch: pyte
     long = {"prompt": PROMPT, "max_new_tokens": 200, "stop": ["never in this text"]}
     with serving_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         before = scrape(http)
+        started = time.monotonic()
         with http.stream("POST", "/generate_stream", json=long) as response:
             for line in response.iter_lines():
                 if line.startswith("data:"):
                     break  # and the connection closes
         after = _eventually(lambda: scrape(http), lambda samples: bool(reasons_moved(before, samples)))
+        elapsed = time.monotonic() - started
     assert reasons_moved(before, after) == {"abort": 1}
     assert counts_moved(before, after)["inter_token_latency_seconds"] == 0  # no reliable end
     assert counts_moved(before, after)["time_to_first_token_seconds"] == 1
-    assert moved(before, after, "generation_tokens_total") >= 1
+    # The tokens it made before it ended: at least the one read, at most one a slowed step until it was counted.
+    assert 1 <= moved(before, after, "generation_tokens_total") <= elapsed / STEP_SECONDS + 1
 
 
 def _eventually(read: Callable[[], Samples], done: Callable[[Samples], bool], timeout: float = 20) -> Samples:
@@ -202,23 +197,22 @@ def _eventually(read: Callable[[], Samples], done: Callable[[Samples], bool], ti
         time.sleep(0.05)
 
 
+@pytest.fixture(scope="module")
+def one_at_a_time(model_dir: Path) -> FastAPI:
+    """The default engine's app running one sequence at a time (MAX_BATCH_SIZE=1): a second request waits."""
+    return llamacpp_app(model_dir, max_batch_size=1)
+
+
 @pytest.fixture
-def gate(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+def gate(one_at_a_time: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """The engine holds every call until the gate opens: requests stay running, and the next ones waiting."""
-    engine = app.state.scheduler.engine
-    generate, opened = engine.generate, threading.Event()
-
-    def held(job: TokenRequest, on_step: StepCallback) -> None:
-        opened.wait(timeout=30)
-        generate(job, on_step)
-
-    monkeypatch.setattr(engine, "generate", held)
+    opened = threading.Event()
+    hold(one_at_a_time.state.scheduler.engine, monkeypatch, opened)
     yield opened
     opened.set()
 
 
-def test_running_and_waiting_requests_are_read_at_scrape_time(app: FastAPI, gate: threading.Event) -> None:
-    one_at_a_time = create_app(Scheduler(app.state.scheduler.engine, max_batch_size=1), Settings(model_dir=Path("x")))
+def test_running_and_waiting_requests_are_read_at_scrape_time(one_at_a_time: FastAPI, gate: threading.Event) -> None:
     load = ("num_requests_running", "num_requests_waiting")
     with TestClient(one_at_a_time) as client, ThreadPoolExecutor(max_workers=2) as pool:
         assert [value(scrape(client), name) for name in load] == [0, 0]

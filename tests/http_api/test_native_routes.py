@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -10,6 +12,9 @@ from distilgpt2_api import __version__
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
 from distilgpt2_api.core.stream import GenerationStream
 from distilgpt2_api.engines.base import cpu_name
+from distilgpt2_api.engines.llamacpp_engine import load_cpu_backend
+
+from slowdown import fail_after
 
 
 def test_health_names_the_model(client: TestClient) -> None:
@@ -19,13 +24,14 @@ def test_health_names_the_model(client: TestClient) -> None:
     assert {k: body[k] for k in ("health", "model", "version")} == {
         "health": "ok", "model": "tiny-gpt2", "version": __version__
     }  # fmt: skip
+    variant = load_cpu_backend()  # this process's: what the default engine loaded
     assert body["kernels"] == {
-        "engine": "ctranslate2",  # the fixture's engine (the llama.cpp app's: test_llamacpp_app.py)
+        "engine": "llamacpp",
         "cpu": cpu_name(),
-        "variant": "int8, auto ISA",
-        "reason": "CTranslate2 dispatches on the CPU's extensions as it runs",
+        "variant": variant.name,
+        "reason": variant.reason,
     }
-    assert response.headers["x-request-id"]
+    assert str(uuid.UUID(response.headers["x-request-id"])) == response.headers["x-request-id"]
 
 
 def test_prompt_route_returns_prompt_plus_continuation(client: TestClient) -> None:
@@ -71,20 +77,31 @@ def _generate(client: TestClient, **body: object) -> dict:  # type: ignore[type-
     return response.json()
 
 
+def _answer(body: dict) -> dict:  # type: ignore[type-arg]
+    """A /generate answer without what the prefix cache changes (how many prompt tokens it reused)."""
+    return {**body, "usage": {k: v for k, v in body["usage"].items() if k != "prompt_tokens_details"}}
+
+
 def test_generate_greedy_is_deterministic_and_reports_usage(client: TestClient, app: FastAPI) -> None:
-    first = _generate(client, prompt="Once upon a time", max_new_tokens=12)
-    second = _generate(client, prompt="Once upon a time", max_new_tokens=12)
-    assert first == second
+    tokenizer = app.state.scheduler.engine.tokenizer
+    first = _generate(client, prompt="Once upon a time", max_new_tokens=12, details=True)
+    second = _generate(client, prompt="Once upon a time", max_new_tokens=12, details=True)
+    assert _answer(first) == _answer(second)
     assert first["model"] == "tiny-gpt2"
     assert first["seed"] is None
     usage = first["usage"]
-    assert usage["prompt_tokens"] == len(app.state.scheduler.engine.tokenizer.encode("Once upon a time"))
+    assert usage["prompt_tokens"] == len(tokenizer.encode("Once upon a time"))
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1  # all but the last
     (reason,) = first["finish_reasons"]
+    (details,) = first["details"]
+    ids = [token["id"] for token in details["tokens"]]
+    assert usage["completion_tokens"] == details["generated_tokens"] == len(ids)
     if reason == "length":
-        assert usage["completion_tokens"] == 12
-    assert 1 <= usage["completion_tokens"] <= 12
-    assert first["generated_sequences"][0].startswith("Once upon a time")
+        assert len(ids) == 12
+    else:
+        assert reason == "eos" and len(ids) < 12 and ids[-1] in app.state.scheduler.engine.info.eos_token_ids
+    assert first["generated_sequences"] == ["Once upon a time" + tokenizer.decode(ids)]
 
 
 def test_seeded_sampling_is_reproducible_and_seed_matters(client: TestClient) -> None:
@@ -92,20 +109,19 @@ def test_seeded_sampling_is_reproducible_and_seed_matters(client: TestClient) ->
     a = _generate(client, **request, seed=7)
     b = _generate(client, **request, seed=7)
     c = _generate(client, **request, seed=8)
-    assert a == b
+    assert _answer(a) == _answer(b)
     assert a["seed"] == 7
+    assert len(a["generated_sequences"]) == 3 and len(set(a["generated_sequences"])) > 1  # each sampled on its own
     assert a["generated_sequences"] != c["generated_sequences"]
     assert _generate(client, **request)["seed"] is None
 
 
 def test_greedy_with_several_sequences_repeats_the_greedy_answer(client: TestClient) -> None:
     result = _generate(client, prompt="The fox", max_new_tokens=6, num_return_sequences=3)
-    assert len(set(result["generated_sequences"])) == 1
-    assert len(result["generated_sequences"]) == 3
-    assert (
-        result["usage"]["completion_tokens"]
-        == 3 * _generate(client, prompt="The fox", max_new_tokens=6)["usage"]["completion_tokens"]
-    )
+    single = _generate(client, prompt="The fox", max_new_tokens=6)
+    assert result["generated_sequences"] == single["generated_sequences"] * 3
+    assert result["finish_reasons"] == single["finish_reasons"] * 3
+    assert result["usage"]["completion_tokens"] == 3 * single["usage"]["completion_tokens"]
 
 
 def test_stop_string_cuts_each_output(client: TestClient) -> None:
@@ -129,18 +145,16 @@ def test_return_full_text_false_omits_prompt(client: TestClient) -> None:
 
 
 def test_sampling_parameters_are_accepted(client: TestClient) -> None:
-    result = _generate(
-        client,
-        prompt="Hello",
-        max_new_tokens=4,
-        do_sample=True,
-        temperature=0.7,
-        top_p=0.9,
-        top_k=20,
-        repetition_penalty=1.2,
-        seed=1,
-    )
-    assert len(result["generated_sequences"]) == 1
+    sampling = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.2}
+    request = {"prompt": "Hello", "max_new_tokens": 4, "return_full_text": False, "stop": ["never in this text"]}
+    result = _generate(client, **request, **sampling, seed=1)
+    assert result["seed"] == 1 and result["finish_reasons"] == ["length"]
+    assert result["usage"]["completion_tokens"] == 4
+    assert _answer(_generate(client, **request, **sampling, seed=1)) == _answer(result)  # the parameters, seeded
+    # They take effect: sampling among the likeliest token only is the greedy answer.
+    greedy = _generate(client, **request, repetition_penalty=1.2)
+    only_the_likeliest = _generate(client, **request, **{**sampling, "top_k": 1}, seed=1)
+    assert only_the_likeliest["generated_sequences"] == greedy["generated_sequences"]
 
 
 def test_generate_rejects_bad_input_with_json_errors(client: TestClient) -> None:
@@ -191,17 +205,14 @@ def test_unknown_route_and_method_are_json(client: TestClient) -> None:
 
 
 def test_internal_error_is_a_500_with_request_id_and_no_traceback(
-    client: TestClient, app: FastAPI, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
-    def explode(job: object, on_step: object) -> None:
-        raise RuntimeError("secret internal detail")
-
-    monkeypatch.setattr(app.state.scheduler.engine, "generate", explode)
+    client: TestClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_after(app.state.scheduler.engine, monkeypatch, 0, "secret internal detail")  # the model fails at once
     response = client.post("/generate", json={"prompt": "hi"})
     assert response.status_code == 500
     body = response.json()
     assert body["error"]["code"] == "internal_error"
-    assert body["request_id"]
+    assert str(uuid.UUID(body["request_id"])) == body["request_id"]
     assert "secret internal detail" not in response.text
     assert "Traceback" not in response.text
 
@@ -288,7 +299,8 @@ def test_a_fixed_route_owns_its_path_for_every_method(
 def test_other_single_segments_still_reach_the_tutorial_route(client: TestClient) -> None:
     response = client.get("/generated?max_new_tokens=2")  # shares a prefix with /generate, owns nothing
     assert response.status_code == 200
-    assert response.json()["generated_sequences"][0].startswith("generated")
+    (sequence,) = response.json()["generated_sequences"]
+    assert sequence.startswith("generated") and len(sequence) > len("generated")
 
 
 @pytest.mark.parametrize(("path", "prompt"), [("/%0A", "\n"), ("/generate%0A", "generate\n")])

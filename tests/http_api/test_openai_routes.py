@@ -29,7 +29,7 @@ def test_sdk_lists_the_served_model(sdk: openai.OpenAI) -> None:
     assert [m.id for m in models.data] == ["tiny-gpt2"]
 
 
-def test_sdk_completion(sdk: openai.OpenAI) -> None:
+def test_sdk_completion(sdk: openai.OpenAI, client: TestClient) -> None:
     completion = sdk.completions.create(model="tiny-gpt2", prompt="Once upon a time", max_tokens=8, n=2, seed=5)
     assert completion.object == "text_completion"
     assert completion.model == "tiny-gpt2"
@@ -37,6 +37,8 @@ def test_sdk_completion(sdk: openai.OpenAI) -> None:
     assert all(c.finish_reason in ("stop", "length") for c in completion.choices)
     assert completion.usage is not None
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    tokenized = client.post("/tokenize", json={"prompt": "Once upon a time"}).json()
+    assert completion.usage.prompt_tokens == tokenized["count"]  # the prompt read once for both choices
     again = sdk.completions.create(model="tiny-gpt2", prompt="Once upon a time", max_tokens=8, n=2, seed=5)
     assert [c.text for c in again.choices] == [c.text for c in completion.choices]
 
@@ -69,11 +71,15 @@ def test_sdk_out_of_range_is_unprocessable(sdk: openai.OpenAI) -> None:
 
 
 def test_completions_without_model_field(client: TestClient) -> None:
-    response = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3})
+    request = {"prompt": "hi", "max_tokens": 3, "seed": 11}
+    response = client.post("/v1/completions", json=request)
     assert response.status_code == 200
     body = response.json()
-    assert body["id"].startswith("cmpl-")
-    assert len(body["choices"]) == 1
+    assert body["id"].startswith("cmpl-") and body["model"] == "tiny-gpt2"
+    named = client.post("/v1/completions", json={**request, "model": "tiny-gpt2"}).json()
+    assert body["id"] != named["id"]  # each completion its own id
+    assert body["choices"] == named["choices"]  # the served model, as if named
+    assert [c["index"] for c in body["choices"]] == [0]
 
 
 def _greedy(sdk: openai.OpenAI, prompt: object, **params: object) -> list[str]:

@@ -21,8 +21,6 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.engines import load_engine
 from distilgpt2_api.http_api.app_factory import create_app
 from distilgpt2_api.http_api.playground import (
     ASSET_TYPES,
@@ -33,6 +31,7 @@ from distilgpt2_api.http_api.playground import (
 )
 from distilgpt2_api.settings import Settings
 
+from engine_apps import llamacpp_app
 from event_factory import http_api_event, rest_api_event
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,13 +51,6 @@ def config_of(page: str) -> dict[str, Any]:
 
 def directives() -> dict[str, str]:
     return dict(d.split(" ", 1) for d in CONTENT_SECURITY_POLICY.split("; "))
-
-
-def app_around(model_dir: Path, **settings: Any) -> FastAPI:
-    """The production app around a model of its own (loaded here), with settings of its own."""
-    served_name = settings.pop("served_name", None)
-    engine = load_engine(model_dir, "ctranslate2", threads=1, served_name=served_name)
-    return create_app(Scheduler(engine), Settings(model_dir=model_dir, **settings))
 
 
 @pytest.fixture(scope="module")
@@ -126,18 +118,20 @@ def test_the_page_tells_its_script_about_the_service(client: TestClient, app: Fa
     assert config["maxChoices"] == schema["n"]["maximum"]
 
 
-def test_a_model_with_a_chat_template_gets_chat(chat_model_dir: Path) -> None:
-    with TestClient(app_around(chat_model_dir)) as client:
-        config = config_of(client.get(PLAYGROUND_URL).text)
-        assert config["chat"] is True
-        # The page's promise: chat works on this model.
-        hello = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
-        assert client.post("/v1/chat/completions", json=hello).status_code == 200
+def test_a_model_with_a_chat_template_gets_chat(chat_client: TestClient) -> None:
+    config = config_of(chat_client.get(PLAYGROUND_URL).text)
+    assert config["chat"] is True and config["model"] == "tiny-chat-llama"
+    # The page's promise: chat works on this model.
+    hello = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    response = chat_client.post("/v1/chat/completions", json=hello)
+    assert response.status_code == 200, response.text
+    (choice,) = response.json()["choices"]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
 
 
 def test_the_model_name_is_escaped(model_dir: Path) -> None:
     name = '"><script>alert(1)</script><b x="'
-    with TestClient(app_around(model_dir, served_name=name)) as client:
+    with TestClient(llamacpp_app(model_dir, served_model_name=name)) as client:
         page = client.get(PLAYGROUND_URL).text
         assert "<script>alert" not in page
         assert config_of(page)["model"] == name
@@ -154,7 +148,8 @@ def test_the_page_stays_open_when_api_keys_are_set(app: FastAPI) -> None:
         assert "secret-key" not in page.text
         for url in referenced_urls(page.text):
             assert client.get(url).status_code == 200, url
-        assert client.post("/v1/completions", json={"prompt": "Once"}).status_code == 401
+        refused = client.post("/v1/completions", json={"prompt": "Once"})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key"
 
 
 # --- its files ----------------------------------------------------------------------------

@@ -25,7 +25,9 @@ def test_a_generation_reports_queue_compute_batch_and_tokens(client: TestClient)
     assert float(metrics["queue"].removeprefix("dur=")) >= 0
     assert float(metrics["generate"].removeprefix("dur=")) > 0
     assert metrics["batch"] == 'desc="1 seq"'
-    assert metrics["tokens"] == f'desc="prompt={usage["prompt_tokens"]} completion={usage["completion_tokens"]}"'
+    cached = usage["prompt_tokens_details"]["cached_tokens"]  # the prefix cache's share, when there is one
+    prompt = f"prompt={usage['prompt_tokens']}" + (f" cached={cached}" if cached else "")
+    assert metrics["tokens"] == f'desc="{prompt} completion={usage["completion_tokens"]}"'
 
 
 def test_a_stream_reports_its_time_to_the_first_token(client: TestClient) -> None:

@@ -1,6 +1,7 @@
 """Structured output through every route: OpenAI's `response_format` and text-generation-inference's `grammar`,
-on the llama.cpp engine (the tiny models the suite builds, random weights: only the constraint makes their
-answers JSON). Every answer that ends with finish_reason `stop` must parse and validate."""
+on the default engine, llama.cpp (the tiny models the suite builds, random weights: only the constraint makes their
+answers JSON). Every answer that ends with finish_reason `stop` must parse and validate. An engine without grammars
+(CTranslate2) refuses them, naming the one that follows them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
-from engine_apps import engine_app, llamacpp_app, openai_sdk
+from engine_apps import engine_app, openai_sdk
 from server_process import serving_in_thread
 
 PERSON = {
@@ -36,25 +37,9 @@ CHAT = [{"role": "user", "content": "Who is the admin? Answer in JSON."}]
 
 
 @pytest.fixture(scope="module")
-def app(model_dir: Path) -> FastAPI:
-    return llamacpp_app(model_dir, max_batch_size=4)
-
-
-@pytest.fixture(scope="module")
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def chat_client(chat_model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(llamacpp_app(chat_model_dir, max_batch_size=4), raise_server_exceptions=False) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def client_of_ctranslate2(model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(engine_app(model_dir, "ctranslate2"), raise_server_exceptions=False) as test_client:
+def client_of_ctranslate2(chat_model_dir: Path) -> Iterator[TestClient]:
+    """The chat model on CTranslate2, a whole-job engine without grammars: what it refuses is the point."""
+    with TestClient(engine_app(chat_model_dir, "ctranslate2"), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -99,10 +84,11 @@ def test_chat_json_schema_and_json_object(chat_client: TestClient) -> None:
         assert response.status_code == 200, response.text
         answers = [(c["message"]["content"], c["finish_reason"]) for c in response.json()["choices"]]
         assert valid_when_stopped(answers, schema) >= 1, answers
-    text = chat_client.post(
-        "/v1/chat/completions", json={"messages": CHAT, "max_tokens": 8, "response_format": {"type": "text"}}
-    )
-    assert text.status_code == 200  # plain text, as without response_format
+    plain = {"messages": CHAT, "max_tokens": 8, "temperature": 0}
+    text = chat_client.post("/v1/chat/completions", json={**plain, "response_format": {"type": "text"}})
+    assert text.status_code == 200, text.text
+    unconstrained = chat_client.post("/v1/chat/completions", json=plain).json()
+    assert text.json()["choices"] == unconstrained["choices"]  # plain text, as without response_format
 
 
 def test_stop_strings_do_not_cut_a_constrained_answer(client: TestClient) -> None:
@@ -117,12 +103,16 @@ def test_generate_with_a_json_or_regex_grammar(client: TestClient) -> None:
     body = {"prompt": "A person:", "max_new_tokens": 80, "return_full_text": False, "details": True}
     response = client.post("/generate", json={**body, "grammar": grammar, "num_return_sequences": 2, "do_sample": True})
     assert response.status_code == 200, response.text
-    texts = response.json()["generated_sequences"]
-    assert all(isinstance(json.loads(t), dict) for t in texts if t.endswith("}"))
+    answer = response.json()
+    assert len(answer["generated_sequences"]) == 2
+    reasons = ["stop" if reason == "eos" else reason for reason in answer["finish_reasons"]]
+    assert set(reasons) <= {"stop", "length"}
+    valid_when_stopped(list(zip(answer["generated_sequences"], reasons, strict=True)), PERSON)
     pattern = r"[A-Z][a-z]{2,5} \d{2}"
     regex = client.post("/generate", json={**body, "grammar": {"type": "regex", "value": pattern}})
     (word,) = regex.json()["generated_sequences"]
     assert re.fullmatch(pattern, word), word
+    assert regex.json()["finish_reasons"] == ["stop"]  # the grammar, complete, ended it
     stream = client.post("/generate_stream", json={**body, "grammar": {"type": "regex", "value": pattern}})
     events = sse_data(stream)
     assert "".join(e["token"]["text"] for e in events if not e["token"]["special"]) == word
@@ -168,14 +158,22 @@ def test_a_malformed_response_format_is_a_422(client: TestClient, response_forma
 
 
 def test_an_engine_that_cannot_constrain_says_which_can(client_of_ctranslate2: TestClient) -> None:
-    for route, body in (
-        ("/v1/completions", {"prompt": "x", "response_format": {"type": "json_object"}}),
-        ("/generate", {"prompt": "x", "grammar": {"type": "regex", "value": "a+"}}),
+    hello = [{"role": "user", "content": "Hi"}]
+    for route, body, param in (
+        ("/v1/completions", {"prompt": "x", "response_format": {"type": "json_object"}}, "response_format"),
+        ("/generate", {"prompt": "x", "grammar": {"type": "regex", "value": "a+"}}, "grammar"),
+        ("/v1/chat/completions", {"messages": hello, "response_format": {"type": "json_object"}}, "response_format"),
+        (
+            "/v1/chat/completions",
+            {"messages": hello, "tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools",
+        ),
     ):
         response = client_of_ctranslate2.post(route, json=body)
         assert response.status_code == 400, response.text
         error = response.json()["error"]
         assert error["code"] == "unsupported_by_engine" and "ENGINE=llamacpp" in error["message"]
+        assert error["param"] == param
 
 
 class Person(BaseModel):
@@ -184,8 +182,8 @@ class Person(BaseModel):
     role: Literal["admin", "user"]
 
 
-def test_the_sdk_parse_gets_its_model_back(chat_model_dir: Path) -> None:
-    with serving_in_thread(llamacpp_app(chat_model_dir)) as url:
+def test_the_sdk_parse_gets_its_model_back(chat_app: FastAPI) -> None:
+    with serving_in_thread(chat_app) as url:
         sdk = openai_sdk(url)
         completion = sdk.chat.completions.parse(
             model="tiny-chat-llama", messages=CHAT, response_format=Person, max_tokens=150, temperature=0

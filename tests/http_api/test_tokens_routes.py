@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,19 +9,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
-from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.engines import load_engine
-from distilgpt2_api.http_api.app_factory import create_app
-from distilgpt2_api.settings import Settings
-
 HELLO = [{"role": "user", "content": "Once upon a time"}]
 
 
 @pytest.fixture
-def chat(chat_model_dir: Path) -> Iterator[TestClient]:
-    scheduler = Scheduler(load_engine(chat_model_dir, "ctranslate2", threads=1))
-    with TestClient(create_app(scheduler, Settings(model_dir=Path("unused")))) as client:
-        yield client
+def chat(chat_client: TestClient) -> TestClient:
+    """The chat model on the default engine (conftest's chat_app)."""
+    return chat_client
 
 
 def test_tokenize_a_prompt(client: TestClient, model_dir: Path) -> None:
@@ -37,10 +30,14 @@ def test_prompt_tokens_are_what_generation_counts(client: TestClient) -> None:
     assert tokens == usage["prompt_tokens"]
 
 
-def test_tokenize_messages_as_chat_sends_them(chat: TestClient) -> None:
+def test_tokenize_messages_as_chat_sends_them(chat: TestClient, chat_model_dir: Path) -> None:
     tokens = chat.post("/tokenize", json={"messages": HELLO}).json()
     usage = chat.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2}).json()["usage"]
     assert tokens["count"] == usage["prompt_tokens"] == len(tokens["tokens"])
+    # The template's rendering, tokenized without adding special tokens again.
+    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
+    prompt = tokenizer.apply_chat_template(HELLO, tokenize=False, add_generation_prompt=True)
+    assert tokens["tokens"] == tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
 def test_detokenize_round_trip(client: TestClient) -> None:

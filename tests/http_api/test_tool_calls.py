@@ -12,6 +12,7 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from engine_apps import llamacpp_app, openai_sdk
@@ -41,16 +42,20 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def client(long_chat_model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(
-        llamacpp_app(long_chat_model_dir, max_batch_size=4, max_batch_tokens=4096), raise_server_exceptions=False
-    ) as test_client:
+def tools_app(long_chat_model_dir: Path) -> FastAPI:
+    """The default engine over the chat model with room for tool definitions (a 2048-token context)."""
+    return llamacpp_app(long_chat_model_dir, max_batch_size=4, max_batch_tokens=4096)
+
+
+@pytest.fixture(scope="module")
+def client(tools_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(tools_app, raise_server_exceptions=False) as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="module")
-def sdk(long_chat_model_dir: Path) -> Iterator[openai.OpenAI]:
-    with serving_in_thread(llamacpp_app(long_chat_model_dir, max_batch_size=4, max_batch_tokens=4096)) as url:
+def sdk(tools_app: FastAPI) -> Iterator[openai.OpenAI]:
+    with serving_in_thread(tools_app) as url:
         yield openai_sdk(url)
 
 
@@ -120,11 +125,15 @@ def test_a_round_trip_a_call_its_result_and_the_answer(client: TestClient) -> No
         {"role": "tool", "tool_call_id": call["id"], "content": json.dumps({"temperature": 18})},
     ]
     answer = chat(client, messages=conversation, tools=TOOLS, tool_choice="none", max_tokens=10)
-    assert answer["choices"][0]["message"]["content"]
+    (choice,) = answer["choices"]
+    assert choice["message"]["tool_calls"] is None  # an answer in text, as tool_choice none asks
+    tokens = answer["usage"]["completion_tokens"]
+    assert (choice["finish_reason"], tokens) == ("length", 10) or (choice["finish_reason"] == "stop" and tokens < 10)
     prompt = client.post("/tokenize", json={"messages": conversation})
-    if prompt.status_code == 200:  # the call and its result are in what the model read
-        text = client.post("/detokenize", json={"tokens": prompt.json()["tokens"]}).json()["prompt"]
-        assert call["function"]["arguments"] in text and "<tool_response>" in text
+    assert prompt.status_code == 200, prompt.text
+    # The call and its result are in what the model read.
+    text = client.post("/detokenize", json={"tokens": prompt.json()["tokens"]}).json()["prompt"]
+    assert call["function"]["arguments"] in text and "<tool_response>" in text
 
 
 def test_streamed_calls_arrive_as_openai_streams_them(client: TestClient, sdk: openai.OpenAI) -> None:
