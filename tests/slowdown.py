@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from distilgpt2_api.core.request import TokenRequest
-from distilgpt2_api.engines.base import Chunk, StepCallback, TokenStep
+from distilgpt2_api.engines.base import Chunk, StepCallback, StepEngine, TokenRequest, TokenStep
 
 STEP_SECONDS = 0.05
 
@@ -25,7 +24,7 @@ def slow_down(engine: Any, monkeypatch: pytest.MonkeyPatch, seconds: float = STE
     """Make every step of `engine` (a prompt chunk read, or one decode step: one more token for each running
     sequence) take at least `seconds` more: a deliberately slowed model. A whole-job engine (CTranslate2,
     transformers: `generate`, no `forward`) is slowed the same way, each token it passes on `seconds` later."""
-    if not callable(getattr(engine, "forward", None)):
+    if not isinstance(engine, StepEngine):
         _slow_down_whole_jobs(engine, monkeypatch, seconds)
         return
     forward = engine.forward

@@ -45,13 +45,13 @@ def test_text_generator_samples_as_the_tutorial_route(
 ) -> None:
     scheduler: StepScheduler = app.state.scheduler
     seen: list[GenerationRequest] = []
-    validate = scheduler._job
+    validate = scheduler.validate
 
     def record(request: GenerationRequest) -> Any:  # every request, served or not, is validated here
         seen.append(request)
         return validate(request)
 
-    monkeypatch.setattr(scheduler, "_job", record)
+    monkeypatch.setattr(scheduler, "validate", record)
     TextGenerator(scheduler).generate("Hello there", max_new_tokens=7, num_return_sequences=2)
     client.get("/Hello there?max_new_tokens=7&num_return_sequences=2")
     from_python, from_route = seen

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -22,15 +22,14 @@ import jsonschema
 import pytest
 from fastapi import FastAPI
 
-from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.engines import load_engine
+from distilgpt2_api.engines.base import Chunk
 from distilgpt2_api.http_api.app_factory import create_app
 from distilgpt2_api.http_api.openai.protocol import CompletionChunk, CompletionChunkChoice
 from distilgpt2_api.http_api.protocol import ErrorBody, ErrorResponse
 from distilgpt2_api.settings import Settings
 
 from browser_harness import STAGE, NetworkLog, guarded_page, origin_of
-from engine_apps import llamacpp_app
+from engine_apps import engine_app, llamacpp_app
 from server_process import serving_in_thread
 from slowdown import STEP_SECONDS, slow_down
 
@@ -65,36 +64,34 @@ def steps() -> Steps:
 
 @pytest.fixture(scope="module")
 def slow_server(model_dir: Path, steps: Steps) -> Iterator[str]:
-    """The tiny model slowed to 50 ms a token, under uvicorn in this process: its base URL."""
-    engine = load_engine(model_dir, "ctranslate2", threads=1)
+    """The tiny model on the default engine slowed to 50 ms a step, under uvicorn in this process: its base URL."""
+    app = llamacpp_app(model_dir)
+    engine = app.state.scheduler.engine
     with pytest.MonkeyPatch.context() as patch:
         slow_down(engine, patch)
-        slow_generate = engine.generate
+        slow_forward = engine.forward
 
-        def counted(job: Any, on_step: Callable[[Any], bool]) -> None:
-            def step(token: Any) -> bool:
-                steps.times.append(time.monotonic())
-                return on_step(token)
+        def counted(chunks: Sequence[Chunk]) -> Any:
+            steps.times.append(time.monotonic())
+            return slow_forward(chunks)
 
-            slow_generate(job, step)
-
-        patch.setattr(engine, "generate", counted)
-        with serving_in_thread(create_app(Scheduler(engine), Settings(model_dir=model_dir))) as url:
+        patch.setattr(engine, "forward", counted)
+        with serving_in_thread(app) as url:
             yield url
 
 
 @pytest.fixture(scope="module")
 def chat_server(chat_model_dir: Path) -> Iterator[str]:
-    """The tiny Llama with a ChatML template, under uvicorn in this process."""
-    engine = load_engine(chat_model_dir, "ctranslate2", threads=1)
-    with serving_in_thread(create_app(Scheduler(engine), Settings(model_dir=chat_model_dir))) as url:
+    """The tiny chat Llama (a ChatML template) on the default engine, which constrains answers to a schema, under
+    uvicorn in this process."""
+    with serving_in_thread(llamacpp_app(chat_model_dir, max_batch_size=2)) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def llamacpp_chat_server(chat_model_dir: Path) -> Iterator[str]:
-    """The tiny chat Llama on the llama.cpp engine, which constrains answers to a schema, under uvicorn here."""
-    with serving_in_thread(llamacpp_app(chat_model_dir, max_batch_size=2)) as url:
+def ctranslate2_server(model_dir: Path) -> Iterator[str]:
+    """The tiny model on CTranslate2 (ENGINE=ctranslate2), an engine that cannot hold answers to a grammar."""
+    with serving_in_thread(engine_app(model_dir, "ctranslate2")) as url:
         yield url
 
 
@@ -526,12 +523,12 @@ def sent_bodies(page: Any) -> list[Any]:
 
 
 def test_json_output_is_shown_pretty_printed_and_valid(
-    open_page: PageFactory, llamacpp_chat_server: str, screenshot: Screenshot
+    open_page: PageFactory, chat_server: str, screenshot: Screenshot
 ) -> None:
     """On the llama.cpp engine: the raw text streams in, then the answer that stopped is shown pretty-printed,
     parses and matches the schema; an empty schema asks for any JSON object; a cut answer is said to be
     incomplete; a schema the server cannot follow gets its message."""
-    server = llamacpp_chat_server
+    server = chat_server
     page, network = open_page(server)
     sent = sent_bodies(page)
     open_playground(page, server)
@@ -616,10 +613,11 @@ def test_json_output_is_shown_pretty_printed_and_valid(
 
 
 def test_json_output_errors_are_shown_in_the_page(
-    open_page: PageFactory, live_server: str, screenshot: Screenshot
+    open_page: PageFactory, ctranslate2_server: str, screenshot: Screenshot
 ) -> None:
     """A schema that is not a JSON object is reported before any request; an engine that cannot constrain
     (ctranslate2) answers 400, and the page shows its message."""
+    live_server = ctranslate2_server
     page, network = open_page(live_server)
     open_playground(page, live_server)
     page.check("#json-mode")
