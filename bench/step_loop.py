@@ -516,10 +516,17 @@ def part_prefix(servers: dict[str, load.Server], specs: dict[str, Spec], rounds:
     return out
 
 
-def part_determinism(server: load.Server, spec: Spec) -> dict[str, Any]:
-    import batching  # noqa: PLC0415 - bench/batching.py: the same 100 prompts as the scheduler's study
+SUBJECTS = ["The old lighthouse", "My favourite recipe", "The history of Rome", "A quiet morning", "Quantum physics"]
+OPENINGS = ["is", "was never", "can teach us that", "reminds me of", "began when"]
 
-    prompts = batching.prompts()
+
+def determinism_prompts(count: int = 100) -> list[str]:
+    """`count` distinct prompts of a few different lengths (those of the batching study, BATCHING.md)."""
+    return [f"{SUBJECTS[i % 5]} {OPENINGS[(i // 5) % 5]}" + " and then" * (i // 25) for i in range(count)]
+
+
+def part_determinism(server: load.Server, spec: Spec) -> dict[str, Any]:
+    prompts = determinism_prompts()
 
     def ask(client: httpx.Client, prompt: str) -> str:
         answer = complete(client, "/v1/completions", body(spec, "greedy", NEW_TOKENS, prompt=prompt))
