@@ -29,7 +29,7 @@ from urllib.parse import quote
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Service, proc_status_bytes  # noqa: E402
+from harness import Service, proc_status_bytes, table  # noqa: E402
 
 MAX_CLIENTS = 64
 MAX_DURATION_S = 900.0
@@ -142,6 +142,7 @@ def summarize(outcomes: list[Outcome]) -> dict[str, float | int]:
     """Requests, errors, latency percentiles (ms) and the median time to the first streamed event."""
     ms = [1000 * o.latency_s for o in outcomes]
     summary: dict[str, float | int] = {"requests": len(ms), "errors": sum(o.error is not None for o in outcomes)}
+    summary["tokens"] = sum(o.completion_tokens for o in outcomes)
     summary |= {f"p{p}_ms": round(percentile(ms, p), 1) for p in (50, 95, 99)} | {
         "max_ms": round(max(ms, default=0), 1)
     }
@@ -201,16 +202,12 @@ async def run_load(
 
 
 def markdown(report: dict[str, Any]) -> str:
-    rows = [
-        "| route | requests | errors | p50 ms | p95 ms | p99 ms | max ms | first event p50 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for label, s in report["latency"].items():
-        cells = [label, s["requests"], s["errors"], s["p50_ms"], s["p95_ms"], s["p99_ms"], s["max_ms"]]
-        rows.append("| " + " | ".join(map(str, [*cells, s.get("first_event_p50_ms", "")])) + " |")
+    keys = ["requests", "errors", "p50_ms", "p95_ms", "p99_ms", "max_ms", "first_event_p50_ms"]
+    rows = [[label, *(s.get(key, "") for key in keys)] for label, s in report["latency"].items()]
+    header = ["route", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "max ms", "first event p50 ms"]
     config, rss, mb = report["config"], report["rss"], 2**20
-    rows += [
-        "",
+    lines = [
+        table(header, rows),
         f"{config['clients']} clients × {config['duration_s']:g} s, max_new_tokens {config['max_new_tokens']}, "
         f"MAX_BATCH_SIZE {config['max_batch_size']}: {report['requests']} requests in {report['elapsed_s']} s, "
         f"{report['throughput_rps']} req/s, {report['tokens_per_s']} tokens/s, {report['errors']} errors",
@@ -218,7 +215,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"warm-up, {rss['end_bytes'] / mb:.0f} MB at the end (peak {rss['peak_bytes'] / mb:.0f} MB), "
         f"growth {rss['growth_pct']:+.1f} %",
     ]
-    return "\n".join(rows)
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

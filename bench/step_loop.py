@@ -50,22 +50,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 import load  # noqa: E402
-from harness import (  # noqa: E402
-    BENCH,
-    HOST,
-    PARAGRAPH,
-    OthersLoad,
-    Service,
-    free_port,
-    loadavg,
-    log,
-    machine_info,
-    machine_section,
-    noise_section,
-    proc_status_bytes,
-    table,
-)
+from harness import Service, table  # noqa: E402
 
 PARTS = ("single", "load", "ttft", "prefix", "determinism", "cold")
 NEW_TOKENS, TTFT_TOKENS, BATCH, THREADS = 50, 100, 8, 1
@@ -117,10 +104,10 @@ def start(spec: Spec, peer_binary: Path) -> Service:
             "LOG_LEVEL": "WARNING",
         }
         return Service.ours(spec.model_dir, env | spec.env)
-    port = free_port()
+    port = harness.free_port()
     command = [str(peer_binary), "-m", str(spec.model_dir / spec.gguf), "-t", str(THREADS), "-tb", str(THREADS)]
     command += ["-c", str(PEER_CTX_PER_SLOT * spec.parallel), "-np", str(spec.parallel)]
-    return Service([*command, "--host", HOST, "--port", str(port), "--no-webui"], port, health="/health")
+    return Service([*command, "--host", harness.HOST, "--port", str(port), "--no-webui"], port, health="/health")
 
 
 @contextmanager
@@ -233,13 +220,13 @@ def short_prompt(index: int) -> str:
 
 def long_prompt(index: int, words: int) -> str:
     """~800 tokens, its beginning unique to `index`: no prefix cache can answer it."""
-    return f"Report number {index * 7919 % 100_000}. " + " ".join(" ".join([PARAGRAPH] * 6).split()[:words])
+    return f"Report number {index * 7919 % 100_000}. " + " ".join(" ".join([harness.PARAGRAPH] * 6).split()[:words])
 
 
 def mixed_prompts(round_: int, count: int = 2000) -> list[str]:
     """Prompts of ~8 to ~180 tokens cut from different places of a paragraph, each beginning with its own number
     (of this round): no prompt cache can serve one from an earlier request, which would time the cache."""
-    words, lengths = (PARAGRAPH + " " + PARAGRAPH).split(), (2, 4, 8, 16, 32, 64, 128)
+    words, lengths = (harness.PARAGRAPH + " " + harness.PARAGRAPH).split(), (2, 4, 8, 16, 32, 64, 128)
     starts = [(i * 37) % (len(words) // 2) for i in range(count)]
     return [f"Note {round_}.{i}: " + " ".join(words[s : s + lengths[i % 7]]) for i, s in enumerate(starts)]
 
@@ -261,7 +248,7 @@ def part_load(servers: dict[str, Service], specs: list[Spec], rounds: int, secon
             raise RuntimeError(f"{spec.label}: {report['error_samples']}")
     for round_ in range(rounds):
         for spec in specs:  # new prompts every round
-            server, noise = servers[spec.label], OthersLoad([s.pid for s in servers.values()])
+            server, noise = servers[spec.label], harness.OthersLoad([s.pid for s in servers.values()])
             run = load.run_load(
                 server.base_url,
                 server.pid,
@@ -273,7 +260,9 @@ def part_load(servers: dict[str, Service], specs: list[Spec], rounds: int, secon
             )
             report = asyncio.run(run)
             runs[spec.label].append(report | {"foreign_load_cores": noise.cores()})
-            log(f"load round {round_ + 1} {spec.label}: {report['tokens_per_s']} tokens/s, errors {report['errors']}")
+            harness.log(
+                f"load round {round_ + 1} {spec.label}: {report['tokens_per_s']} tokens/s, errors {report['errors']}"
+            )
 
     def over(reports: list[dict[str, Any]], key: str, route: str = "overall") -> float:
         return round(median([r["latency"][route][key] for r in reports]), 1)
@@ -326,7 +315,7 @@ async def part_prefix(servers: dict[str, Service], specs: dict[str, Spec], round
         await chat_turns(peer, specs["peer"], users, replies)
         rows["peer cached"].append(await ask(peer, "/v1/chat/completions", peer_turn5))
         ttfts = ", ".join(f"{k} {1000 * (v[-1].first_event_s or 0):.0f} ms" for k, v in rows.items())
-        log(f"prefix round {index + 1}: {ttfts}")
+        harness.log(f"prefix round {index + 1}: {ttfts}")
     out: dict[str, Any] = {
         key: {
             "turn5_prompt_tokens": median([r.usage.get("prompt_tokens", 0) for r in values]),
@@ -373,7 +362,7 @@ def part_cold(specs: list[Spec], rounds: int) -> dict[str, Any]:
             server = start(spec, Path("-"))
             try:
                 first = server.wait_ready()  # the readiness probe's answer carries the cold start
-                ready, rss = time.perf_counter() - server.spawned, proc_status_bytes(server.pid, "VmRSS")
+                ready, rss = time.perf_counter() - server.spawned, harness.proc_status_bytes(server.pid, "VmRSS")
                 asyncio.run(ask(server, "/v1/completions", body(spec, "greedy", NEW_TOKENS, prompt=SHORT_PROMPT)))
                 timing = next((p for p in first.headers.get("server-timing", "").split(",") if "cold-start" in p), "")
                 rows[spec.label].append(
@@ -383,7 +372,7 @@ def part_cold(specs: list[Spec], rounds: int) -> dict[str, Any]:
                         if "dur=" in timing
                         else None,
                         "rss_after_load_mb": rss / 2**20,
-                        "peak_rss_mb": proc_status_bytes(server.pid, "VmHWM") / 2**20,
+                        "peak_rss_mb": harness.proc_status_bytes(server.pid, "VmHWM") / 2**20,
                     }
                 )
             finally:
@@ -410,12 +399,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smollm2-dir", type=Path, required=True, help="prepare-model --source smollm2 output")
     parser.add_argument("--distil-dir", type=Path, help="distilgpt2-shape prepared with its GGUF")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}")
-    parser.add_argument("--models", default="smollm2,distil", help="models of the per-model parts (single, ttft, "
-                        "load, determinism); prefix is SmolLM2's, cold distilgpt2-shape's")  # fmt: skip
+    per_model = "models of the per-model parts (single, ttft, load, determinism); prefix is SmolLM2's, cold distil's"
+    parser.add_argument("--models", default="smollm2,distil", help=per_model)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per part")
     parser.add_argument("--runs", type=int, default=3, help="requests per system and round (single, ttft)")
     parser.add_argument("--load-seconds", type=float, default=30.0)
-    parser.add_argument("--out", type=Path, default=BENCH)
+    parser.add_argument("--out", type=Path, default=harness.BENCH)
     parser.add_argument("--render", action="store_true", help="only rewrite STEP_LOOP.md from --out's JSON")
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -434,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.time()
     results: dict[str, Any] = json.loads(out_json.read_text()) if out_json.is_file() else {}
-    results["machine"] = machine_info(PACKAGES)
+    results["machine"] = harness.machine_info(PACKAGES)
     version = subprocess.run([str(args.llama_server), "--version"], capture_output=True, text=True, timeout=30)
     results["machine"]["llama_server_version"] = " ".join((version.stdout + version.stderr).split())[:200]
     results["options"] = {"rounds": args.rounds, "runs": args.runs, "load_seconds": args.load_seconds}
@@ -446,10 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     invocation = {"started_at": results["started_at"], "parts": args.parts, "models": list(models)}
     results.setdefault("invocations", []).append(invocation)
 
-    def record(part: str, name: str, gauge: OthersLoad, figures: dict[str, Any]) -> None:
+    def record(part: str, name: str, gauge: harness.OthersLoad, figures: dict[str, Any]) -> None:
         parts.setdefault(part, {})[name] = figures
         noise[f"{part} {name}"] = gauge.figures()
-        results["machine"]["loadavg_end"] = loadavg()
+        results["machine"]["loadavg_end"] = harness.loadavg()
         write(args.out, results)
 
     with tempfile.TemporaryDirectory(prefix="step-loop-") as tmp:
@@ -464,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                 one_client = [s for s in specs if not s.peer or s.parallel == 1]
                 long = functools.partial(long_prompt, words=LONG_PROMPT_WORDS.get(name, 500))
                 for part in wanted:
-                    log(f"[{name}] {part}")
-                    gauge = OthersLoad([s.pid for s in servers.values()])
+                    harness.log(f"[{name}] {part}")
+                    gauge = harness.OthersLoad([s.pid for s in servers.values()])
                     if part == "load":
                         chosen = [s for s in specs if s.label.endswith(("ours-llamacpp", "ours-ctranslate2", "np8"))]
                         figures = part_load(servers, chosen, args.rounds, args.load_seconds)
@@ -478,18 +467,20 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     record(part, name, gauge, figures)
         if "prefix" in args.parts:
-            smol = args.smollm2_dir
+            smol, label = args.smollm2_dir, "smollm2 ours-llamacpp"
             roles = {
-                "cached": Spec("smollm2 ours-llamacpp", smol, engine="llamacpp"),
-                "uncached": Spec("smollm2 ours-llamacpp PREFIX_CACHE_SLOTS=0", smol, engine="llamacpp", env={"PREFIX_CACHE_SLOTS": "0"}),  # noqa: E501
+                "cached": Spec(label, smol, engine="llamacpp"),
+                "uncached": Spec(
+                    f"{label} PREFIX_CACHE_SLOTS=0", smol, engine="llamacpp", env={"PREFIX_CACHE_SLOTS": "0"}
+                ),
                 "peer": Spec("smollm2 llama-server-np1", smol, parallel=1),
-            }  # fmt: skip
+            }
             with running(list(roles.values()), args.llama_server) as servers:
-                gauge = OthersLoad([s.pid for s in servers.values()])
+                gauge = harness.OthersLoad([s.pid for s in servers.values()])
                 record("prefix", "smollm2", gauge, asyncio.run(part_prefix(servers, roles, args.rounds)))
         if "cold" in args.parts and args.distil_dir:
             specs = [s for s in model_specs("distil", args.distil_dir, Path(tmp), ()) if not s.peer]
-            gauge = OthersLoad()
+            gauge = harness.OthersLoad()
             record("cold", "distil", gauge, part_cold(specs, args.rounds))
     invocation["duration_s"] = results["duration_s"] = round(time.time() - started)
     results["targets"] = targets(results)
@@ -531,7 +522,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(ratio_target(what, ours["p95_ms"], theirs["p95_ms"], 1, higher=False, unit=" ms"))
     prefix = parts.get("prefix", {}).get("smollm2")
     if prefix and prefix.get("ours ratio") is not None:
-        value = f"{prefix['ours ratio']:.1%} ({prefix['ours cached']['ttft_ms']} vs {prefix['ours uncached']['ttft_ms']} ms)"  # noqa: E501
+        ms = [prefix[f"ours {c}"]["ttft_ms"] for c in ("cached", "uncached")]
+        value = f"{prefix['ours ratio']:.1%} ({ms[0]} vs {ms[1]} ms)"
         what = "chat turn 5 time to first token: prefix cache ÷ none"
         rows.append(
             {
@@ -540,22 +532,68 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "threshold": f"≤ {PREFIX_RATIO_MAX:.0%}",
                 "passed": prefix["ours ratio"] <= PREFIX_RATIO_MAX,
             }
-        )  # noqa: E501
+        )
     for name, figures in parts.get("determinism", {}).items():
         what, value = (
             f"greedy answers alone vs 8 concurrent, {name}: differing",
             f"{figures['differing']} of {figures['prompts']}",
-        )  # noqa: E501
+        )
         rows.append({"target": what, "value": value, "threshold": "0", "passed": figures["differing"] == 0})
     return rows
 
 
-def by_server(title: str, figures: dict[str, Any], columns: dict[str, Any], intro: str = "") -> list[str]:
-    """A section: one row per server, one column per `columns` entry (header: cell from the server's figures)."""
-    rows = [
-        [label, *(str(cell(v)) for cell in columns.values())] for label, v in figures.items() if isinstance(v, dict)
-    ]
+def by_server(title: str, figures: dict[str, Any], columns: dict[str, str], intro: str = "") -> list[str]:
+    """A section: one row per server, each column a format string over its figures (lists joined by commas)."""
+    ref = next((v for k, v in figures.items() if k.endswith("llama-server-np1")), None)
+    rows = []
+    for label, v in figures.items():
+        if isinstance(v, dict):
+            v = {k: ", ".join(map(str, x)) if isinstance(x, list) else x for k, x in v.items()}
+            if ref:
+                v["ratio"] = f"{v['decode_tokens_per_s'] / ref['decode_tokens_per_s']:.2f}×"
+                v["ttft_ratio"] = f"{v['ttft_ms'] / ref['ttft_ms']:.2f}×"
+            rows.append([label, *(cell.format(**v) for cell in columns.values())])
     return [title + "\n", *([intro] if intro else []), table(["server", *columns], rows)]
+
+
+SINGLE = {
+    "decode tokens/s": "{decode_tokens_per_s}",
+    "ratio": "{ratio}",
+    "end-to-end tokens/s": "{end_to_end_tokens_per_s}",
+    "TTFT ms": "{ttft_ms}",
+    "total ms": "{total_ms}",
+    "tokens": "{completion_tokens:g}",
+}
+LOAD = {
+    "tokens/s": "{tokens_per_s}",
+    "req/s": "{requests_per_s}",
+    "p50 ms": "{p50_ms}",
+    "p95 ms": "{p95_ms}",
+    "p95 greedy / sampled / seeded": "{by_kind_p95_ms[greedy]} / {by_kind_p95_ms[sampled]} / {by_kind_p95_ms[seeded]}",
+    "errors": "{errors}",
+    "tokens/s per round": "{per_round_tokens_per_s}",
+    "others' cores per round": "{foreign_load_cores}",
+    "peak RSS MB": "{rss_peak_mb}",
+}
+TTFT = {
+    "prompt tokens": "{prompt_tokens:g}",
+    "TTFT ms": "{ttft_ms}",
+    "÷ llama-server": "{ttft_ratio}",
+    "total ms": "{total_ms}",
+    "decode tokens/s": "{decode_tokens_per_s}",
+}
+PREFIX = {
+    "turn-5 prompt tokens": "{turn5_prompt_tokens:g}",
+    "cached_tokens": "{cached_tokens}",
+    "TTFT ms (median)": "{ttft_ms}",
+    "each": "{ttft_ms_each}",
+}
+COLD = {
+    "spawn → ready s": "{spawn_to_ready_s}",
+    "cold-start header ms": "{cold_start_header_ms}",
+    "RSS after load MB": "{rss_after_load_mb}",
+    "peak RSS MB": "{peak_rss_mb}",
+}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -573,98 +611,53 @@ def markdown(results: dict[str, Any]) -> str:
         f"{o['rounds']} interleaved rounds (A/B/C/A/B/C) per part, {o['runs']} requests per system and round for the "
         "one-client parts; figures are medians. Tokens are counted from each response's `usage`. Ratios compare "
         f"servers measured in this same run. CPU: {m['cpu_model']}.\n",
-        machine_section(m, [["llama-server", m.get("llama_server_version", "")]]),
-        noise_section(results, "this benchmark and its servers"),
+        harness.machine_section(m, [["llama-server", m.get("llama_server_version", "")]]),
+        harness.noise_section(results, "this benchmark and its servers"),
     ]
-    if results.get("targets"):
-        rows = [
-            [t["target"], t["value"], t["threshold"], "met" if t["passed"] else "**not met**"]
-            for t in results["targets"]
-        ]  # noqa: E501
+    if targets := results.get("targets"):
+        rows = [[t["target"], t["value"], t["threshold"], "met" if t["passed"] else "**not met**"] for t in targets]
         out += ["## Targets\n", table(["target", "measured", "threshold", "result"], rows)]
     for name, figures in parts.get("single", {}).items():
-        ref = next((v for k, v in figures.items() if k.endswith("llama-server-np1")), None)
-        out += by_server(
-            f"## One client, {name}: {NEW_TOKENS} greedy tokens after “{SHORT_PROMPT}”, streamed",
-            figures,
-            {
-                "decode tokens/s": lambda v: v["decode_tokens_per_s"],
-                "ratio": lambda v, r=ref: f"{v['decode_tokens_per_s'] / r['decode_tokens_per_s']:.2f}×" if r else "",
-                "end-to-end tokens/s": lambda v: v["end_to_end_tokens_per_s"],
-                "TTFT ms": lambda v: v["ttft_ms"],
-                "total ms": lambda v: v["total_ms"],
-                "tokens": lambda v: f"{v['completion_tokens']:g}",
-            },
-            "Decode tokens/s: the tokens after the first ÷ the time after the first. Ratio: ÷ llama-server -np 1 "
-            "on model.gguf.\n",
+        title = f"## One client, {name}: {NEW_TOKENS} greedy tokens after “{SHORT_PROMPT}”, streamed"
+        intro = (
+            "Decode tokens/s: the tokens after the first ÷ the time after the first. Ratio: ÷ llama-server -np 1 on "
         )
+        intro += "model.gguf.\n"
+        out += by_server(title, figures, SINGLE, intro)
     for name, figures in parts.get("load", {}).items():
-        out += by_server(
-            f"## 8 clients, {name}: {o['load_seconds']:g} s per run, mixed prompt lengths, greedy/sampled/seeded",
-            figures,
-            {
-                "tokens/s": lambda v: v["tokens_per_s"],
-                "req/s": lambda v: v["requests_per_s"],
-                "p50 ms": lambda v: v["p50_ms"],
-                "p95 ms": lambda v: v["p95_ms"],
-                "p95 greedy / sampled / seeded": lambda v: " / ".join(map(str, v["by_kind_p95_ms"].values())),
-                "errors": lambda v: v["errors"],
-                "tokens/s per round": lambda v: ", ".join(map(str, v["per_round_tokens_per_s"])),
-                "others' cores per round": lambda v: ", ".join(map(str, v["foreign_load_cores"])),
-                "peak RSS MB": lambda v: v["rss_peak_mb"],
-            },
-        )
+        title = f"## 8 clients, {name}: {o['load_seconds']:g} s per run, mixed prompt lengths, greedy/sampled/seeded"
+        out += by_server(title, figures, LOAD)
     for name, figures in parts.get("ttft", {}).items():
-        ref = next((v for k, v in figures.items() if k.endswith("llama-server-np1")), None)
         out += by_server(
-            f"## Time to first token, {name}: ~800-token prompt, {TTFT_TOKENS} tokens streamed",
-            figures,
-            {
-                "prompt tokens": lambda v: f"{v['prompt_tokens']:g}",
-                "TTFT ms": lambda v: v["ttft_ms"],
-                "÷ llama-server": lambda v, r=ref: f"{v['ttft_ms'] / r['ttft_ms']:.2f}×" if r else "",
-                "total ms": lambda v: v["total_ms"],
-                "decode tokens/s": lambda v: v["decode_tokens_per_s"],
-            },
+            f"## Time to first token, {name}: ~800-token prompt, {TTFT_TOKENS} tokens streamed", figures, TTFT
         )
     if prefix := parts.get("prefix", {}).get("smollm2"):
-        out += by_server(
-            "## Prefix cache: a chat's 5th turn (SmolLM2, /v1/chat/completions)",
-            prefix,
-            {
-                "turn-5 prompt tokens": lambda v: f"{v['turn5_prompt_tokens']:g}",
-                "cached_tokens": lambda v: ", ".join(map(str, v["cached_tokens"])),
-                "TTFT ms (median)": lambda v: v["ttft_ms"],
-                "each": lambda v: ", ".join(map(str, v["ttft_ms_each"])),
-            },
+        intro = (
             "Turns 1–4 sent first, each with the whole history (greedy replies of 64 tokens); then turn 5, streamed. "
-            "Ours: the default server vs one with PREFIX_CACHE_SLOTS=0; llama-server -np 1: `cache_prompt` on vs "
-            "off.\n",
+            "Ours: the default server vs one with PREFIX_CACHE_SLOTS=0; llama-server -np 1: `cache_prompt` on vs off.\n"
         )
+        out += by_server("## Prefix cache: a chat's 5th turn (SmolLM2, /v1/chat/completions)", prefix, PREFIX, intro)
         out.append(f"Cached ÷ uncached: ours {prefix['ours ratio']:.1%}, llama-server {prefix['peer ratio']:.1%}.\n")
     if determinism := parts.get("determinism"):
         rows = [
-            [name, f"{v['differing']} of {v['prompts']}", "<br>".join(f"“{e['prompt']}”: {e['first_diff_char']}" for e in v["examples"])]  # noqa: E501
+            [
+                name,
+                f"{v['differing']} of {v['prompts']}",
+                "<br>".join(f"“{e['prompt']}”: {e['first_diff_char']}" for e in v["examples"]),
+            ]
             for name, v in determinism.items()
-        ]  # fmt: skip
+        ]
         out += [
             "## Greedy determinism under batching (our llama.cpp server)\n",
             f"{BATCH} requests sent at once per group vs each alone; 50 greedy tokens.\n",
             table(["model", "answers that differ", "first examples (prompt: character where they part)"], rows),
         ]
     for name, figures in parts.get("cold", {}).items():
-        out += by_server(
-            f"## Cold start and memory, {name}",
-            figures,
-            {
-                "spawn → ready s": lambda v: v["spawn_to_ready_s"],
-                "cold-start header ms": lambda v: v["cold_start_header_ms"],
-                "RSS after load MB": lambda v: v["rss_after_load_mb"],
-                "peak RSS MB": lambda v: v["peak_rss_mb"],
-            },
+        intro = (
             "Spawn to the first answer of GET /, the `cold-start` entry of the first Server-Timing header (import and "
-            "load, in the process), RSS after loading, peak RSS (VmHWM) after one 50-token request.\n",
+            "load, in the process), RSS after loading, peak RSS (VmHWM) after one 50-token request.\n"
         )
+        out += by_server(f"## Cold start and memory, {name}", figures, COLD, intro)
     if results.get("findings"):
         out += ["## Findings\n", results["findings"]]
     return "\n".join(out) + "\n"
