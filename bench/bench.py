@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 import load  # noqa: E402
-from harness import Service, table  # noqa: E402
+from harness import Service  # noqa: E402
 
 SYSTEMS = ("pipeline", "ctranslate2", "transformers")  # baseline first
 CT2_COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32")
@@ -530,192 +530,15 @@ def lambda_sizing(model: dict[str, Any]) -> dict[str, Any]:
     return {"latency_by_threads": latency, "peak_rss_mb": engine["peak_rss_mb"], "rows": rows}
 
 
-def s(value: float) -> str:
-    return f"{value:.2f} s" if value >= 0.1 else f"{value * 1000:.0f} ms"
-
-
 def markdown(results: dict[str, Any]) -> str:
-    machine, bandwidth, options = results["machine"], results["memory_bandwidth"], results["options"]
-    out = [
-        "# Benchmark results\n",
-        f"`python bench/bench.py{' --quick' if results['quick'] else ''}`, {results['started_at']}, "
-        f"{results['duration_s']:.0f} s, on {machine['cpu_model']}. Cold starts: `pyperf command`, "
-        f"{options['rounds']} fresh process(es) per stage and system; warm requests: {options['runs']} timed per "
-        "process (the pipeline in `pyperf timeit`'s workers, the engines through the service on loopback); figures "
-        "are medians. Ratios compare systems measured in this same run.\n",
-    ]
-    if results["quick"]:
-        out.append("**Quick mode: a tiny model, single runs. The timings mean nothing; this checks the harness.**\n")
+    """RESULTS.md: bench/RESULTS.md.j2 over the results and their derived figures."""
+    bandwidth = results["memory_bandwidth"]
     gbps = [f"{bandwidth[f'copy_gbps_{n}']:.1f} GB/s ({n.replace('_', ' ')})" for n in ("1_thread", "2_threads")]
     method = f"{', '.join(gbps)}: {bandwidth['method']}, {bandwidth['array_mb']} MB arrays"
-    out.append(harness.machine_section(machine, [["memory bandwidth", method]]))
-    out += [model_section(name, model) for name, model in results["models"].items()]
-    verdict = {True: "pass", False: "**fail**"}
-    rows = [
-        [t["model"], t["target"], f"{t['value']:.2f}", t["threshold"], verdict[t["passed"]]] for t in results["targets"]
-    ]
-    out += [
-        "## Targets\n",
-        table(["model", "target", "measured", "threshold", "result"], rows),
-        lambda_section(results),
-    ]
-    return "\n".join(out)
-
-
-def model_section(name: str, model: dict[str, Any]) -> str:
-    systems, bounds, weights = model["systems"], model["bounds"], model["weights"]
-    base = systems["pipeline"]
-    out = [f"## {TITLES.get(name, name)}\n", f"`{model['path']}`\n"]
-    out.append("### Cold start: fresh process to first 50-token response\n")
-    rows = []
-    for system, f in systems.items():
-        cold = f["cold_start"]
-        parts = [s(cold[p]) for p in ("interpreter_s", "import_s", "load_s", "first_response_s")]
-        ratio = f"{cold['total_s'] / base['cold_start']['total_s']:.0%}"
-        rows.append([LABELS[system], *parts, f"**{s(cold['total_s'])}**", ratio])
-    out.append(
-        table(["system", "interpreter", "imports", "model load", "first response", "total", "vs baseline"], rows)
-    )
-    out.append(
-        "Each stage is a command that `pyperf command` runs, doing one step more than the stage before; a part is "
-        "the difference of two stages' medians. Engines: imports = the web stack and the engine's library; model "
-        "load = `import distilgpt2_api.api` (the app, as uvicorn and Lambda load it); first response = POST /generate "
-        "through the app (`TestClient`). Baseline: `from transformers import pipeline`, `pipeline(...)`, first call. "
-        "The OS page cache is warm (files read before). A pipeline created per request costs "
-        f"{s(base['per_request_pipeline_s'])} per request (its load and first call).\n"
-    )
-    out.append("### Warm requests: 50 new tokens\n")
-    rows = []
-    for system, f in systems.items():
-        w, rss = f["warm"], f"{f['peak_rss_mb']:.0f} MB ({f['peak_rss_mb'] / base['peak_rss_mb']:.0%})"
-        cells = [LABELS[system], f"{f['compute']}, {f['threads']} thr"]
-        for kind in ("greedy", "sampled"):
-            speed = f"{base['warm'][kind]['median_s'] / w[kind]['median_s']:.2f}×"
-            cells += [s(w[kind]["median_s"]), f"{w[kind]['tokens_per_s']:.1f}", speed]
-        cells[2] = f"**{cells[2]}**"
-        cells.insert(5, f"{bounds[system]['percent_of_bound']:.0f}%")
-        rows.append([*cells, s(w["sampled_seeded"]["median_s"]) if "sampled_seeded" in w else "–", rss])
-    header = ["system", "compute", "greedy 1×50", "tok/s", "speed-up", "% of bw bound", "sampled 5×50", "tok/s"]
-    out.append(table([*header, "speed-up", "sampled, seeded", "peak RSS (vs baseline)"], rows))
-    out.append(
-        f"Bandwidth bound: {weights['params'] / 1e6:.1f} M weights read per token (every matrix incl. the output "
-        f"projection; excluded lookups: {', '.join(weights['excluded']) or 'none'}; {weights['all_params'] / 1e6:.1f} "
-        "M parameters in all) × bytes per weight (float32 4, int8 1) against the 2-thread copy bandwidth: "
-        + ", ".join(f"{k} ≤ {v['tokens_per_s_bound']:.0f} tok/s" for k, v in bounds.items())
-        + ". Processes: "
-        + ", ".join(f"{k} {v['processes']}" for k, v in systems.items())
-        + "; other processes' CPU use during each (cores): "
-        + "; ".join(f"{k} {v['foreign_load_cores']}" for k, v in systems.items())
-        + ". Engines: POST /generate to the service under uvicorn on loopback, one client; peak RSS = the server's "
-        "VmHWM. Pipeline: peak RSS of its pyperf worker. Sampled uses top-k 50 like the tutorial route; seeded adds "
-        "`seed`.\n"
-    )
-    return "\n".join([*out, alternatives_section(model), quality_section(model["quality"])])
-
-
-def alternatives_section(model: dict[str, Any]) -> str:
-    alt, engine_default = model["alternatives"], model["systems"]["ctranslate2"]["warm"]["greedy"]["median_s"]
-    rows = []
-    for run in alt["ct2"]:
-        for r in run["rows"]:
-            if "skipped" in r:
-                rows.append([run["backend"], r["compute_type"], "–", "–", "–", "–", "–", r["skipped"]])
-                continue
-            kind = r["compute_type"] + (f" → {r['resolved_compute_type']}" if "resolved_compute_type" in r else "")
-            greedy = [s(r["greedy"]["median_s"]), f"{r['greedy']['tokens_per_s']:.1f}"]
-            cells = [run["backend"], kind, str(r["threads"]), *greedy]
-            if "perplexity" in r:
-                rows.append([*cells, f"{r['perplexity']:.2f}", f"{r['rss_added_mb']:.0f} MB", f"load {s(r['load_s'])}"])
-            else:
-                rows.append([*cells, "–", "–", "timed only"])
-    out = ["### Alternatives\n", "CTranslate2 directly (`Generator.generate_batch`, exactly 50 greedy tokens):\n"]
-    out.append(
-        table(["backend", "compute type", "threads", "greedy 50", "tok/s", "perplexity", "RSS added", "note"], rows)
-    )
-    out.append(
-        f"The service's engine ({model['prepared_compute_type']}, chosen at prepare time) in this run: "
-        f"{s(engine_default)} for the same request (stops at EOS, includes tokenization).\n"
-    )
-    rows = [
-        [str(r["threads"]), r["compute_type"], s(r["greedy"]["median_s"]), f"{r['greedy']['tokens_per_s']:.1f}"]
-        + [s(r["sampled"]["median_s"])]
-        for r in alt["engine_threads"]
-    ]
-    out.append("The engine (the service with THREADS=N), for Lambda sizing:\n")
-    out.append(table(["threads", "compute type", "greedy 1×50", "tok/s", "sampled 5×50"], rows))
-    torch_alt = alt["torch_dynamic_quantization"]
-    modules, ppl = torch_alt["modules"], torch_alt["perplexity"]
-    out.append(
-        "torch: `torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, qint8)` vs float32 "
-        f"(`model.generate`, 50 greedy tokens). The model has {modules['nn.Linear']} nn.Linear and "
-        f"{modules['Conv1D']} Conv1D modules; {modules['quantized_by_quantize_dynamic']} were quantized "
-        "(GPT-2's attention and MLP are Conv1D, which quantize_dynamic skips: only its lm_head is nn.Linear). "
-        f"Perplexity float32 {ppl['float32']:.2f}, dynamic int8 {ppl['dynamic_int8']:.2f}.\n"
-    )
-    rows = [
-        [r["variant"], str(r["threads"]), s(r["greedy"]["median_s"]), f"{r['greedy']['tokens_per_s']:.1f}"]
-        for r in torch_alt["rows"]
-    ]
-    out += [table(["variant", "threads", "greedy 50", "tok/s"], rows), f"bf16: {alt['bf16']['reason']}.\n"]
-    return "\n".join(out)
-
-
-def quality_section(quality: dict[str, Any]) -> str:
-    ppl, greedy = quality["perplexity"], quality["greedy"]
-    rows = [["transformers float32 (reference)", f"{ppl['transformers_float32']:.3f}", "–", "–"]]
-    for key, diff in quality["relative_difference"].items():
-        rows.append([key, f"{ppl[key]:.3f}", f"{diff:+.1%}", "yes" if diff <= QUALITY_TOLERANCE else "**no**"])
-    out = [
-        "### Quality\n",
-        f"Perplexity of a fixed ~150-word English paragraph ({quality['scored_tokens']} scored tokens, the same "
-        "token ids for both engines; CTranslate2 via `Generator.score_batch`):\n",
-        table(["engine", "perplexity", "vs reference", "within 5%"], rows),
-        "Greedy, 20 new tokens after “Once upon a time”:\n",
-    ]
-    rows = [["transformers float32", repr(greedy["transformers_float32"]["text"]), "reference"]]
-    for key, entry in greedy.items():
-        if key != "transformers_float32":
-            rows.append([key, repr(entry["text"]), "identical" if entry["identical"] else "**differs**"])
-    out.append(table(["engine", "text", "tokens"], rows))
-    for key, entry in greedy.items():
-        if d := entry.get("first_divergence"):
-            top = {
-                side: ", ".join(f"{t['token']!r} {t['logit']:.2f} (p {t['prob']:.3f})" for t in d[f"{side}_top2"])
-                for side in ("float32", "ctranslate2")
-            }
-            out.append(
-                f"{key} first differs at step {d['step']}: float32 chose {d['float32_chose']!r}, {key} chose "
-                f"{d['ctranslate2_chose']!r}. float32 top-2 logits there: {top['float32']} (margin "
-                f"{d['float32_margin']:.3f}); {key} top-2: {top['ctranslate2']} (margin "
-                f"{d['ctranslate2_margin']:.3f}).\n"
-            )
-    return "\n".join(out)
-
-
-def lambda_section(results: dict[str, Any]) -> str:
-    out = [
-        "## Lambda sizing (ENGINE=ctranslate2)\n",
-        f"Estimate: Lambda gives memory/{LAMBDA_MB_PER_VCPU} vCPUs of CPU time; one thread runs at "
-        "t1 / min(1, share), two threads at t2 × max(1, 2 / share); the faster is shown. x86 price "
-        f"${LAMBDA_GB_SECOND_USD} per GB-second plus $0.20 per million requests. 'fits' = memory ≥ 1.25 × "
-        "the measured peak RSS.\n",
-    ]
-    for name, model in results["models"].items():
-        sizing = model["lambda_sizing"]
-        latency = [
-            f"{t} thread(s): greedy {s(v['greedy'])}, sampled 5×50 {s(v['sampled'])}"
-            for t, v in sizing["latency_by_threads"].items()
-        ]
-        out.append(f"**{name}**: {'; '.join(latency)}; peak RSS {sizing['peak_rss_mb']:.0f} MB.\n")
-        rows = []
-        for r in sizing["rows"]:
-            cells = [f"{r['memory_mb']} MB", f"{r['vcpu_share']:.2f}", "yes" if r["fits"] else "no"]
-            for k in ("greedy", "sampled"):
-                cells += [f"{s(r[k]['duration_s'])} ({r[k]['threads']} thr)", f"${r[k]['usd_per_1000']:.4f}"]
-            rows.append([*cells, f"${r['cold_start_usd']:.6f}"])
-        header = ["memory", "vCPUs", "fits", "greedy 1×50", "per 1,000", "sampled 5×50", "per 1,000"]
-        out.append(table([*header, "one cold start (init billed)"], rows))
-    return "\n".join(out)
+    machine = harness.machine_section(results["machine"], [["memory bandwidth", method]]).rstrip()
+    lambda_ = {"mb_per_vcpu": LAMBDA_MB_PER_VCPU, "gb_second_usd": LAMBDA_GB_SECOND_USD}
+    context = {"machine_section": machine, "titles": TITLES, "labels": LABELS, "tolerance": QUALITY_TOLERANCE}
+    return harness.render("RESULTS.md.j2", results | context | {"lambda_": lambda_})
 
 
 if __name__ == "__main__":

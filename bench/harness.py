@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jinja2
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -263,17 +264,17 @@ def machine_section(machine: dict[str, Any], extra: Sequence[list[str]] = ()) ->
     return "## Machine\n\n" + table(["", ""], rows)
 
 
-def noise_section(results: dict[str, Any], measured: str) -> str:
-    """What else used the CPU during each part (`results["noise"]`), besides `measured`."""
-    rows = [
-        [part, f"{v['foreign_load_cores']:.2f}", "<br>".join(p.replace("|", "/") for p in v["busiest_processes"][:3])]
-        for part, v in results.get("noise", {}).items()
-    ]
-    return (
-        "### What else ran\n\n"
-        f"CPU used by processes other than {measured}, averaged over each part, and the busiest of them when the "
-        "part began:\n\n" + table(["part", "others' CPU, cores", "busiest other processes"], rows)
-    )
+def render(template: str, context: dict[str, Any]) -> str:
+    """bench/TEMPLATE, a Jinja template, over `context`. Filters: s (seconds, or milliseconds under 0.1 s), f (a
+    format spec: `x|f(".2f")`), pct (a ratio as a whole percentage), pyrepr (repr)."""
+    loader = jinja2.FileSystemLoader(BENCH)
+    env = jinja2.Environment(loader=loader, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters |= {"s": seconds, "f": format, "pct": lambda value: f"{value:.0%}", "pyrepr": repr}
+    return env.get_template(template).render(context)
+
+
+def seconds(value: float) -> str:
+    return f"{value:.2f} s" if value >= 0.1 else f"{value * 1000:.0f} ms"
 
 
 def write_report(out: Path, stem: str, results: dict[str, Any], markdown: str) -> None:

@@ -52,7 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 import load  # noqa: E402
-from harness import Service, table  # noqa: E402
+from harness import Service  # noqa: E402
 
 PARTS = ("single", "load", "ttft", "prefix", "determinism", "cold")
 NEW_TOKENS, TTFT_TOKENS, BATCH, THREADS = 50, 100, 8, 1
@@ -542,125 +542,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def by_server(title: str, figures: dict[str, Any], columns: dict[str, str], intro: str = "") -> list[str]:
-    """A section: one row per server, each column a format string over its figures (lists joined by commas)."""
-    ref = next((v for k, v in figures.items() if k.endswith("llama-server-np1")), None)
-    rows = []
-    for label, v in figures.items():
-        if isinstance(v, dict):
-            v = {k: ", ".join(map(str, x)) if isinstance(x, list) else x for k, x in v.items()}
-            if ref:
-                v["ratio"] = f"{v['decode_tokens_per_s'] / ref['decode_tokens_per_s']:.2f}×"
-                v["ttft_ratio"] = f"{v['ttft_ms'] / ref['ttft_ms']:.2f}×"
-            rows.append([label, *(cell.format(**v) for cell in columns.values())])
-    return [title + "\n", *([intro] if intro else []), table(["server", *columns], rows)]
-
-
-SINGLE = {
-    "decode tokens/s": "{decode_tokens_per_s}",
-    "ratio": "{ratio}",
-    "end-to-end tokens/s": "{end_to_end_tokens_per_s}",
-    "TTFT ms": "{ttft_ms}",
-    "total ms": "{total_ms}",
-    "tokens": "{completion_tokens:g}",
-}
-LOAD = {
-    "tokens/s": "{tokens_per_s}",
-    "req/s": "{requests_per_s}",
-    "p50 ms": "{p50_ms}",
-    "p95 ms": "{p95_ms}",
-    "p95 greedy / sampled / seeded": "{by_kind_p95_ms[greedy]} / {by_kind_p95_ms[sampled]} / {by_kind_p95_ms[seeded]}",
-    "errors": "{errors}",
-    "tokens/s per round": "{per_round_tokens_per_s}",
-    "others' cores per round": "{foreign_load_cores}",
-    "peak RSS MB": "{rss_peak_mb}",
-}
-TTFT = {
-    "prompt tokens": "{prompt_tokens:g}",
-    "TTFT ms": "{ttft_ms}",
-    "÷ llama-server": "{ttft_ratio}",
-    "total ms": "{total_ms}",
-    "decode tokens/s": "{decode_tokens_per_s}",
-}
-PREFIX = {
-    "turn-5 prompt tokens": "{turn5_prompt_tokens:g}",
-    "cached_tokens": "{cached_tokens}",
-    "TTFT ms (median)": "{ttft_ms}",
-    "each": "{ttft_ms_each}",
-}
-COLD = {
-    "spawn → ready s": "{spawn_to_ready_s}",
-    "cold-start header ms": "{cold_start_header_ms}",
-    "RSS after load MB": "{rss_after_load_mb}",
-    "peak RSS MB": "{peak_rss_mb}",
-}
-
-
 def markdown(results: dict[str, Any]) -> str:
-    m, o, parts = results["machine"], results["options"], results.get("parts", {})
-    runs = "; ".join(
-        f"{i['started_at']}, {i.get('duration_s', 0) / 60:.0f} min, parts {', '.join(i['parts'])}"
-        + (f" (models {', '.join(i['models'])})" if i.get("models") else "")
-        for i in results.get("invocations", [])
-    )
-    out = [
-        "# The llama.cpp engine on the step loop vs CTranslate2 vs llama-server\n",
-        f"`python bench/step_loop.py`: {runs}. Every server on loopback with {o['threads']} thread; ours with "
-        f"MAX_BATCH_SIZE={o['max_batch_size']} (and its defaults: PREFIX_CACHE_SLOTS=4, PREFILL_CHUNK_TOKENS=256), "
-        f"llama-server with `-t 1 -tb 1 -np N -c {o['llama_server_ctx_per_slot']}×N` on the same GGUF file. "
-        f"{o['rounds']} interleaved rounds (A/B/C/A/B/C) per part, {o['runs']} requests per system and round for the "
-        "one-client parts; figures are medians. Tokens are counted from each response's `usage`. Ratios compare "
-        f"servers measured in this same run. CPU: {m['cpu_model']}.\n",
-        harness.machine_section(m, [["llama-server", m.get("llama_server_version", "")]]),
-        harness.noise_section(results, "this benchmark and its servers"),
-    ]
-    if targets := results.get("targets"):
-        rows = [[t["target"], t["value"], t["threshold"], "met" if t["passed"] else "**not met**"] for t in targets]
-        out += ["## Targets\n", table(["target", "measured", "threshold", "result"], rows)]
-    for name, figures in parts.get("single", {}).items():
-        title = f"## One client, {name}: {NEW_TOKENS} greedy tokens after “{SHORT_PROMPT}”, streamed"
-        intro = (
-            "Decode tokens/s: the tokens after the first ÷ the time after the first. Ratio: ÷ llama-server -np 1 on "
-        )
-        intro += "model.gguf.\n"
-        out += by_server(title, figures, SINGLE, intro)
-    for name, figures in parts.get("load", {}).items():
-        title = f"## 8 clients, {name}: {o['load_seconds']:g} s per run, mixed prompt lengths, greedy/sampled/seeded"
-        out += by_server(title, figures, LOAD)
-    for name, figures in parts.get("ttft", {}).items():
-        out += by_server(
-            f"## Time to first token, {name}: ~800-token prompt, {TTFT_TOKENS} tokens streamed", figures, TTFT
-        )
-    if prefix := parts.get("prefix", {}).get("smollm2"):
-        intro = (
-            "Turns 1–4 sent first, each with the whole history (greedy replies of 64 tokens); then turn 5, streamed. "
-            "Ours: the default server vs one with PREFIX_CACHE_SLOTS=0; llama-server -np 1: `cache_prompt` on vs off.\n"
-        )
-        out += by_server("## Prefix cache: a chat's 5th turn (SmolLM2, /v1/chat/completions)", prefix, PREFIX, intro)
-        out.append(f"Cached ÷ uncached: ours {prefix['ours ratio']:.1%}, llama-server {prefix['peer ratio']:.1%}.\n")
-    if determinism := parts.get("determinism"):
-        rows = [
-            [
-                name,
-                f"{v['differing']} of {v['prompts']}",
-                "<br>".join(f"“{e['prompt']}”: {e['first_diff_char']}" for e in v["examples"]),
-            ]
-            for name, v in determinism.items()
-        ]
-        out += [
-            "## Greedy determinism under batching (our llama.cpp server)\n",
-            f"{BATCH} requests sent at once per group vs each alone; 50 greedy tokens.\n",
-            table(["model", "answers that differ", "first examples (prompt: character where they part)"], rows),
-        ]
-    for name, figures in parts.get("cold", {}).items():
-        intro = (
-            "Spawn to the first answer of GET /, the `cold-start` entry of the first Server-Timing header (import and "
-            "load, in the process), RSS after loading, peak RSS (VmHWM) after one 50-token request.\n"
-        )
-        out += by_server(f"## Cold start and memory, {name}", figures, COLD, intro)
-    if results.get("findings"):
-        out += ["## Findings\n", results["findings"]]
-    return "\n".join(out) + "\n"
+    """STEP_LOOP.md: bench/STEP_LOOP.md.j2 over the results."""
+    machine = results["machine"]
+    context = {"new_tokens": NEW_TOKENS, "ttft_tokens": TTFT_TOKENS, "batch": BATCH, "short_prompt": SHORT_PROMPT}
+    peer = [["llama-server", machine.get("llama_server_version", "")]]
+    context["machine_section"] = harness.machine_section(machine, peer).rstrip()
+    return harness.render("STEP_LOOP.md.j2", results | context)
 
 
 if __name__ == "__main__":
