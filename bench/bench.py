@@ -70,8 +70,10 @@ def memory_bandwidth(quick: bool) -> dict[str, Any]:
         spans = [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(src.size), threads)]
         workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b])) for a, b in spans]
         started = time.perf_counter()
-        [worker.start() for worker in workers]
-        [worker.join() for worker in workers]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
         return 2 * size / (time.perf_counter() - started) / 1e9
 
     copy(1)  # touches every page once

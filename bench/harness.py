@@ -1,9 +1,9 @@
-"""What every benchmark here shares: the service under uvicorn on loopback, the machine, markdown tables.
+"""What every benchmark here shares: the service under uvicorn on loopback, pyperf, the machine, the reports.
 
 `Service` starts `uvicorn distilgpt2_api.api:app` (or any other server command) on 127.0.0.1 and a free port,
-waits until it answers, and stops it. `machine_info` says which CPU the figures came from; `OthersLoad` how
-much CPU other processes took meanwhile. Process-level timing (fresh processes, warmups, statistics) is
-pyperf's: `pyperf_values` runs its command line and reads what it wrote.
+waits until it answers, and stops it. Process-level timing (fresh processes, warmups, statistics) is pyperf's:
+`pyperf_values` runs its command line and reads what it wrote. `machine_info` says which CPU the figures came
+from; `OthersLoad` how much CPU other processes took meanwhile. `render` fills a report's Jinja template.
 """
 
 from __future__ import annotations
