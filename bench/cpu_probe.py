@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -31,10 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH), str(BENCH.parent / "src")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BENCH, PARAGRAPH, loadavg, machine_info, service_env, write_report  # noqa: E402
 
-import bench  # noqa: E402 - machine_info
+PACKAGES = ("llama-cpp-python", "numpy")
 
 CHILD = """
 import json, sys, time
@@ -84,21 +83,12 @@ print(json.dumps(figures | {"answer": tokens[32:]}))
 SPEED_KEYS = ("prompt_256_tok_s", "prompt_32_tok_s", "decode_tok_s")
 
 
-def start(model_dir: Path, variant: str, cache: Path) -> dict[str, Any]:
-    began = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(model_dir), variant],
-        capture_output=True, text=True, check=True, env={**os.environ, "XDG_CACHE_HOME": str(cache)},
-    )  # fmt: skip
+def child(script: str, cache: Path, *argv: object) -> dict[str, Any]:
+    """`script` in a fresh interpreter with XDG_CACHE_HOME=cache: the JSON it prints last, and spawn to exit."""
+    began, env = time.perf_counter(), service_env({"XDG_CACHE_HOME": str(cache)})
+    command = [sys.executable, "-c", script, *map(str, argv)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return {**json.loads(done.stdout.splitlines()[-1]), "spawn_to_answer_s": time.perf_counter() - began}
-
-
-def speed(model_dir: Path, variant: str, threads: int, cache: Path) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-c", SPEED, str(model_dir), variant, str(threads), bench.PARAGRAPH],
-        capture_output=True, text=True, check=True, env={**os.environ, "XDG_CACHE_HOME": str(cache)},
-    )  # fmt: skip
-    return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def next_variant(chosen: str) -> str | None:
@@ -120,22 +110,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, default=BENCH)
     args = parser.parse_args(argv)
-    machine = bench.machine_info()
+    machine = machine_info(PACKAGES)
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as scratch:
         warm = Path(scratch) / "warm"
-        chosen = start(args.model_dir, "auto", warm)  # also warms the cache and the page cache
+        chosen = child(CHILD, warm, args.model_dir, "auto")  # also warms the cache and the page cache
         for round_ in range(args.rounds):
             for mode in MODES:
                 cache = warm if mode == "cached" else Path(scratch) / f"empty-{round_}-{mode}"
-                runs[mode].append(start(args.model_dir, chosen["variant"] if mode == "pinned" else "auto", cache))
+                runs[mode].append(
+                    child(CHILD, cache, args.model_dir, chosen["variant"] if mode == "pinned" else "auto")
+                )
         other = next_variant(chosen["variant"])
         variants = [chosen["variant"], *([other] if other else [])]
         speeds: dict[str, dict[int, list[dict[str, Any]]]] = {v: {1: [], 2: []} for v in variants}
         for _ in range(args.rounds):
             for threads in (1, 2):
                 for variant in variants:
-                    speeds[variant][threads].append(speed(args.model_dir, variant, threads, warm))
+                    speeds[variant][threads].append(child(SPEED, warm, args.model_dir, variant, threads, PARAGRAPH))
     assert {r["chosen_by"] for r in runs["uncached"]} == {"probe"}
     assert {r["chosen_by"] for r in runs["cached"]} == {"cached probe"}
     figures = {
@@ -157,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant, by_threads in speeds.items()
     }
     results = {
-        "machine": machine | {"loadavg_end": Path("/proc/loadavg").read_text().split()[:3]},
+        "machine": machine | {"loadavg_end": loadavg()},
         "model_dir": str(args.model_dir),
         "rounds": args.rounds,
         "variant": chosen["variant"],
@@ -165,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "figures": figures,
         "speeds": speed_figures,
     }
-    (args.out / "cpu_probe.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "CPU_PROBE.md").write_text(render(results))
+    write_report(args.out, "cpu_probe", results, render(results))
     print(render(results))
     return 0
 

@@ -1,4 +1,4 @@
-"""bench/bench.py end to end in --quick mode: every section runs once on the tiny model; no timing checks."""
+"""bench/bench.py end to end in --quick mode: every section runs once on the tiny model; no timing thresholds."""
 
 from __future__ import annotations
 
@@ -24,8 +24,13 @@ def test_quick_bench_writes_every_section(model_dir: Path, tmp_path: Path) -> No
         assert {"interpreter_s", "import_s", "load_s", "first_response_s", "total_s"} == figures["cold_start"].keys()
         assert {"greedy", "sampled"} <= figures["warm"].keys()
         assert figures["warm"]["greedy"]["tokens"] > 0 and figures["peak_rss_mb"] > 0
-    assert "handler_greedy" in model["systems"]["ctranslate2"]["warm"]
-    assert "per_request_pipeline_s" in model["systems"]["pipeline"]
+    for figures in model["systems"].values():  # pyperf's medians: every stage took time, the parts add up
+        cold = figures["cold_start"]
+        assert cold["interpreter_s"] > 0 and cold["total_s"] > 0 and figures["cold_start_totals_s"]
+        parts = sum(v for k, v in cold.items() if k != "total_s")
+        assert abs(parts - cold["total_s"]) < 1e-6
+    assert {"greedy", "sampled", "sampled_seeded"} <= model["systems"]["ctranslate2"]["warm"].keys()
+    assert model["systems"]["pipeline"]["per_request_pipeline_s"] > 0
 
     quality = model["quality"]
     assert {"transformers_float32", "ctranslate2_int8"} <= quality["perplexity"].keys()
