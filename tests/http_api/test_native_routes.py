@@ -212,7 +212,7 @@ def test_internal_error_is_a_500_with_request_id_and_no_traceback(
     assert response.status_code == 500
     body = response.json()
     assert body["error"]["code"] == "internal_error"
-    assert str(uuid.UUID(body["request_id"])) == body["request_id"]
+    assert str(uuid.UUID(body["request_id"])) == body["request_id"] == response.headers["x-request-id"]
     assert "secret internal detail" not in response.text
     assert "Traceback" not in response.text
 

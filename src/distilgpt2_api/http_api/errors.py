@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from distilgpt2_api.core.errors import DeadlineExceeded, InvalidRequest
 from distilgpt2_api.http_api.protocol import ErrorBody, ErrorResponse
 from distilgpt2_api.http_api.routing import owned_by_fixed_route
-from distilgpt2_api.observability import logger, request_id
+from distilgpt2_api.observability import REQUEST_ID_HEADER, logger, request_id
 
 
 class ApiError(Exception):
@@ -123,7 +123,10 @@ async def _on_deadline(request: Request, exc: Exception) -> Response:
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error while serving request %s", request_id(request))
-    return _error(request, 500, "internal_error", "internal error while serving the request; quote the request_id")
+    response = _error(request, 500, "internal_error", "internal error while serving the request; quote the request_id")
+    # Sent from outside every middleware (Starlette's ServerErrorMiddleware), so the request id's header too.
+    response.headers[REQUEST_ID_HEADER] = request_id(request)
+    return response
 
 
 def install_error_handling(app: FastAPI) -> None:
