@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -19,8 +20,9 @@ from distilgpt2_api.model_store import write_manifest
 from distilgpt2_api.model_store.convert import convert_for_ctranslate2
 from distilgpt2_api.model_store.llamacpp_gguf import write_gguf
 
-from engine_apps import llamacpp_app
+from engine_apps import llamacpp_app, openai_sdk
 from model_factory import build_tiny_chat_llama, build_tiny_gpt2
+from server_process import serving_in_thread
 
 pytest_plugins = ["smollm2_model"]  # smollm2_llamacpp_dir: the real SmolLM2 for the llama.cpp engine
 
@@ -113,6 +115,19 @@ def chat_client(chat_app: FastAPI) -> Iterator[TestClient]:
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def base_url(app: FastAPI) -> Iterator[str]:
+    """The module's app under uvicorn on an ephemeral loopback port."""
+    with serving_in_thread(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sdk(base_url: str) -> openai.OpenAI:
+    """The official `openai` SDK against the module's app (no retries: a failure shows at once)."""
+    return openai_sdk(base_url)
 
 
 @pytest.fixture

@@ -81,8 +81,18 @@ def scheduled_event() -> dict[str, Any]:
     }
 
 
-def response_json(response: dict[str, Any]) -> Any:
+def response_body(response: dict[str, Any]) -> bytes:
+    """A Lambda proxy response's body, as bytes."""
     body = response["body"]
-    if response.get("isBase64Encoded"):
-        body = base64.b64decode(body).decode()
-    return json.loads(body)
+    return base64.b64decode(body) if response.get("isBase64Encoded") else body.encode()
+
+
+def response_json(response: dict[str, Any]) -> Any:
+    return json.loads(response_body(response))
+
+
+def response_header(response: dict[str, Any], name: str) -> str:
+    """A Lambda proxy response's header `name` (lowercase), single- or multi-valued."""
+    headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
+    multi = {k.lower(): v for k, v in (response.get("multiValueHeaders") or {}).items()}
+    return str(headers.get(name) or multi[name][0])

@@ -29,11 +29,6 @@ PERSON = {
 
 
 @pytest.fixture(scope="module")
-def tokenizer(model_dir: Path) -> TextTokenizer:
-    return TextTokenizer(model_dir)
-
-
-@pytest.fixture(scope="module")
 def grammars(model_dir: Path, tokenizer: TextTokenizer) -> GrammarCache:
     return GrammarCache(tokenizer.backend.to_str(), ModelInfo.read(model_dir).eos_token_ids, size=3)
 

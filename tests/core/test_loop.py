@@ -101,16 +101,6 @@ class FakeStepEngine(StepEngine):
         return sum(len(chunk.token_ids) for chunks in self.forwards_of() for chunk in chunks)
 
 
-@pytest.fixture(scope="module")
-def info(model_dir: Path) -> ModelInfo:
-    return ModelInfo.read(model_dir)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_dir: Path) -> TextTokenizer:
-    return TextTokenizer(model_dir)
-
-
 @pytest.fixture
 def engine(info: ModelInfo, tokenizer: TextTokenizer) -> FakeStepEngine:
     return FakeStepEngine(info, tokenizer)

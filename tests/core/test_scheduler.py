@@ -1,4 +1,5 @@
-"""Generation runs off the event loop, one at a time, without requests interfering."""
+"""Generation runs off the event loop, one engine call at a time, without requests interfering (the default
+engine's app)."""
 
 from __future__ import annotations
 
@@ -30,14 +31,14 @@ def _client(app: FastAPI) -> httpx.AsyncClient:
 def test_health_answers_while_a_generation_runs(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
     generator = app.state.scheduler
     entered, release = threading.Event(), threading.Event()
-    original: Callable[..., Any] = generator.engine.generate
+    original: Callable[..., Any] = generator.engine.forward
 
-    def slow_generate(*args: Any, **kwargs: Any) -> Any:
+    def held_forward(*args: Any, **kwargs: Any) -> Any:
         entered.set()
         assert release.wait(timeout=30)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(generator.engine, "generate", slow_generate)
+    monkeypatch.setattr(generator.engine, "forward", held_forward)
 
     async def scenario() -> None:
         async with _client(app) as client:
@@ -69,13 +70,14 @@ def test_concurrent_requests_run_one_at_a_time_and_do_not_interfere(
     sequential = [_run(_one(app, body)) for body in bodies]
 
     generator = app.state.scheduler
-    original: Callable[..., Any] = generator.engine.generate
-    active, peak, lock = 0, 0, threading.Lock()
+    original: Callable[..., Any] = generator.engine.forward
+    active, peak, calls, lock = 0, 0, 0, threading.Lock()
 
-    def counting_generate(*args: Any, **kwargs: Any) -> Any:
-        nonlocal active, peak
+    def counting_forward(*args: Any, **kwargs: Any) -> Any:
+        nonlocal active, peak, calls
         with lock:
             active += 1
+            calls += 1
             peak = max(peak, active)
         try:
             return original(*args, **kwargs)
@@ -83,9 +85,10 @@ def test_concurrent_requests_run_one_at_a_time_and_do_not_interfere(
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(generator.engine, "generate", counting_generate)
+    monkeypatch.setattr(generator.engine, "forward", counting_forward)
     concurrent = _run(run_all())
-    assert peak == 1
+    # One engine call at a time, and the requests' steps shared: fewer calls than 6 requests x (1 read + 7 decodes).
+    assert peak == 1 and calls < 6 * 8
     assert [r["generated_sequences"] for r in concurrent] == [r["generated_sequences"] for r in sequential]
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from distilgpt2_api.core.sequence import Delta, Sequence
@@ -11,11 +9,6 @@ from distilgpt2_api.core.stop import stop_prefix_start
 from distilgpt2_api.engines.base import TextTokenizer, TokenStep
 
 EOS = 0
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_dir: Path) -> TextTokenizer:
-    return TextTokenizer(model_dir)
 
 
 def _feed(

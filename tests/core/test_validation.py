@@ -4,7 +4,6 @@ core runs, worked out once."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -25,16 +24,6 @@ from distilgpt2_api.engines.base import ModelInfo, TextTokenizer
 SAMPLED = SamplingParams(do_sample=True, seed=3)
 JSON = Grammar.json_object(param="response_format")
 UNSUPPORTED_SCHEMA = Grammar.json_schema({"uniqueItems": True}, param="response_format")
-
-
-@pytest.fixture(scope="module")
-def info(model_dir: Path) -> ModelInfo:
-    return ModelInfo.read(model_dir)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_dir: Path) -> TextTokenizer:
-    return TextTokenizer(model_dir)
 
 
 def validator(info: ModelInfo, tokenizer: TextTokenizer, **limits: object) -> Validator:

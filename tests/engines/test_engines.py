@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,11 @@ from distilgpt2_api.core import sequence
 from distilgpt2_api.core.batch import BatchScheduler
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
 from distilgpt2_api.engines import Engine, ModelInfo, ModelLoadError, load_engine
-from distilgpt2_api.engines.base import StepCallback, TokenRequest, TokenStep
 from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR, QUALITY_FILE
 from distilgpt2_api.model_store.convert import COMPUTE_TYPES, QUALITY_TOLERANCE, convert_for_ctranslate2
 
 from model_factory import build_tiny_llama
+from slowdown import slow_down
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,20 +74,6 @@ def test_stop_string_stops_generation(engine: Engine) -> None:
     ((text, reason, tokens),) = _generate(engine, **fields, stop=(stop,))
     assert (text, reason) == (free[: free.find(stop)], "stop")
     assert tokens < free_tokens
-
-
-def slow_down(engine: Engine, monkeypatch: pytest.MonkeyPatch, seconds: float = 0.05) -> None:
-    """Make every token `engine` generates take at least `seconds` more: a deliberately slowed model."""
-    generate = engine.generate
-
-    def slow_generate(jobs: Sequence[TokenRequest], on_step: StepCallback) -> None:
-        def slow_step(step: TokenStep) -> bool:
-            time.sleep(seconds)
-            return on_step(step)
-
-        generate(jobs, slow_step)
-
-    monkeypatch.setattr(engine, "generate", slow_generate)
 
 
 def test_time_budget_returns_what_it_has(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:

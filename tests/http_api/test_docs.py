@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from distilgpt2_api.http_api.docs import (
 )
 from distilgpt2_api.settings import Settings
 
-from event_factory import http_api_event, rest_api_event
+from event_factory import http_api_event, response_body, response_header, rest_api_event
 
 PAGES = ["/docs", "/redoc", "/docs/oauth2-redirect"]
 LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024  # a synchronous invocation's whole response, JSON-encoded
@@ -177,40 +176,29 @@ def test_behind_a_root_path_every_url_carries_it(staged: TestClient, path: str) 
 # --- through the Lambda handler -------------------------------------------------------------
 
 
-def _body(response: dict[str, Any]) -> bytes:
-    body = response["body"]
-    return base64.b64decode(body) if response.get("isBase64Encoded") else body.encode()
-
-
-def _header(response: dict[str, Any], name: str) -> str:
-    headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
-    multi = {k.lower(): v for k, v in (response.get("multiValueHeaders") or {}).items()}
-    return str(headers.get(name) or multi[name][0])
-
-
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])
 def test_lambda_rest_api_stage_pages_and_assets(lambda_handler: Any, lambda_context: Any, path: str) -> None:
     page = lambda_handler(rest_api_event("GET", path, stage="Prod"), lambda_context)
     assert page.get("statusCode") == 200
-    assert _header(page, "content-security-policy") == CONTENT_SECURITY_POLICY
-    urls = assert_same_origin(_body(page).decode(), "/Prod")
+    assert response_header(page, "content-security-policy") == CONTENT_SECURITY_POLICY
+    urls = assert_same_origin(response_body(page).decode(), "/Prod")
     for url in urls:
         # The gateway hands the function the path without the stage, and the stage in the context.
         response = lambda_handler(rest_api_event("GET", url.removeprefix("/Prod"), stage="Prod"), lambda_context)
         assert response["statusCode"] == 200, url
         if url.startswith(f"/Prod{ASSETS_URL}/"):
             name = url.rsplit("/", 1)[1]
-            assert _header(response, "content-type") == ASSET_TYPES[name]
-            assert _body(response) == load_asset(name).content
+            assert response_header(response, "content-type") == ASSET_TYPES[name]
+            assert response_body(response) == load_asset(name).content
 
 
 @pytest.mark.parametrize("name", ASSET_TYPES)
 def test_lambda_http_api_assets(lambda_handler: Any, lambda_context: Any, name: str) -> None:
     response = lambda_handler(http_api_event("GET", f"{ASSETS_URL}/{name}"), lambda_context)
     assert response["statusCode"] == 200
-    assert _header(response, "content-type") == ASSET_TYPES[name]
+    assert response_header(response, "content-type") == ASSET_TYPES[name]
     assert response["isBase64Encoded"] is not name.endswith((".js", ".css"))  # text stays text, the icon is binary
-    assert _body(response) == load_asset(name).content
+    assert response_body(response) == load_asset(name).content
     assert len(json.dumps(response)) < LAMBDA_RESPONSE_LIMIT
 
 
@@ -218,5 +206,5 @@ def test_lambda_http_api_pages_at_the_root(lambda_handler: Any, lambda_context: 
     for path in ["/docs", "/redoc"]:
         page = lambda_handler(http_api_event("GET", path), lambda_context)
         assert page["statusCode"] == 200
-        urls = assert_same_origin(_body(page).decode(), "")
+        urls = assert_same_origin(response_body(page).decode(), "")
         assert "/openapi.json" in urls

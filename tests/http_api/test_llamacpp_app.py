@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +20,10 @@ from distilgpt2_api.engines.base import cpu_name
 from distilgpt2_api.engines.llamacpp_engine import LlamaCppEngine, load_cpu_backend
 from distilgpt2_api.settings import Settings
 
-from engine_apps import openai_sdk
-from server_process import serving_in_thread
 from slowdown import slow_down, wait_until_idle
 
 PROMPT = "Once upon a time"
 NEVER = ["never in this text"]  # keeps generation going to max tokens
-
-
-@pytest.fixture(scope="module")
-def base_url(app: FastAPI) -> Iterator[str]:
-    with serving_in_thread(app) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def sdk(base_url: str) -> openai.OpenAI:
-    return openai_sdk(base_url)
 
 
 def test_the_default_app_is_the_step_loop_on_llamacpp(app: FastAPI) -> None:

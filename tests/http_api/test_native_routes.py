@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from distilgpt2_api import __version__
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
-from distilgpt2_api.core.stream import GenerationStream
+from distilgpt2_api.core.validation import ValidRequest
 from distilgpt2_api.engines.base import cpu_name
 from distilgpt2_api.engines.llamacpp_engine import load_cpu_backend
 
@@ -47,13 +47,13 @@ def test_prompt_route_samples_as_the_tutorial_did(
 ) -> None:
     generator = app.state.scheduler
     seen: list[GenerationRequest] = []
-    stream = generator.stream
+    validate = generator.validate
 
-    def spy(request: GenerationRequest) -> GenerationStream:
+    def spy(request: GenerationRequest) -> ValidRequest:
         seen.append(request)
-        return stream(request)
+        return validate(request)
 
-    monkeypatch.setattr(generator, "stream", spy)
+    monkeypatch.setattr(generator, "validate", spy)
     (sequence,) = client.get("/Once upon a time").json()["generated_sequences"]
     assert sequence.startswith("Once upon a time") and len(sequence) > len("Once upon a time")
     (request,) = seen
@@ -289,7 +289,7 @@ def test_a_fixed_route_owns_its_path_for_every_method(
     def must_not_run(request: object) -> None:
         raise AssertionError(f"the model ran for {method} {path}")
 
-    monkeypatch.setattr(app.state.scheduler, "stream", must_not_run)
+    monkeypatch.setattr(app.state.scheduler, "validate", must_not_run)
     response = client.request(method, path)
     assert response.status_code == 405, response.text
     assert response.json()["error"]["code"] == "method_not_allowed"

@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import openai
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-
-from server_process import serving_in_thread
-
-
-@pytest.fixture(scope="module")
-def base_url(app: FastAPI) -> Iterator[str]:
-    """The app under uvicorn on an ephemeral loopback port."""
-    with serving_in_thread(app) as url:
-        yield f"{url}/v1"
-
-
-@pytest.fixture(scope="module")
-def sdk(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
 
 
 def test_sdk_lists_the_served_model(sdk: openai.OpenAI) -> None:

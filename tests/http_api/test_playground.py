@@ -5,7 +5,6 @@ What the page does in a browser is tests/browser/test_playground_in_browser.py's
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import re
@@ -32,7 +31,7 @@ from distilgpt2_api.http_api.playground import (
 from distilgpt2_api.settings import Settings
 
 from engine_apps import llamacpp_app
-from event_factory import http_api_event, rest_api_event
+from event_factory import http_api_event, response_body, response_header, rest_api_event
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -237,23 +236,12 @@ def test_behind_a_root_path_every_url_carries_it(staged: TestClient) -> None:
         assert staged.get(url.removeprefix("/Prod")).status_code == 200, url  # as the proxy passes it on
 
 
-def _body(response: dict[str, Any]) -> bytes:
-    body = response["body"]
-    return base64.b64decode(body) if response.get("isBase64Encoded") else body.encode()
-
-
-def _header(response: dict[str, Any], name: str) -> str:
-    headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
-    multi = {k.lower(): v for k, v in (response.get("multiValueHeaders") or {}).items()}
-    return str(headers.get(name) or multi[name][0])
-
-
 def test_lambda_rest_api_stage(lambda_handler: Any, lambda_context: Any) -> None:
     page = lambda_handler(rest_api_event("GET", PLAYGROUND_URL, stage="Prod"), lambda_context)
     assert page["statusCode"] == 200
-    assert _header(page, "content-type") == "text/html; charset=utf-8"
-    assert _header(page, "content-security-policy") == CONTENT_SECURITY_POLICY
-    text = _body(page).decode()
+    assert response_header(page, "content-type") == "text/html; charset=utf-8"
+    assert response_header(page, "content-security-policy") == CONTENT_SECURITY_POLICY
+    text = response_body(page).decode()
     assert config_of(text)["root"] == "/Prod"
     for url in referenced_urls(text):
         assert url.startswith("/Prod/"), url
@@ -263,16 +251,16 @@ def test_lambda_rest_api_stage(lambda_handler: Any, lambda_context: Any) -> None
         assert response["statusCode"] == 200, url
         name = path.rsplit("/", 1)[1]
         if name in ASSET_TYPES:
-            assert _header(response, "content-type") == ASSET_TYPES[name]
-            assert _body(response) == load_asset(name).content
+            assert response_header(response, "content-type") == ASSET_TYPES[name]
+            assert response_body(response) == load_asset(name).content
 
 
 def test_lambda_http_api_at_the_root(lambda_handler: Any, lambda_context: Any) -> None:
     page = lambda_handler(http_api_event("GET", PLAYGROUND_URL), lambda_context)
     assert page["statusCode"] == 200
-    assert config_of(_body(page).decode())["root"] == ""
+    assert config_of(response_body(page).decode())["root"] == ""
     for name in ASSET_TYPES:
         response = lambda_handler(http_api_event("GET", f"{ASSETS_URL}/{name}"), lambda_context)
         assert response["statusCode"] == 200
         assert response["isBase64Encoded"] is False  # text stays text
-        assert _body(response) == load_asset(name).content
+        assert response_body(response) == load_asset(name).content

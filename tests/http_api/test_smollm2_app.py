@@ -5,7 +5,6 @@ question with a well-known answer, through the routes and through the `openai` S
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,7 @@ from pydantic import BaseModel, Field
 
 from distilgpt2_api.model_store import smollm2
 
-from engine_apps import llamacpp_app, openai_sdk
-from server_process import serving_in_thread
+from engine_apps import llamacpp_app
 
 pytestmark = pytest.mark.real_weights
 
@@ -31,18 +29,6 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 @pytest.fixture(scope="module")
 def app(smollm2_llamacpp_dir: Path) -> FastAPI:
     return llamacpp_app(smollm2_llamacpp_dir)
-
-
-@pytest.fixture(scope="module")
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def sdk(app: FastAPI) -> Iterator[openai.OpenAI]:
-    with serving_in_thread(app) as base_url:
-        yield openai_sdk(base_url)
 
 
 def test_it_serves_the_real_smollm2(client: TestClient) -> None:

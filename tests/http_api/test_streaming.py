@@ -22,17 +22,6 @@ PROMPT = "Once upon a time"
 
 
 @pytest.fixture(scope="module")
-def server(app: FastAPI) -> Iterator[str]:
-    with serving_in_thread(app) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def sdk(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
 def chat_sdk(chat_app: FastAPI) -> Iterator[openai.OpenAI]:
     with serving_in_thread(chat_app) as url:
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
@@ -102,10 +91,10 @@ def test_streamed_chat_is_the_plain_chat(chat_sdk: openai.OpenAI) -> None:
     ]
 
 
-def test_generate_stream_has_tgi_events(server: str, client: TestClient) -> None:
+def test_generate_stream_has_tgi_events(base_url: str, client: TestClient) -> None:
     body = {"prompt": PROMPT, "max_new_tokens": 12, "do_sample": True, "seed": 9, "top_n_tokens": 2}
     plain = client.post("/generate", json={**body, "details": True}).json()
-    with httpx.stream("POST", f"{server}/generate_stream", json=body, timeout=60) as response:
+    with httpx.stream("POST", f"{base_url}/generate_stream", json=body, timeout=60) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(data) for data in sse_data(response.read().decode())]
@@ -124,13 +113,13 @@ def test_generate_stream_has_tgi_events(server: str, client: TestClient) -> None
     assert all(len(e["top_tokens"]) == 2 for e in events)
 
 
-def test_tokens_leave_as_they_are_generated(server: str, app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tokens_leave_as_they_are_generated(base_url: str, app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
     slow_down(app.state.scheduler.engine, monkeypatch)
     tokens = 40
     arrivals = []
     with httpx.stream(
         "POST",
-        f"{server}/generate_stream",
+        f"{base_url}/generate_stream",
         json={"prompt": PROMPT, "max_new_tokens": tokens, "stop": ["never in this text"]},
         timeout=60,
     ) as response:
@@ -142,11 +131,11 @@ def test_tokens_leave_as_they_are_generated(server: str, app: FastAPI, monkeypat
     assert arrivals[-1] - arrivals[0] >= 0.5 * (len(arrivals) - 1) * STEP_SECONDS
 
 
-def test_a_client_that_leaves_frees_the_model(server: str, app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_client_that_leaves_frees_the_model(base_url: str, app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
     scheduler = app.state.scheduler
     slow_down(scheduler.engine, monkeypatch)
     long = {"prompt": PROMPT, "max_new_tokens": 200, "stop": ["never in this text"]}  # >= 10 s of generating
-    with httpx.stream("POST", f"{server}/generate_stream", json=long, timeout=60) as response:
+    with httpx.stream("POST", f"{base_url}/generate_stream", json=long, timeout=60) as response:
         seen = 0
         for line in response.iter_lines():
             seen += line.startswith("data:")
@@ -156,17 +145,17 @@ def test_a_client_that_leaves_frees_the_model(server: str, app: FastAPI, monkeyp
     # The abandoned request had ~10 s to go: it ends within a few steps of the client leaving, not after all of them.
     assert wait_until_idle(scheduler, timeout=10) < 3.0
     assert scheduler.running == 0
-    answer = httpx.post(f"{server}/generate", json={"prompt": PROMPT, "max_new_tokens": 2}, timeout=60)
+    answer = httpx.post(f"{base_url}/generate", json={"prompt": PROMPT, "max_new_tokens": 2}, timeout=60)
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 2
 
 
-def test_errors_before_the_first_token_keep_their_status(server: str) -> None:
+def test_errors_before_the_first_token_keep_their_status(base_url: str) -> None:
     too_long = "word " * 300
     for path, body in [
         ("/generate_stream", {"prompt": too_long, "max_new_tokens": 5}),
         ("/v1/completions", {"prompt": too_long, "max_tokens": 5, "stream": True}),
     ]:
-        response = httpx.post(f"{server}{path}", json=body, timeout=60)
+        response = httpx.post(f"{base_url}{path}", json=body, timeout=60)
         assert response.status_code == 400
         assert response.headers["content-type"] == "application/json"
         assert response.json()["error"]["code"] == "context_length_exceeded"
@@ -185,12 +174,12 @@ def _fail_after_two_tokens(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Cal
 
 
 def test_an_error_after_the_first_token_ends_the_stream_with_an_error_event(
-    server: str, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+    base_url: str, app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plain = httpx.post(f"{server}/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, "temperature": 0}).json()
+    plain = httpx.post(f"{base_url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, "temperature": 0}).json()
     rearm = _fail_after_two_tokens(app, monkeypatch)
     body = {"prompt": PROMPT, "max_tokens": 20, "temperature": 0, "stream": True}
-    response = httpx.post(f"{server}/v1/completions", json=body, timeout=60)
+    response = httpx.post(f"{base_url}/v1/completions", json=body, timeout=60)
     assert response.status_code == 200  # sent before the error
     *chunks, error, done = sse_data(response.text)
     # The two tokens made before the failure arrived, as the greedy answer begins; no finish reason came.
@@ -201,7 +190,7 @@ def test_an_error_after_the_first_token_ends_the_stream_with_an_error_event(
     assert "secret" not in response.text and "Traceback" not in response.text
     assert done == "[DONE]"
     rearm()
-    events = sse_data(httpx.post(f"{server}/generate_stream", json={"prompt": PROMPT}, timeout=60).text)
+    events = sse_data(httpx.post(f"{base_url}/generate_stream", json={"prompt": PROMPT}, timeout=60).text)
     *tokens, last = (json.loads(event) for event in events)
     assert len(tokens) == 2 and all("token" in event for event in tokens)
     assert last["error"]["code"] == "internal_error"

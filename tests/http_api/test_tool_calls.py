@@ -5,7 +5,6 @@ well-formed, so every call must validate against its function's parameters."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from engine_apps import llamacpp_app, openai_sdk
-from server_process import serving_in_thread
+from engine_apps import llamacpp_app
 
 WEATHER = {
     "type": "object",
@@ -42,21 +40,9 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def tools_app(long_chat_model_dir: Path) -> FastAPI:
+def app(long_chat_model_dir: Path) -> FastAPI:
     """The default engine over the chat model with room for tool definitions (a 2048-token context)."""
     return llamacpp_app(long_chat_model_dir, max_batch_size=4, max_batch_tokens=4096)
-
-
-@pytest.fixture(scope="module")
-def client(tools_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(tools_app, raise_server_exceptions=False) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def sdk(tools_app: FastAPI) -> Iterator[openai.OpenAI]:
-    with serving_in_thread(tools_app) as url:
-        yield openai_sdk(url)
 
 
 def chat(client: TestClient, **fields: Any) -> dict[str, Any]:
