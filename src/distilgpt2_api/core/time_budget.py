@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+
+class LambdaContext(Protocol):
+    """What the time budget reads of the context Lambda passes (Mangum puts it in the scope as `aws.context`)."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -17,10 +23,9 @@ class TimeBudget:
 
     def seconds_for(self, scope: dict[str, Any]) -> float:
         limits = [self.max_seconds, self.gateway_timeout_seconds - self.margin_seconds]
-        context = scope.get("aws.context")
-        remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
-        if callable(remaining_ms):
-            limits.append(remaining_ms() / 1000 - self.margin_seconds)
+        context: LambdaContext | None = scope.get("aws.context")  # under Lambda only
+        if context is not None:
+            limits.append(context.get_remaining_time_in_millis() / 1000 - self.margin_seconds)
         return max(0.0, min(limits))
 
     def deadline_for(self, scope: dict[str, Any]) -> float:
