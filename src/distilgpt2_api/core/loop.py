@@ -192,7 +192,12 @@ class StepScheduler(Scheduler):
             elif gone:
                 sink.end(DeadlineExceeded("the request's time budget ran out while it waited for the model"))
             else:
-                self._active.append(self._request(sink))
+                try:
+                    request = self._request(sink)
+                except Exception as error:  # noqa: BLE001 - taken from the queue, not yet active: it ends here
+                    sink.end(error)
+                    continue
+                self._active.append(request)
                 running += sink.request.sequences
         self._running = tuple(request.sink for request in self._active)
         for request in self._active:
