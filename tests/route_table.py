@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
@@ -21,3 +22,19 @@ def app_routes(app: FastAPI) -> set[tuple[str, str]]:
         implied = {"HEAD"} if "GET" in route.methods else set()
         routes.update((method, path) for method in route.methods - implied)
     return routes
+
+
+def unlisted_asset_paths(assets_url: str, *own: str) -> list[str]:
+    """Paths under `assets_url` that must be 404s: an unknown name, an encoded traversal, the folder itself, and
+    `own` (relative to it)."""
+    return [f"{assets_url}/nothing.js", f"{assets_url}/%2E%2E%2F__init__.py", f"{assets_url}/"] + [
+        f"{assets_url}/{path}" for path in own
+    ]
+
+
+def assert_served_asset(response: Any, media_type: str) -> None:
+    """`response` serves an asset: 200, its media type, no sniffing, cacheable."""
+    assert response.status_code == 200
+    assert response.headers["content-type"] == media_type
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"].startswith("public, max-age=")

@@ -81,6 +81,9 @@ class NetworkLog:
         return [urlsplit(url).path for url in self.requests if self.same_origin(url)]
 
 
+PageFactory = Callable[[str], tuple[Any, NetworkLog]]  # open_page(base_url): a guarded page and its log
+
+
 @contextmanager
 def guarded_page(browser: Any, network: NetworkLog) -> Iterator[Any]:
     """A page in a fresh browser context: requests to `network.origin` go through, all others are

@@ -5,9 +5,8 @@ Fixtures for any browser test:
 - `lambda_stage_server`: `handler.handler` behind a loopback stand-in for API Gateway's `/Prod` stage:
   the stage's base URL.
 - `browser`: headless Chromium, a fresh profile per launch, one launch per test module.
-- `page` / `network`: a fresh page that may reach `live_server`'s origin only, and the record of what
-  it asked for (requests to other origins are aborted and listed in `network.blocked`).
-- `stage_page` / `stage_network`: the same for `lambda_stage_server`.
+- `open_page(base_url)`: a fresh page that may reach `base_url`'s origin only, and the record of what it asked
+  for (requests to other origins are aborted and listed in `network.blocked`).
 - `screenshot(page, name)`: a full-page PNG under tests/browser/screenshots/ (gitignored), path printed.
 
 Chromium comes from Debian (`apt-get install chromium`; .ci/run installs it). Without it these tests
@@ -18,6 +17,7 @@ Playwright's own browser downloads are never used.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import pytest
 from browser_harness import (
     CHROMIUM_FLAGS,
     NetworkLog,
+    PageFactory,
     guarded_page,
     origin_of,
     require_chromium,
@@ -71,25 +72,15 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def network(live_server: str) -> NetworkLog:
-    return NetworkLog(origin_of(live_server))
+def open_page(browser: Any) -> Iterator[PageFactory]:
+    """`open_page(base_url)`: a fresh page that may reach `base_url`'s origin only, and its network log."""
+    with ExitStack() as pages:
 
+        def new(base_url: str) -> tuple[Any, NetworkLog]:
+            network = NetworkLog(origin_of(base_url))
+            return pages.enter_context(guarded_page(browser, network)), network
 
-@pytest.fixture
-def page(browser: Any, network: NetworkLog) -> Iterator[Any]:
-    with guarded_page(browser, network) as new_page:
-        yield new_page
-
-
-@pytest.fixture
-def stage_network(lambda_stage_server: str) -> NetworkLog:
-    return NetworkLog(origin_of(lambda_stage_server))
-
-
-@pytest.fixture
-def stage_page(browser: Any, stage_network: NetworkLog) -> Iterator[Any]:
-    with guarded_page(browser, stage_network) as new_page:
-        yield new_page
+        yield new
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import httpx
 
 from distilgpt2_api.http_api.docs import ASSETS_URL
 
-from browser_harness import STAGE, NetworkLog
+from browser_harness import STAGE, NetworkLog, PageFactory
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 RENDER_TIMEOUT_MS = 30_000
@@ -87,9 +87,8 @@ def render_redoc(page: Any, base_url: str) -> None:
 # --- uvicorn ------------------------------------------------------------------------------
 
 
-def test_swagger_ui_lists_every_operation(
-    page: Any, live_server: str, network: NetworkLog, screenshot: Screenshot
-) -> None:
+def test_swagger_ui_lists_every_operation(open_page: PageFactory, live_server: str, screenshot: Screenshot) -> None:
+    page, network = open_page(live_server)
     render_swagger_ui(page, live_server)
     assert page.locator(".info .title").inner_text().startswith("distilgpt2-api")
     screenshot(page, "docs")
@@ -101,15 +100,17 @@ def test_swagger_ui_lists_every_operation(
     )
 
 
-def test_redoc_renders_the_schema(page: Any, live_server: str, network: NetworkLog, screenshot: Screenshot) -> None:
+def test_redoc_renders_the_schema(open_page: PageFactory, live_server: str, screenshot: Screenshot) -> None:
+    page, network = open_page(live_server)
     render_redoc(page, live_server)
     screenshot(page, "redoc")
     assert_stayed_home(network)
     assert {f"{ASSETS_URL}/redoc.standalone.js", "/openapi.json"} <= set(network.paths())
 
 
-def test_the_guard_and_the_pages_policy_keep_requests_home(page: Any, live_server: str, network: NetworkLog) -> None:
+def test_the_guard_and_the_pages_policy_keep_requests_home(open_page: PageFactory, live_server: str) -> None:
     """The harness itself, and the docs pages' Content-Security-Policy: nothing leaves the machine either way."""
+    page, network = open_page(live_server)
     page.goto(f"{live_server}/")  # JSON, no policy: the harness's guard aborts the request and records it
     page.evaluate("() => fetch('https://example.com/from-health').catch(() => null)")
     assert network.blocked == ["https://example.com/from-health"]
@@ -123,8 +124,9 @@ def test_the_guard_and_the_pages_policy_keep_requests_home(page: Any, live_serve
 
 
 def test_swagger_ui_on_the_lambda_stage(
-    stage_page: Any, lambda_stage_server: str, stage_network: NetworkLog, screenshot: Screenshot
+    open_page: PageFactory, lambda_stage_server: str, screenshot: Screenshot
 ) -> None:
+    stage_page, stage_network = open_page(lambda_stage_server)
     render_swagger_ui(stage_page, lambda_stage_server)
     screenshot(stage_page, "lambda-stage-docs")
     try_health_in_swagger_ui(stage_page)  # the schema's server is the stage: the request goes to /Prod/
@@ -132,9 +134,8 @@ def test_swagger_ui_on_the_lambda_stage(
     assert f"{STAGE}/" in stage_network.paths()
 
 
-def test_redoc_on_the_lambda_stage(
-    stage_page: Any, lambda_stage_server: str, stage_network: NetworkLog, screenshot: Screenshot
-) -> None:
+def test_redoc_on_the_lambda_stage(open_page: PageFactory, lambda_stage_server: str, screenshot: Screenshot) -> None:
+    stage_page, stage_network = open_page(lambda_stage_server)
     render_redoc(stage_page, lambda_stage_server)
     screenshot(stage_page, "lambda-stage-redoc")
     assert_stayed_home(stage_network, prefix=STAGE)

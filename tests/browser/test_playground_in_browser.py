@@ -13,7 +13,6 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,12 @@ from distilgpt2_api.http_api.openai.protocol import CompletionChunk, CompletionC
 from distilgpt2_api.http_api.protocol import ErrorBody, ErrorResponse
 from distilgpt2_api.settings import Settings
 
-from browser_harness import STAGE, NetworkLog, guarded_page, origin_of
+from browser_harness import STAGE, NetworkLog, PageFactory
 from engine_apps import engine_app, llamacpp_app
 from server_process import serving_in_thread
 from slowdown import STEP_SECONDS, slow_down
 
 Screenshot = Callable[[Any, str], Path]
-PageFactory = Callable[[str], tuple[Any, NetworkLog]]
 TIMEOUT_MS = 30_000
 PROMPT = "Once upon a time"
 API_KEY = "playground-key-123"
@@ -103,16 +101,15 @@ def keyed_server(app: FastAPI) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def open_page(browser: Any) -> Iterator[PageFactory]:
-    """`open_page(base_url)`: a fresh page that may reach `base_url`'s origin only, and its network log."""
-    with ExitStack() as pages:
-
-        def new(base_url: str) -> tuple[Any, NetworkLog]:
-            network = NetworkLog(origin_of(base_url))
-            return pages.enter_context(guarded_page(browser, network)), network
-
-        yield new
+def assert_refusal_shown(page: Any, url: str, body: dict[str, Any], code: str) -> dict[str, Any]:
+    """What `url` answers `body` (the request the page sent) is a 400 `code`, and the page shows it: its error."""
+    refused = httpx.post(url, json=body, timeout=30)
+    assert refused.status_code == 400
+    error: dict[str, Any] = refused.json()["error"]
+    assert error["code"] == code
+    assert page.inner_text("#error .error-message") == error["message"]
+    assert page.inner_text("#error .error-details").startswith(f"HTTP 400 · {code}")
+    return error
 
 
 def open_playground(page: Any, base_url: str) -> None:
@@ -598,16 +595,9 @@ def test_json_output_is_shown_pretty_printed_and_valid(
     page.fill("#json-schema", '{"type": "strin"}')
     send_by_keyboard(page, "A person:")
     wait_until_idle(page)
-    refused = httpx.post(
-        f"{server}/v1/completions",
-        json={"prompt": "A person:", **sent[-1], "stream": False, "stream_options": None},
-        timeout=30,
-    )
-    assert refused.status_code == 400
-    error = refused.json()["error"]
-    assert error["code"] == "invalid_grammar" and "strin" in error["message"]
-    assert page.inner_text("#error .error-message") == error["message"]
-    assert page.inner_text("#error .error-details").startswith("HTTP 400 · invalid_grammar")
+    body = {"prompt": "A person:", **sent[-1], "stream": False, "stream_options": None}
+    error = assert_refusal_shown(page, f"{server}/v1/completions", body, "invalid_grammar")
+    assert "strin" in error["message"]
     assert page.inner_text("#status") == "Failed."
     assert_stayed_home(network, failures=1)
 
@@ -639,16 +629,9 @@ def test_json_output_errors_are_shown_in_the_page(
     wait_until_idle(page)
     page.locator("#error").wait_for(state="visible")
     format_ = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
-    refused = httpx.post(
-        f"{live_server}/v1/completions",
-        json={"prompt": PROMPT, "max_tokens": 8, "response_format": format_},
-        timeout=30,
-    )
-    assert refused.status_code == 400
-    error = refused.json()["error"]
-    assert error["code"] == "unsupported_by_engine" and "ENGINE=llamacpp" in error["message"]
-    assert page.inner_text("#error .error-message") == error["message"]
-    assert page.inner_text("#error .error-details").startswith("HTTP 400 · unsupported_by_engine")
+    body = {"prompt": PROMPT, "max_tokens": 8, "response_format": format_}
+    error = assert_refusal_shown(page, f"{live_server}/v1/completions", body, "unsupported_by_engine")
+    assert "ENGINE=llamacpp" in error["message"]
     assert page.inner_text("#completion-output") == "Nothing was generated."
     screenshot(page, "playground-json-unsupported")
     assert network.paths().count("/v1/completions") == 1
@@ -730,10 +713,9 @@ def test_every_control_is_labelled_and_reachable_by_keyboard(open_page: PageFact
     assert {"send", "max-tokens", "temperature", "top-p", "n", "seed", "stop-sequences"} <= reached
 
 
-def test_on_the_lambda_stage(
-    stage_page: Any, lambda_stage_server: str, stage_network: NetworkLog, screenshot: Screenshot
-) -> None:
+def test_on_the_lambda_stage(open_page: PageFactory, lambda_stage_server: str, screenshot: Screenshot) -> None:
     """Behind API Gateway's /Prod stage, through the Lambda handler: the stream arrives in one piece, and works."""
+    stage_page, stage_network = open_page(lambda_stage_server)
     open_playground(stage_page, lambda_stage_server)
     settings(stage_page, max_tokens=16, temperature=0)
     send_by_keyboard(stage_page, PROMPT)

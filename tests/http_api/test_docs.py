@@ -25,6 +25,7 @@ from distilgpt2_api.http_api.docs import (
 from distilgpt2_api.settings import Settings
 
 from event_factory import http_api_event, response_body, response_header, rest_api_event
+from route_table import assert_served_asset, unlisted_asset_paths
 
 PAGES = ["/docs", "/redoc", "/docs/oauth2-redirect"]
 LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024  # a synchronous invocation's whole response, JSON-encoded
@@ -104,10 +105,7 @@ def test_every_url_a_page_references_is_served(client: TestClient, path: str) ->
 @pytest.mark.parametrize("name", ASSET_TYPES)
 def test_assets_are_served_with_their_content_types(client: TestClient, name: str) -> None:
     response = client.get(f"{ASSETS_URL}/{name}")
-    assert response.status_code == 200
-    assert response.headers["content-type"] == ASSET_TYPES[name]
-    assert response.headers["x-content-type-options"] == "nosniff"
-    assert response.headers["cache-control"].startswith("public, max-age=")
+    assert_served_asset(response, ASSET_TYPES[name])
     assert response.content == load_asset(name).content
     assert len(response.content) > 1000
 
@@ -132,15 +130,7 @@ def test_an_unchanged_asset_is_a_304(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "path",
-    [
-        f"{ASSETS_URL}/nothing.js",
-        f"{ASSETS_URL}/..%2F..%2Fpyproject.toml",
-        f"{ASSETS_URL}/%2E%2E%2F__init__.py",
-        f"{ASSETS_URL}/../docs",
-        f"{ASSETS_URL}/swagger-ui.css/x",
-        f"{ASSETS_URL}/",
-    ],
+    "path", unlisted_asset_paths(ASSETS_URL, "..%2F..%2Fpyproject.toml", "../docs", "swagger-ui.css/x")
 )
 def test_only_the_listed_assets_are_served(client: TestClient, path: str) -> None:
     response = client.get(path)

@@ -32,6 +32,7 @@ from distilgpt2_api.settings import Settings
 
 from engine_apps import llamacpp_app
 from event_factory import http_api_event, response_body, response_header, rest_api_event
+from route_table import assert_served_asset, unlisted_asset_paths
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,10 +158,7 @@ def test_the_page_stays_open_when_api_keys_are_set(app: FastAPI) -> None:
 @pytest.mark.parametrize("name", ASSET_TYPES)
 def test_files_are_served_with_their_types(client: TestClient, name: str) -> None:
     response = client.get(f"{ASSETS_URL}/{name}")
-    assert response.status_code == 200
-    assert response.headers["content-type"] == ASSET_TYPES[name]
-    assert response.headers["x-content-type-options"] == "nosniff"
-    assert response.headers["cache-control"].startswith("public, max-age=")
+    assert_served_asset(response, ASSET_TYPES[name])
     again = client.get(f"{ASSETS_URL}/{name}", headers={"if-none-match": response.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
 
@@ -183,16 +181,9 @@ def test_the_page_offers_json_output(client: TestClient) -> None:
         assert word in script, word
 
 
+# The page's template (playground.html) is served only as the page.
 @pytest.mark.parametrize(
-    "path",
-    [
-        f"{ASSETS_URL}/nothing.js",
-        f"{ASSETS_URL}/playground.html",  # the page's template is served only as the page
-        f"{ASSETS_URL}/..%2Fplayground.py",
-        f"{ASSETS_URL}/%2E%2E%2F__init__.py",
-        f"{ASSETS_URL}/playground.js/x",
-        f"{ASSETS_URL}/",
-    ],
+    "path", unlisted_asset_paths(ASSETS_URL, "playground.html", "..%2Fplayground.py", "playground.js/x")
 )
 def test_only_the_listed_files_are_served(client: TestClient, path: str) -> None:
     response = client.get(path)

@@ -67,6 +67,7 @@ TOOLS = [
     }
 ]
 WEATHER_QUESTION = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+ONE_GREEDY_CALL: dict[str, Any] = {"tool_choice": "required", "parallel_tool_calls": False, "temperature": 0}
 
 
 class Capital(BaseModel):
@@ -87,13 +88,7 @@ def test_the_sdk_parse_gets_its_pydantic_model(sdk: openai.OpenAI) -> None:
 
 def test_a_tool_round_trip(sdk: openai.OpenAI) -> None:
     first = sdk.chat.completions.create(
-        model=smollm2.MODEL_ID,
-        messages=WEATHER_QUESTION,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        temperature=0,
-        max_tokens=60,  # type: ignore[arg-type]
+        model=smollm2.MODEL_ID, messages=WEATHER_QUESTION, max_tokens=60, tools=TOOLS, **ONE_GREEDY_CALL
     )
     (choice,) = first.choices
     assert choice.finish_reason == "tool_calls"

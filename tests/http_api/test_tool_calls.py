@@ -37,6 +37,7 @@ TOOLS = [
 ]
 SCHEMAS = {"get_weather": WEATHER, "get_time": CLOCK}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+ONE_GREEDY_CALL: dict[str, Any] = {"tool_choice": "required", "parallel_tool_calls": False, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +155,7 @@ def test_streamed_calls_arrive_as_openai_streams_them(client: TestClient, sdk: o
 
 def test_the_sdk_reads_calls(sdk: openai.OpenAI) -> None:
     completion = sdk.chat.completions.create(
-        model="tiny-chat-llama",
-        messages=ASK,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        temperature=0,
-        max_tokens=200,  # type: ignore[arg-type]
+        model="tiny-chat-llama", messages=ASK, max_tokens=200, tools=TOOLS, **ONE_GREEDY_CALL
     )
     (call,) = completion.choices[0].message.tool_calls or []
     assert call.type == "function"

@@ -9,19 +9,22 @@ reaching any other origin.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from importlib.resources import files
+from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 
-from distilgpt2_api.http_api.static_assets import Asset, asset_response
+from distilgpt2_api.http_api.static_assets import Asset, add_asset_route
 
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 ASSETS_URL = "/docs/assets"
+FAVICON_URL = f"{ASSETS_URL}/favicon.png"
 
 # name -> content type; nothing else is served from the package's folder.
 ASSET_TYPES = {
@@ -35,19 +38,10 @@ ASSETS_DIR = files("fastapi_offline") / "static"
 
 # Same origin only. The inline parts are FastAPI's page scripts and the styles both UIs inject;
 # ReDoc runs its search in a worker built from a blob, and both draw icons from data: URLs.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self' 'unsafe-inline'",
-        "style-src 'self' 'unsafe-inline'",
-        "img-src 'self' data:",
-        "font-src 'self' data:",
-        "worker-src 'self' blob:",
-        "connect-src 'self'",
-        "frame-ancestors 'self'",
-        "base-uri 'self'",
-        "form-action 'self'",
-    ]
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'self'; base-uri 'self'; "
+    "form-action 'self'"
 )
 
 
@@ -81,21 +75,27 @@ def docs_router(app: FastAPI) -> APIRouter:
     """The docs pages and their assets, for `app`'s title and schema URL. Open even when API keys are set."""
     router = APIRouter(include_in_schema=False)
 
+    def page(
+        request: Request, render: Callable[..., HTMLResponse], name: str, paths: dict[str, str], **options: Any
+    ) -> HTMLResponse:
+        """`render`'s page of `app`'s schema, titled `name`; `paths` (keyword -> path) under this service's root."""
+        root = _root(request)
+        urls = {keyword: f"{root}{path}" for keyword, path in paths.items()}
+        return _page(render(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - {name}", **urls, **options))
+
     @router.get(DOCS_URL)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = _root(request)
-        return _page(
-            get_swagger_ui_html(
-                openapi_url=f"{root}{app.openapi_url}",
-                title=f"{app.title} - Swagger UI",
-                swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
-                swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
-                swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-                oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT_URL}",
-                init_oauth=app.swagger_ui_init_oauth,
-                # No validator badge: it would ask a public validator about the schema.
-                swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None},
-            )
+        paths = {
+            "swagger_js_url": f"{ASSETS_URL}/swagger-ui-bundle.js",
+            "swagger_css_url": f"{ASSETS_URL}/swagger-ui.css",
+            "swagger_favicon_url": FAVICON_URL,
+            "oauth2_redirect_url": OAUTH2_REDIRECT_URL,
+        }
+        # No validator badge: it would ask a public validator about the schema.
+        parameters = {**(app.swagger_ui_parameters or {}), "validatorUrl": None}
+        oauth = app.swagger_ui_init_oauth
+        return page(
+            request, get_swagger_ui_html, "Swagger UI", paths, init_oauth=oauth, swagger_ui_parameters=parameters
         )
 
     @router.get(OAUTH2_REDIRECT_URL)
@@ -104,23 +104,10 @@ def docs_router(app: FastAPI) -> APIRouter:
 
     @router.get(REDOC_URL)
     async def redoc(request: Request) -> HTMLResponse:
-        root = _root(request)
-        return _page(
-            get_redoc_html(
-                openapi_url=f"{root}{app.openapi_url}",
-                title=f"{app.title} - ReDoc",
-                redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
-                redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-                with_google_fonts=False,
-            )
-        )
+        paths = {"redoc_js_url": f"{ASSETS_URL}/redoc.standalone.js", "redoc_favicon_url": FAVICON_URL}
+        return page(request, get_redoc_html, "ReDoc", paths, with_google_fonts=False)
 
-    @router.get(ASSETS_URL + "/{name}")
-    async def docs_asset(name: str, request: Request) -> Response:
-        if name not in ASSET_TYPES:
-            raise HTTPException(404, f"no docs asset named {name!r}")
-        return asset_response(load_asset(name), request)
-
+    add_asset_route(router, ASSETS_URL, ASSET_TYPES, load_asset, "docs")
     return router
 
 

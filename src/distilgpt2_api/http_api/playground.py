@@ -15,12 +15,12 @@ import json
 from functools import cache
 from importlib.resources import files
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 
 from distilgpt2_api import __version__
 from distilgpt2_api.core.scheduler import Scheduler
-from distilgpt2_api.http_api.static_assets import Asset, asset_response
+from distilgpt2_api.http_api.static_assets import Asset, add_asset_route
 from distilgpt2_api.settings import Settings
 
 PLAYGROUND_URL = "/playground"
@@ -33,17 +33,9 @@ ASSET_TYPES = {  # name -> content type; nothing else is served from the static 
 STATIC_DIR = files("distilgpt2_api.http_api") / "static"
 
 # Same origin only, and nothing inline: the script and the style sheet are files of their own.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self'",
-        "connect-src 'self'",
-        "frame-ancestors 'self'",
-        "base-uri 'none'",
-        "form-action 'none'",
-    ]
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
 )
 PAGE_HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
@@ -118,12 +110,7 @@ def playground_router(settings: Settings) -> APIRouter:
         )
         return HTMLResponse(render_page(config), headers=PAGE_HEADERS)
 
-    @router.get(ASSETS_URL + "/{name}")
-    async def playground_asset(name: str, request: Request) -> Response:
-        if name not in ASSET_TYPES:
-            raise HTTPException(404, f"no playground asset named {name!r}")
-        return asset_response(load_asset(name), request)
-
+    add_asset_route(router, ASSETS_URL, ASSET_TYPES, load_asset, "playground")
     return router
 
 
