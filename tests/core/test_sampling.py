@@ -12,7 +12,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from distilgpt2_api.core.request import SamplingParams
+from distilgpt2_api.core.errors import InvalidRequest
+from distilgpt2_api.core.request import SamplingParams, TokenRules
 from distilgpt2_api.core.sampling import NUCLEUS_CANDIDATES, Sampler, kept
 from distilgpt2_api.engines.base import logprobs_of
 
@@ -120,3 +121,26 @@ def test_logprobs_describe_the_raw_logits_not_the_sampling_settings() -> None:
     assert step.logprob == pytest.approx(logprob)
     assert step.top_logprobs == top
     assert Sampler(params).sample(logits).logprob is None
+
+
+def test_token_rules_bias_ban_and_hold_the_end_back() -> None:
+    logits = _logits(3)
+    best, second = (int(i) for i in np.argsort(-logits)[:2])
+    banned = Sampler(SamplingParams(), rules=TokenRules(logit_bias=((best, -100.0),)), logprobs=0)
+    step = banned.sample(logits)
+    assert step.token_id == second
+    assert step.logprob == pytest.approx(logprobs_of(logits, second, 0)[0])  # the model's, not the biased one
+    worst = int(np.argmin(logits))
+    assert Sampler(SamplingParams(), rules=TokenRules(logit_bias=((worst, 100.0),))).sample(logits).token_id == worst
+    # The end of sequence (here the likeliest token) waits for min_tokens, and never comes with ignore_eos.
+    held = Sampler(SamplingParams(), rules=TokenRules(min_tokens=2), eos_token_ids=[best])
+    assert [held.sample(logits).token_id for _ in range(3)] == [second, second, best]
+    ignoring = Sampler(SamplingParams(), rules=TokenRules(ignore_eos=True), eos_token_ids=[best])
+    assert {ignoring.sample(logits).token_id for _ in range(5)} == {second}
+
+
+def test_when_every_token_is_banned_the_request_is_told() -> None:
+    logits = _logits(4)[:3]
+    rules = TokenRules(logit_bias=((0, -100.0), (1, -100.0)), min_tokens=1)
+    with pytest.raises(InvalidRequest, match="banned"):
+        Sampler(SamplingParams(do_sample=True, seed=1), rules=rules, eos_token_ids=[2]).sample(logits)

@@ -11,13 +11,15 @@ from distilgpt2_api.core.errors import (
     ContextLengthExceeded,
     GrammarUnsupported,
     LogprobsBudgetExceeded,
+    MinTokensOverMax,
     ModelNotFound,
     TokenBudgetExceeded,
     TooManySequences,
     UnknownToken,
+    UnsupportedByEngine,
 )
 from distilgpt2_api.core.grammar import Grammar, InvalidGrammar
-from distilgpt2_api.core.request import GenerationRequest, SamplingParams
+from distilgpt2_api.core.request import GenerationRequest, SamplingParams, TokenRules
 from distilgpt2_api.core.validation import Limits, Validator
 from distilgpt2_api.engines.base import ModelInfo, TextTokenizer
 
@@ -27,7 +29,7 @@ UNSUPPORTED_SCHEMA = Grammar.json_schema({"uniqueItems": True}, param="response_
 
 
 def validator(info: ModelInfo, tokenizer: TextTokenizer, **limits: object) -> Validator:
-    return Validator(info, tokenizer, Limits(**{"grammar": True, **limits}))  # type: ignore[arg-type]
+    return Validator(info, tokenizer, Limits(**{"grammar": True, "token_rules": True, **limits}))  # type: ignore[arg-type]
 
 
 def test_a_valid_request_holds_what_the_core_runs(info: ModelInfo, tokenizer: TextTokenizer) -> None:
@@ -80,8 +82,22 @@ def test_a_chat_prompt_adds_no_special_tokens(info: ModelInfo, tokenizer: TextTo
             "logprobs",
         ),
         ({}, {"grammar": UNSUPPORTED_SCHEMA}, InvalidGrammar, "response_format"),
+        ({"token_rules": False}, {"rules": TokenRules(min_tokens=1)}, UnsupportedByEngine, "min_tokens"),
+        ({}, {"rules": TokenRules(logit_bias=((10**9, 1.0),))}, UnknownToken, "logit_bias"),
+        ({}, {"max_new_tokens": 4, "rules": TokenRules(min_tokens=5)}, MinTokensOverMax, "min_tokens"),
     ],
-    ids=["other-model", "grammar-unsupported", "context", "token-budget", "slots", "alternatives", "bad-grammar"],
+    ids=[
+        "other-model",
+        "grammar-unsupported",
+        "context",
+        "token-budget",
+        "slots",
+        "alternatives",
+        "bad-grammar",
+        "rules-unsupported",
+        "bias-unknown-token",
+        "min-over-max",
+    ],
 )
 def test_each_bound_refuses_with_its_error(
     info: ModelInfo,

@@ -23,13 +23,13 @@ class ModelNotFound(InvalidRequest):
 
 
 class UnknownToken(InvalidRequest):
-    """A prompt given as token ids holds one the model's vocabulary does not have."""
+    """A prompt given as token ids (or a logit bias) names one the model's vocabulary does not have."""
 
     code = "unknown_token"
-    param = "prompt"
 
-    def __init__(self, token_id: int, vocab_size: int) -> None:
+    def __init__(self, token_id: int, vocab_size: int, param: str = "prompt") -> None:
         super().__init__(f"token id {token_id} is not in the model's vocabulary (size {vocab_size})")
+        self.param = param
 
 
 class RequestTooLarge(InvalidRequest):
@@ -114,14 +114,29 @@ class TooManySequences(RequestTooLarge):
         super().__init__(f"{sequences} sampled sequences, more than the {slots} this server runs at once: lower n")
 
 
-class GrammarUnsupported(InvalidRequest):
-    """Structured output needs a step-level engine: one whose every step's logits the loop can mask."""
+class UnsupportedByEngine(InvalidRequest):
+    """What needs a step-level engine, one whose every step's logits the loop reads and can change."""
 
     code = "unsupported_by_engine"
 
-    def __init__(self, param: str | None) -> None:
+    def __init__(self, what: str, param: str | None) -> None:
         super().__init__(
-            "structured output (response_format, tools, grammar) needs the llama.cpp engine (ENGINE=llamacpp), "
-            "which constrains every step; this server's engine decides each call as a whole"
+            f"{what} needs the llama.cpp engine (ENGINE=llamacpp), which chooses every token itself; this server's "
+            "engine decides each call as a whole"
         )
         self.param = param
+
+
+class GrammarUnsupported(UnsupportedByEngine):
+    """Structured output on an engine that cannot mask a step's logits."""
+
+    def __init__(self, param: str | None) -> None:
+        super().__init__("structured output (response_format, tools, grammar)", param)
+
+
+class MinTokensOverMax(InvalidRequest):
+    code = "min_tokens_over_max"
+    param = "min_tokens"
+
+    def __init__(self, min_tokens: int, max_new_tokens: int) -> None:
+        super().__init__(f"min_tokens is {min_tokens}, more than the {max_new_tokens} tokens the answer may have")

@@ -117,7 +117,7 @@ class StepScheduler(Scheduler):
         prefix_cache_slots: int | None = None,
         grammar_cache_size: int = GRAMMAR_CACHE_SIZE,
     ) -> None:
-        limits = Limits(grammar=True, max_batch_tokens=max_batch_tokens, max_sequences=engine.slots)
+        limits = Limits(grammar=True, token_rules=True, max_batch_tokens=max_batch_tokens, max_sequences=engine.slots)
         validator = Validator(engine.info, engine.tokenizer, limits, grammar_cache_size=grammar_cache_size)
         super().__init__(validator, engine.kernels)
         self.engine = engine
@@ -211,7 +211,14 @@ class StepScheduler(Scheduler):
             _Row(
                 choice,
                 Sequence.for_request(self.engine.tokenizer, valid, info.eos_token_ids),
-                Sampler(valid.sampling, history=valid.prompt_ids, sequence=choice, logprobs=valid.logprobs),
+                Sampler(
+                    valid.sampling,
+                    history=valid.prompt_ids,
+                    sequence=choice,
+                    logprobs=valid.logprobs,
+                    rules=valid.rules,
+                    eos_token_ids=info.eos_token_ids,
+                ),
                 None if valid.grammar is None else valid.grammar.constraint(),
             )
             for choice in range(valid.sequences)

@@ -11,12 +11,37 @@ from dataclasses import dataclass, field
 from distilgpt2_api.core.grammar import Grammar
 from distilgpt2_api.engines.base import GREEDY, SamplingParams
 
-__all__ = ["DEFAULT_MAX_NEW_TOKENS", "GREEDY", "GenerationRequest", "Prompt", "SamplingParams", "tutorial_request"]
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
+    "GREEDY",
+    "NO_RULES",
+    "GenerationRequest",
+    "Prompt",
+    "SamplingParams",
+    "TokenRules",
+    "tutorial_request",
+]
 
 DEFAULT_MAX_NEW_TOKENS = 50  # the tutorial's default, shared by every API that has no default of its own
 TUTORIAL_TOP_K = 50  # the tutorial's pipeline sampled with top-k 50 (transformers' default)
 
 Prompt = str | tuple[int, ...]  # text, or token ids taken as they are (no special tokens added)
+
+
+BAN = -100.0  # a logit bias this low bans its token (OpenAI's convention)
+
+
+@dataclass(frozen=True)
+class TokenRules:
+    """What changes which token may come next, besides sampling and a grammar: biases on the model's logits, and
+    when the end-of-sequence token may end an answer."""
+
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit); BAN or lower: never chosen
+    min_tokens: int = 0  # no end-of-sequence token before this many tokens (stop strings may still end an answer)
+    ignore_eos: bool = False  # no end-of-sequence token at all: the answer runs to max_new_tokens or a stop string
+
+
+NO_RULES = TokenRules()
 
 
 @dataclass(frozen=True)
@@ -33,6 +58,7 @@ class GenerationRequest:
     logprobs: int | None = None  # None: none; k: each token's log-probability and its k likeliest alternatives
     grammar: Grammar | None = None  # what every answer must match (core/grammar.py); stop strings then do not apply
     model: str | None = None  # the model the client named, if any: only the served one is served
+    rules: TokenRules = field(default=NO_RULES)
 
 
 def tutorial_request(prompt: str, max_new_tokens: int, n: int, deadline: float | None = None) -> GenerationRequest:

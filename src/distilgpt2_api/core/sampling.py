@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from distilgpt2_api.core.request import SamplingParams
+from distilgpt2_api.core.errors import InvalidRequest
+from distilgpt2_api.core.request import BAN, NO_RULES, SamplingParams, TokenRules
 from distilgpt2_api.engines.base import TokenStep, logprobs_of
 
 # top-p looks at this many likeliest tokens first: a full sort of a 50k vocabulary costs milliseconds a token,
@@ -33,8 +34,15 @@ class Sampler:
         history: Iterable[int] = (),
         sequence: int = 0,
         logprobs: int | None = None,
+        rules: TokenRules = NO_RULES,
+        eos_token_ids: Iterable[int] = (),
     ) -> None:
         self.params = params
+        self.rules = rules
+        self._eos = np.array(sorted(eos_token_ids), dtype=np.int64)
+        self._bias_ids = np.array([token for token, _ in rules.logit_bias], dtype=np.int64)
+        self._bias = np.array([-np.inf if bias <= BAN else bias for _, bias in rules.logit_bias], dtype=np.float64)
+        self._chosen = 0  # tokens this sampler chose: min_tokens counts them
         self.sequence = sequence  # which of its request's sequences: reported in each TokenStep
         self._logprobs = logprobs
         self._history = list(history)  # what the repetition penalty covers: the prompt, then each chosen token
@@ -46,17 +54,25 @@ class Sampler:
         """The next token after `logits` (one row of the model's raw scores), remembered for the penalty.
 
         `allowed` (a bool mask, from a grammar) leaves only those tokens to choose from; log-probabilities
-        still describe the model's own distribution.
+        still describe the model's own distribution. The request's `TokenRules` apply after the repetition penalty:
+        its biases, and no end-of-sequence token before `min_tokens` (or at all, with `ignore_eos`).
         """
         scores = self._penalized(logits)
+        if self._bias_ids.size:
+            scores[self._bias_ids] += self._bias
+        if self.rules.ignore_eos or self._chosen < self.rules.min_tokens:
+            scores[self._eos] = -np.inf
         if allowed is not None:
             scores[~allowed] = -np.inf
+        if not np.isfinite(scores).any():
+            raise InvalidRequest("every token that could come next is banned (logit_bias, a grammar, min_tokens)")
         params = self.params
         if not params.do_sample:
             token = int(np.argmax(scores))
         else:
             token = self._draw(scores / params.temperature if params.temperature != 1.0 else scores)
         self._remember(token)
+        self._chosen += 1
         if self._logprobs is None:
             return TokenStep(self.sequence, token)
         logprob, top = logprobs_of(logits, token, self._logprobs)

@@ -16,13 +16,15 @@ from distilgpt2_api.core.errors import (
     ContextLengthExceeded,
     GrammarUnsupported,
     LogprobsBudgetExceeded,
+    MinTokensOverMax,
     ModelNotFound,
     TokenBudgetExceeded,
     TooManySequences,
     UnknownToken,
+    UnsupportedByEngine,
 )
 from distilgpt2_api.core.grammar import GRAMMAR_CACHE_SIZE, CompiledGrammar, GrammarCache
-from distilgpt2_api.core.request import GenerationRequest, Prompt
+from distilgpt2_api.core.request import NO_RULES, GenerationRequest, Prompt, TokenRules
 from distilgpt2_api.engines.base import ModelInfo, SamplingParams, TextTokenizer, TokenRequest
 
 
@@ -31,6 +33,7 @@ class Limits:
     """What a request must fit, declared by the scheduler for its engine; None: no such bound."""
 
     grammar: bool  # whether answers can be held to a grammar (structured output, tool calls)
+    token_rules: bool = False  # whether logit biases, min_tokens and ignore_eos can be applied (TokenRules)
     max_batch_tokens: int | None = None  # sequences x (prompt + new tokens), per request (MAX_BATCH_TOKENS)
     max_sequences: int | None = None  # sampled sequences one request may run at once (a step engine's slots)
     max_alternatives_steps: int | None = None  # with top logprobs: sequences x new tokens (an engine's memory)
@@ -50,6 +53,7 @@ class ValidRequest:
     deadline: float | None  # time.monotonic() by which generation must have returned
     logprobs: int | None
     grammar: CompiledGrammar | None
+    rules: TokenRules = NO_RULES
 
     @property
     def prompt_tokens(self) -> int:
@@ -105,6 +109,7 @@ class Validator:
             if not limits.grammar:
                 raise GrammarUnsupported(request.grammar.param)
             grammar = self.grammars.compiled(request.grammar)  # compiled now: a bad one is a 400, before queueing
+        self._check_rules(request)
         prompt_ids = self._prompt_ids(request)
         if len(prompt_ids) + request.max_new_tokens > info.context_length:
             raise ContextLengthExceeded(len(prompt_ids), request.max_new_tokens, info.context_length)
@@ -119,6 +124,7 @@ class Validator:
             deadline=request.deadline,
             logprobs=request.logprobs,
             grammar=grammar,
+            rules=request.rules,
         )
         if limits.max_batch_tokens is not None and valid.tokens > limits.max_batch_tokens:
             raise TokenBudgetExceeded(valid.sequences, len(prompt_ids), valid.max_new_tokens, limits.max_batch_tokens)
@@ -128,6 +134,20 @@ class Validator:
         if valid.logprobs and limits.max_alternatives_steps is not None and steps > limits.max_alternatives_steps:
             raise LogprobsBudgetExceeded(valid.sequences, valid.max_new_tokens, limits.max_alternatives_steps)
         return valid
+
+    def _check_rules(self, request: GenerationRequest) -> None:
+        rules = request.rules
+        if rules == NO_RULES:
+            return
+        if not self.limits.token_rules:
+            param = "logit_bias" if rules.logit_bias else "min_tokens" if rules.min_tokens else "ignore_eos"
+            raise UnsupportedByEngine("logit_bias, min_tokens and ignore_eos", param)
+        vocab_size = self.tokenizer.vocab_size
+        unknown = next((token for token, _ in rules.logit_bias if token >= vocab_size), None)
+        if unknown is not None:
+            raise UnknownToken(unknown, vocab_size, param="logit_bias")
+        if rules.min_tokens > request.max_new_tokens:
+            raise MinTokensOverMax(rules.min_tokens, request.max_new_tokens)
 
     def _prompt_ids(self, request: GenerationRequest) -> tuple[int, ...]:
         if isinstance(request.prompt, str):

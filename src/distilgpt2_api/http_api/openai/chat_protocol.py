@@ -180,6 +180,7 @@ class ChatCompletionRequest(OpenAIRequest):
             logprobs=(self.top_logprobs or 0) if self.logprobs else None,
             grammar=self.answer_grammar(),
             model=self.model,
+            rules=self.token_rules(),
         )
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from distilgpt2_api.core.errors import TooManyChoices
 from distilgpt2_api.core.grammar import Grammar
-from distilgpt2_api.core.request import GREEDY, GenerationRequest, Prompt, SamplingParams
+from distilgpt2_api.core.request import BAN, GREEDY, GenerationRequest, Prompt, SamplingParams, TokenRules
 from distilgpt2_api.core.sequence import Delta, GeneratedToken
 from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.http_api.protocol import (
@@ -75,6 +75,10 @@ class JsonSchemaFormat(StrictModel):
 ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
+MAX_LOGIT_BIAS = 1024  # tokens one request may bias
+LogitBias = Annotated[float, Field(ge=BAN, le=-BAN)]
+
+
 class OpenAIRequest(StrictModel):
     """The fields completions and chat share, and how they choose tokens."""
 
@@ -94,6 +98,17 @@ class OpenAIRequest(StrictModel):
         description="`json_object` or `json_schema`: every answer that ends with finish_reason `stop` is JSON "
         "(valid against the schema); only a `length` cut leaves it unfinished. Needs ENGINE=llamacpp.",
     )
+    logit_bias: Annotated[dict[TokenId, LogitBias], Field(max_length=MAX_LOGIT_BIAS)] | None = Field(
+        None,
+        description="Token id -> a bias added to the model's logit for it before sampling (-100 to 100; -100 bans "
+        "the token). Logprobs still describe the model's own distribution. Needs ENGINE=llamacpp.",
+    )
+    min_tokens: int = Field(
+        0, ge=0, description="vLLM's: no end-of-sequence token before this many tokens (stop strings still end)."
+    )
+    ignore_eos: bool = Field(
+        False, description="vLLM's: never choose the end-of-sequence token; the answer runs to its token limit."
+    )
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> OpenAIRequest:
@@ -109,6 +124,10 @@ class OpenAIRequest(StrictModel):
         if self.temperature < GREEDY_BELOW_TEMPERATURE:
             return GREEDY
         return SamplingParams(do_sample=True, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+    def token_rules(self) -> TokenRules:
+        bias = tuple(sorted((self.logit_bias or {}).items()))
+        return TokenRules(logit_bias=bias, min_tokens=self.min_tokens, ignore_eos=self.ignore_eos)
 
     def stop_strings(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -153,7 +172,7 @@ class CompletionRequest(OpenAIRequest):
         prompts = self.prompts()
         if len(prompts) * self.n > max_choices:
             raise TooManyChoices(len(prompts), self.n, max_choices)
-        grammar = self.grammar()
+        grammar, rules = self.grammar(), self.token_rules()
         return [
             GenerationRequest(
                 prompt=prompt,
@@ -165,6 +184,7 @@ class CompletionRequest(OpenAIRequest):
                 logprobs=self.logprobs,
                 grammar=grammar,
                 model=self.model,
+                rules=rules,
             )
             for prompt in prompts
         ]
