@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,12 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(
         None,
         description="Name reported by the API; defaults to the manifest's model id or the directory name.",
+    )
+    model_name_policy: Literal["any", "served"] = Field(
+        "any",
+        description="What a request naming another model gets: any (served by the one model, and answered with the "
+        "served name, as text-generation-inference and llama-server do: clients that send `tgi`, `default` or a "
+        "file name work) or served (a 404 model_not_found for any other name, as vLLM does).",
     )
     engine: EngineName = Field(
         "llamacpp",

@@ -117,6 +117,13 @@ def test_each_bound_refuses_with_its_error(
     assert check.validate(GenerationRequest(prompt="Once upon a time", max_new_tokens=4, **fields)).choices == 1  # type: ignore[arg-type]
 
 
+def test_any_model_name_is_served_when_the_policy_says_so(info: ModelInfo, tokenizer: TextTokenizer) -> None:
+    request = GenerationRequest(prompt="Once", model="tgi")
+    assert validator(info, tokenizer, any_model_name=True).validate(request).choices == 1
+    with pytest.raises(ModelNotFound):
+        validator(info, tokenizer).validate(request)
+
+
 def test_the_served_name_and_greedy_copies_are_within_every_bound(info: ModelInfo, tokenizer: TextTokenizer) -> None:
     check = validator(info, tokenizer, max_sequences=2, max_batch_tokens=60, max_alternatives_steps=40)
     # Greedy `n` computes one sequence: none of the per-sequence bounds counts its copies.

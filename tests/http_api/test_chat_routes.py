@@ -87,7 +87,6 @@ def test_max_completion_tokens_and_n(chat: TestClient) -> None:
         ({"messages": HELLO, "top_logprobs": 2}, 422, "validation_error", None),
         ({"messages": HELLO, "logprobs": True, "top_logprobs": 6}, 422, "validation_error", "top_logprobs"),
         ({"messages": HELLO, "stream_options": {"include_usage": True}}, 422, "validation_error", None),
-        ({"messages": HELLO, "model": "gpt-4"}, 404, "model_not_found", "model"),
         ({"messages": [{"role": "user", "content": "word " * 300}]}, 400, "context_length_exceeded", "max_new_tokens"),
     ],
     ids=[
@@ -105,7 +104,6 @@ def test_max_completion_tokens_and_n(chat: TestClient) -> None:
         "top-logprobs-alone",
         "too-many-top-logprobs",
         "stream-options-without-stream",
-        "other-model",
         "too-long",
     ],
 )

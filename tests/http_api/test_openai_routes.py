@@ -41,10 +41,11 @@ def test_sdk_stop_string(sdk: openai.OpenAI) -> None:
     assert stopped.choices[0].text == free[: free.find(stop)]
 
 
-def test_sdk_unknown_model_is_not_found(sdk: openai.OpenAI) -> None:
-    with pytest.raises(openai.NotFoundError) as raised:
-        sdk.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
-    assert "tiny-gpt2" in str(raised.value)
+def test_sdk_any_model_name_is_answered_by_the_served_model(sdk: openai.OpenAI) -> None:
+    named = sdk.completions.create(model="tgi", prompt="hi", max_tokens=3, temperature=0)
+    served = sdk.completions.create(model="tiny-gpt2", prompt="hi", max_tokens=3, temperature=0)
+    assert named.model == served.model == "tiny-gpt2"  # MODEL_NAME_POLICY=any, the default: the answer names it
+    assert named.choices[0].text == served.choices[0].text
 
 
 def test_sdk_out_of_range_is_unprocessable(sdk: openai.OpenAI) -> None:

@@ -13,6 +13,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from huggingface_hub import InferenceClient
 from pydantic import BaseModel, Field
 
 from distilgpt2_api.model_store import smollm2
@@ -139,3 +140,17 @@ def test_auto_lets_the_model_choose_and_any_call_validates(client: TestClient) -
         for call in choice["message"]["tool_calls"] or []:
             jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
         assert choice["message"]["tool_calls"] or not choice["message"]["content"].startswith("<tool_call>")
+
+
+def test_huggingface_hubs_client_against_the_real_model(base_url: str) -> None:
+    """text-generation-inference's own client: text generation, plain and streamed, and chat, unchanged."""
+    hf = InferenceClient(base_url=base_url, timeout=120)
+    plain = hf.text_generation("The capital of France is", max_new_tokens=12, details=True)
+    streamed = list(hf.text_generation("The capital of France is", max_new_tokens=12, stream=True, details=True))
+    texts = list(hf.text_generation("The capital of France is", max_new_tokens=12, stream=True))  # text only
+    assert "".join(texts) == plain.generated_text
+    assert "".join(event.token.text for event in streamed) == plain.generated_text
+    assert plain.details is not None and [t.id for t in plain.details.tokens] == [e.token.id for e in streamed]
+    assert "Paris" in plain.generated_text
+    answer = hf.chat_completion(QUESTION, max_tokens=48, temperature=0)
+    assert answer.model == smollm2.MODEL_ID and "Paris" in (answer.choices[0].message.content or "")

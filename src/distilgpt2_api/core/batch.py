@@ -65,11 +65,13 @@ class BatchScheduler(Scheduler):
         max_batch_tokens: int | None = None,
         max_batch_size: int = 1,
         batch_wait_seconds: float = BATCH_WAIT_SECONDS,
+        any_model_name: bool = False,
     ) -> None:
         limits = Limits(
             grammar=False,  # an engine call decides each step itself: no logits to mask
             max_batch_tokens=max_batch_tokens,
             max_alternatives_steps=engine.max_alternatives_steps,
+            any_model_name=any_model_name,
         )
         super().__init__(Validator(engine.info, engine.tokenizer, limits), engine.kernels)
         self.engine = engine

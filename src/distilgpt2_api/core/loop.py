@@ -116,8 +116,15 @@ class StepScheduler(Scheduler):
         prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
         prefix_cache_slots: int | None = None,
         grammar_cache_size: int = GRAMMAR_CACHE_SIZE,
+        any_model_name: bool = False,
     ) -> None:
-        limits = Limits(grammar=True, token_rules=True, max_batch_tokens=max_batch_tokens, max_sequences=engine.slots)
+        limits = Limits(
+            grammar=True,
+            token_rules=True,
+            max_batch_tokens=max_batch_tokens,
+            max_sequences=engine.slots,
+            any_model_name=any_model_name,
+        )
         validator = Validator(engine.info, engine.tokenizer, limits, grammar_cache_size=grammar_cache_size)
         super().__init__(validator, engine.kernels)
         self.engine = engine

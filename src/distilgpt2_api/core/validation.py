@@ -30,13 +30,14 @@ from distilgpt2_api.engines.base import ModelInfo, SamplingParams, TextTokenizer
 
 @dataclass(frozen=True)
 class Limits:
-    """What a request must fit, declared by the scheduler for its engine; None: no such bound."""
+    """What a request must fit: what the scheduler's engine can do, and the server's settings; None: no bound."""
 
     grammar: bool  # whether answers can be held to a grammar (structured output, tool calls)
     token_rules: bool = False  # whether logit biases, min_tokens and ignore_eos can be applied (TokenRules)
     max_batch_tokens: int | None = None  # sequences x (prompt + new tokens), per request (MAX_BATCH_TOKENS)
     max_sequences: int | None = None  # sampled sequences one request may run at once (a step engine's slots)
     max_alternatives_steps: int | None = None  # with top logprobs: sequences x new tokens (an engine's memory)
+    any_model_name: bool = False  # a request naming another model is served by this one (else ModelNotFound)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Validator:
     def validate(self, request: GenerationRequest) -> ValidRequest:
         """`request` checked against every bound, or InvalidRequest saying which and what to change."""
         info, limits = self.info, self.limits
-        if request.model is not None and request.model != info.name:
+        if request.model is not None and request.model != info.name and not limits.any_model_name:
             raise ModelNotFound(request.model, info.name)
         grammar = None
         if request.grammar is not None:

@@ -28,6 +28,7 @@ from distilgpt2_api.http_api.playground import install_playground
 from distilgpt2_api.http_api.protocol import Bounds
 from distilgpt2_api.http_api.server_timing import ServerTiming
 from distilgpt2_api.http_api.streaming import document_events
+from distilgpt2_api.http_api.tgi.routes import tgi_router
 from distilgpt2_api.http_api.tokens.routes import tokens_router
 from distilgpt2_api.observability import RequestLogging, logger, silence_access_log
 from distilgpt2_api.settings import Settings
@@ -68,6 +69,7 @@ def create_app(scheduler: Scheduler, settings: Settings, *, cold_start_seconds: 
     install_metrics(app, settings, keyed)  # Prometheus; behind the key when there is one, as Prometheus can send it
     app.include_router(openai_router(bounds), dependencies=keyed)
     app.include_router(tokens_router(bounds), dependencies=keyed)
+    app.include_router(tgi_router(bounds), dependencies=keyed)  # POST /: after health, which owns GET and HEAD /
     document_events(app, [*openai.EVENTS, *native.EVENTS])
     return app
 
@@ -102,13 +104,17 @@ def load_scheduler(settings: Settings) -> Scheduler:
 
 def scheduler_for(engine: Engine | StepEngine, settings: Settings) -> Scheduler:
     """`engine` behind the scheduler of its kind: continuous batching for a step engine, else whole jobs."""
+    shared = {
+        "max_batch_tokens": settings.max_batch_tokens,
+        "max_batch_size": settings.max_batch_size,
+        "any_model_name": settings.model_name_policy == "any",
+    }
     if isinstance(engine, StepEngine):
         return StepScheduler(
             engine,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_batch_size=settings.max_batch_size,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
             prefix_cache_slots=None if settings.prefix_cache_slots else 0,  # any free slot, or none
             grammar_cache_size=settings.grammar_cache_size,
+            **shared,
         )
-    return BatchScheduler(engine, max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size)
+    return BatchScheduler(engine, **shared)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from distilgpt2_api.core.errors import DeadlineExceeded, InvalidRequest
-from distilgpt2_api.http_api.protocol import ErrorBody, ErrorResponse
+from distilgpt2_api.http_api.protocol import BODY_SHAPES, ErrorBody, ErrorResponse
 from distilgpt2_api.http_api.routing import owned_by_fixed_route
 from distilgpt2_api.observability import REQUEST_ID_HEADER, logger, request_id
 
@@ -69,7 +70,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # Drop the echoed input: it can be a whole prompt, and it is the caller's own data anyway.
     errors = exc.errors()
-    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+    detail = [{"loc": _location(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
     if errors and tuple(errors[0]["loc"]) == ("body",) and isinstance(errors[0].get("input"), bytes):
         # FastAPI parses a body as JSON only when its content type says so; otherwise it hands over bytes.
         content_type = request.headers.get("content-type", "none")
@@ -87,6 +88,11 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     param = ".".join(field_path) or None
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
     return _error(request, 422, "validation_error", message, param=param, detail=detail)
+
+
+def _location(loc: Sequence[int | str]) -> list[int | str]:
+    """An error's location in the request, without the tag of the body shape it was read as (BODY_SHAPES)."""
+    return [part for index, part in enumerate(loc) if not (index == 1 and loc[0] == "body" and part in BODY_SHAPES)]
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:

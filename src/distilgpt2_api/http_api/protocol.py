@@ -25,6 +25,11 @@ TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
 TokenId = Annotated[int, Field(ge=0)]
 
 
+# Tags of the body shapes one route may take (`POST /generate`: this API's and text-generation-inference's): Pydantic
+# puts the tag in an error's location, after "body"; error messages leave it out.
+BODY_SHAPES = ("flat", "tgi")
+
+
 @dataclass(frozen=True)
 class Bounds:
     """The request fields whose limits come from the settings, as annotated types for request models."""

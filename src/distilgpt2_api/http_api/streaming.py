@@ -53,7 +53,7 @@ class StreamTally:
 class EventFormat(Protocol):
     """How one API shows a stream: events for each delta, events after the last one, the error event."""
 
-    def delta(self, delta: Delta) -> Iterable[BaseModel]: ...
+    def delta(self, delta: Delta, tally: StreamTally) -> Iterable[BaseModel]: ...
 
     def end(self, tally: StreamTally) -> Iterable[BaseModel | str]: ...
 
@@ -83,11 +83,11 @@ async def _body(
     unfinished = "cancelled"  # what a choice without a finish reason became: its client left, or an error
     try:
         tally.add(first)
-        for event in events.delta(first):
+        for event in events.delta(first, tally):
             yield _sse(event)
         async for delta in stream:
             tally.add(delta)
-            for event in events.delta(delta):
+            for event in events.delta(delta, tally):
                 yield _sse(event)
         for event in events.end(tally):
             yield _sse(event)

@@ -5,6 +5,7 @@ Each request model turns itself into the core's GenerationRequest: the one trans
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -60,6 +61,15 @@ class RegexGrammar(StrictModel):
 GrammarParam = Annotated[JsonGrammar | RegexGrammar, Field(discriminator="type")]
 
 
+def grammar_of(param: JsonGrammar | RegexGrammar | None) -> Grammar | None:
+    """text-generation-inference's `grammar` parameter as the core's Grammar."""
+    if param is None:
+        return None
+    if isinstance(param, JsonGrammar):
+        return Grammar.json_schema(param.value, param="grammar")
+    return Grammar("regex", param.value, param="grammar")
+
+
 class GenerateRequest(StrictModel):
     """The fields of `POST /generate`; `generate_request_model` bounds prompt and counts from the settings."""
 
@@ -82,13 +92,6 @@ class GenerateRequest(StrictModel):
         "A sequence that ends with `stop_sequence`/`eos_token` matches it; `stop` does not apply.",
     )
 
-    def to_grammar(self) -> Grammar | None:
-        if self.grammar is None:
-            return None
-        if isinstance(self.grammar, JsonGrammar):
-            return Grammar.json_schema(self.grammar.value, param="grammar")
-        return Grammar("regex", self.grammar.value, param="grammar")
-
     def to_generation_request(self, deadline: float | None, *, logprobs: bool = False) -> GenerationRequest:
         """`logprobs`: every token's logprob whatever `details` says (streamed events always carry them)."""
         sampling = SamplingParams(
@@ -107,7 +110,7 @@ class GenerateRequest(StrictModel):
             stop=tuple(self.stop),
             deadline=deadline,
             logprobs=self.top_n_tokens if (self.details or logprobs or self.top_n_tokens) else None,
-            grammar=self.to_grammar(),
+            grammar=grammar_of(self.grammar),
         )
 
 
@@ -164,8 +167,9 @@ class GenerateResponse(BaseModel):
 
 
 class StreamDetails(BaseModel):
-    finish_reason: FinishReason
+    finish_reason: str = Field(description="This API's reason (text-generation-inference's on its wire format).")
     generated_tokens: int
+    input_length: int = Field(description="The prompt's tokens.")
     seed: int | None
 
 
@@ -186,12 +190,15 @@ class StreamResponse(BaseModel):
 class StreamEvents:
     """`/generate_stream`'s events: one per token, the last of each sequence with its whole text and details."""
 
-    def __init__(self, body: GenerateRequest, seed: int | None) -> None:
-        self._prefix = body.prompt if body.return_full_text else ""
+    def __init__(
+        self, prefix: str, seed: int | None, reason: Callable[[FinishReason], str] = lambda reason: reason
+    ) -> None:
+        self._prefix = prefix  # what each sequence's generated_text starts with (the prompt, or nothing)
         self._seed = seed
+        self._reason = reason  # a finish reason as this API names it
         self._texts: dict[int, list[str]] = {}
 
-    def delta(self, delta: Delta) -> list[BaseModel]:
+    def delta(self, delta: Delta, tally: StreamTally) -> list[BaseModel]:
         texts = self._texts.setdefault(delta.index, [])
         texts.append(delta.text)
         tokens = [(token, token.text) for token in delta.tokens]
@@ -205,7 +212,10 @@ class StreamEvents:
         if delta.finish_reason is not None and events:
             events[-1].generated_text = self._prefix + "".join(texts)
             events[-1].details = StreamDetails(
-                finish_reason=delta.finish_reason, generated_tokens=delta.completion_tokens, seed=self._seed
+                finish_reason=self._reason(delta.finish_reason),
+                generated_tokens=delta.completion_tokens,
+                input_length=tally.prompt_tokens,
+                seed=self._seed,
             )
         return events
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response
+from pydantic import Discriminator, Tag
 
 from distilgpt2_api import __version__
 from distilgpt2_api.core.request import DEFAULT_MAX_NEW_TOKENS, tutorial_request
@@ -21,11 +22,14 @@ from distilgpt2_api.http_api.native.protocol import (
     generate_request_model,
     with_prompt,
 )
-from distilgpt2_api.http_api.protocol import Bounds, HealthResponse, KernelsInfo
+from distilgpt2_api.http_api.protocol import BODY_SHAPES, Bounds, HealthResponse, KernelsInfo
 from distilgpt2_api.http_api.routing import CatchAllRoute
 from distilgpt2_api.http_api.streaming import event_stream, sse_response_doc
+from distilgpt2_api.http_api.tgi import routes as tgi
+from distilgpt2_api.http_api.tgi.protocol import TgiRequest, TgiResponse, tgi_request_models
 
-EVENTS = (StreamResponse,)  # what its streams send, for the OpenAPI schema
+EVENTS = (StreamResponse,)
+FLAT, TGI = BODY_SHAPES  # what its streams send, for the OpenAPI schema
 STREAM_DOC = "Server-Sent Events: one per token; a sequence's last one carries `generated_text` and `details`."
 
 
@@ -49,18 +53,28 @@ def health_router() -> APIRouter:
     return router
 
 
+def _shape(body: object) -> str:
+    """Which body a `/generate` request sent: text-generation-inference's (`inputs`) or this API's flat one."""
+    if isinstance(body, TgiRequest) or (isinstance(body, dict) and "inputs" in body):
+        return TGI
+    return FLAT
+
+
 def generation_router(bounds: Bounds) -> APIRouter:
     """`POST /generate` and `GET /{prompt}`, their limits from `bounds`. `/{prompt}` takes any single path
     segment that no fixed route owns (under any method)."""
     router = APIRouter(tags=["generation"])
-    Body = generate_request_model(bounds)
+    Flat = generate_request_model(bounds)
+    Tgi, _ = tgi_request_models(bounds)
+    # Both shapes on one route: this API's flat body, and text-generation-inference's `inputs` + `parameters`.
+    Body = Annotated[Annotated[Flat, Tag(FLAT)] | Annotated[Tgi, Tag(TGI)], Discriminator(_shape)]  # type: ignore[valid-type]
 
-    @router.post("/generate", response_model=GenerateResponse, responses=ERROR_RESPONSES)
-    async def generate(
-        body: Body,  # type: ignore[valid-type]
-        generation: GenerationDep,
-    ) -> GenerateResponse:
-        """Generate continuations of `prompt` (parameter names follow text-generation-inference)."""
+    @router.post("/generate", response_model=GenerateResponse | TgiResponse, responses=ERROR_RESPONSES)
+    async def generate(body: Body, generation: GenerationDep) -> GenerateResponse | TgiResponse:
+        """Generate continuations of `prompt` (parameter names follow text-generation-inference); with TGI's
+        `inputs` and `parameters`, TGI's answer."""
+        if isinstance(body, TgiRequest):
+            return await tgi.generate(body, generation)
         result = await generation.run(body.to_generation_request(generation.deadline))
         details = body.details or body.top_n_tokens > 0
         top = body.top_n_tokens > 0
@@ -78,14 +92,14 @@ def generation_router(bounds: Bounds) -> APIRouter:
         response_class=Response,
         responses={**ERROR_RESPONSES, 200: sse_response_doc(StreamResponse, description=STREAM_DOC)},
     )
-    async def generate_stream(
-        body: Body,  # type: ignore[valid-type]
-        generation: GenerationDep,
-    ) -> Response:
+    async def generate_stream(body: Body, generation: GenerationDep) -> Response:
         """`POST /generate`'s request, answered token by token as Server-Sent Events (text-generation-inference's
         events). An error after the first event ends the stream with an error event."""
+        if isinstance(body, TgiRequest):
+            return await tgi.generate_stream(body, generation)
         request = body.to_generation_request(generation.deadline, logprobs=True)
-        return await event_stream(generation, [request], StreamEvents(body, request.sampling.seed_in_use))
+        prefix = body.prompt if body.return_full_text else ""
+        return await event_stream(generation, [request], StreamEvents(prefix, request.sampling.seed_in_use))
 
     async def generate_from_path(
         prompt: Annotated[bounds.prompt, Path()],  # type: ignore[name-defined]

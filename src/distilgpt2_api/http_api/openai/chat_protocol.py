@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator, model_validator
 
@@ -23,6 +23,9 @@ from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.core.tools import FunctionTool, ToolCall, ToolCallStream, parse_tool_calls, tool_grammar
 from distilgpt2_api.http_api.openai.protocol import Choice, Chunk, OpenAIEvents, OpenAIRequest, Response
 from distilgpt2_api.http_api.protocol import Bounds, StrictModel, TopLogprobs
+
+if TYPE_CHECKING:
+    from distilgpt2_api.http_api.streaming import StreamTally
 
 MAX_MESSAGES = 256
 MAX_TOOLS = 64
@@ -349,7 +352,7 @@ class ChatEvents(OpenAIEvents):
         self._calls: dict[int, ToolCallStream] = {}  # per choice, with tools: its text read as it streams
         self._called: set[int] = set()  # choices that made a call
 
-    def delta(self, delta: Delta) -> list[BaseModel]:
+    def delta(self, delta: Delta, tally: StreamTally) -> list[BaseModel]:
         first = delta.index not in self._started
         if not (first or delta.text or delta.finish_reason):
             return []  # nothing a client could see (a special token, an unfinished character)

@@ -325,7 +325,7 @@ class CompletionEvents(OpenAIEvents):
         self._logprobs = body.logprobs is not None
         self._offsets: dict[int, int] = {}
 
-    def delta(self, delta: Delta) -> list[BaseModel]:
+    def delta(self, delta: Delta, tally: StreamTally) -> list[BaseModel]:
         if not delta.text and delta.finish_reason is None:
             return []  # nothing a client could see (a special token, an unfinished character)
         offset = self._offsets.get(delta.index, 0)
