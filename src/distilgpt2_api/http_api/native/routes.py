@@ -28,8 +28,8 @@ from distilgpt2_api.http_api.streaming import event_stream, sse_response_doc
 from distilgpt2_api.http_api.tgi import routes as tgi
 from distilgpt2_api.http_api.tgi.protocol import TgiRequest, TgiResponse, tgi_request_models
 
-EVENTS = (StreamResponse,)
-FLAT, TGI = BODY_SHAPES  # what its streams send, for the OpenAPI schema
+EVENTS = (StreamResponse,)  # what its streams send, for the OpenAPI schema
+FLAT, TGI = BODY_SHAPES  # the tags of the two bodies /generate and /generate_stream take
 STREAM_DOC = "Server-Sent Events: one per token; a sequence's last one carries `generated_text` and `details`."
 
 
