@@ -106,6 +106,7 @@ def test_generate_stream_has_tgi_events(base_url: str, client: TestClient) -> No
     assert last["details"] == {
         "finish_reason": plain["finish_reasons"][0],
         "generated_tokens": plain["details"][0]["generated_tokens"],
+        "input_length": plain["usage"]["prompt_tokens"],
         "seed": 9,
     }
     logprobs = [e["token"]["logprob"] for e in events]

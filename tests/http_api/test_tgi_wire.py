@@ -122,3 +122,14 @@ def test_the_compat_route_streams_too(base_url: str, client: TestClient) -> None
     assert events[-1]["generated_text"] == own["text"]
     plain = client.post("/", json={**body, "stream": False}).json()
     assert plain == [{"generated_text": own["text"], "details": None}]
+
+
+def test_a_vanishing_temperature_is_greedy(client: TestClient) -> None:
+    """Found by fuzzing: TGI allows any temperature above 0, and dividing logits by 5e-324 overflowed, so a grammar
+    saw a token it had masked. Below 0.01 a temperature is greedy, as on the OpenAI routes."""
+    tiny = {"inputs": PROMPT, "parameters": {"max_new_tokens": 8, "temperature": 5e-324, "seed": 1}}
+    assert client.post("/generate", json=tiny).json()["generated_text"] == flat(client)["text"]
+    grammar = {"type": "json", "value": {}}
+    constrained = {"inputs": "0", "parameters": {"max_new_tokens": 8, "temperature": 5e-324, "grammar": grammar}}
+    response = client.post("/", json=constrained)
+    assert response.status_code == 200, response.text

@@ -71,7 +71,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     # Drop the echoed input: it can be a whole prompt, and it is the caller's own data anyway.
     errors = exc.errors()
     detail = [{"loc": _location(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
-    if errors and tuple(errors[0]["loc"]) == ("body",) and isinstance(errors[0].get("input"), bytes):
+    if errors and detail[0]["loc"] == ["body"] and isinstance(errors[0].get("input"), bytes):
         # FastAPI parses a body as JSON only when its content type says so; otherwise it hands over bytes.
         content_type = request.headers.get("content-type", "none")
         message = f"send the request body as a JSON object with Content-Type: application/json (got {content_type})"

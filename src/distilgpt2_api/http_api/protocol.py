@@ -25,6 +25,8 @@ TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
 TokenId = Annotated[int, Field(ge=0)]
 
 
+GREEDY_BELOW_TEMPERATURE = 0.01  # APIs allow any temperature above 0 (OpenAI: >= 0); near 0, sampling is greedy anyway
+
 # Tags of the body shapes one route may take (`POST /generate`: this API's and text-generation-inference's): Pydantic
 # puts the tag in an error's location, after "body"; error messages leave it out.
 BODY_SHAPES = ("flat", "tgi")

@@ -18,6 +18,7 @@ from distilgpt2_api.core.sequence import Delta, GeneratedToken
 from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.http_api.protocol import (
     DONE,
+    GREEDY_BELOW_TEMPERATURE,
     Bounds,
     ErrorResponse,
     Seed,
@@ -34,7 +35,6 @@ from distilgpt2_api.http_api.protocol import (
 if TYPE_CHECKING:
     from distilgpt2_api.http_api.streaming import StreamTally
 
-GREEDY_BELOW_TEMPERATURE = 0.01  # OpenAI allows any temperature >= 0; near 0, sampling is greedy anyway
 OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's own default for /v1/completions
 
 

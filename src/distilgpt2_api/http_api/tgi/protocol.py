@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from distilgpt2_api.core.request import GenerationRequest, SamplingParams
+from distilgpt2_api.core.request import GREEDY, GenerationRequest, SamplingParams
 from distilgpt2_api.core.sequence import FinishReason
 from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.http_api.native.protocol import GrammarParam, Token, grammar_of, top_tokens
-from distilgpt2_api.http_api.protocol import Bounds, Seed, StopList, StrictModel, TopLogprobs
+from distilgpt2_api.http_api.protocol import GREEDY_BELOW_TEMPERATURE, Bounds, Seed, StopList, StrictModel, TopLogprobs
 
 TGI_DEFAULT_MAX_NEW_TOKENS = 100  # TGI's own default
 TgiFinishReason = Literal["length", "eos_token", "stop_sequence"]
@@ -39,7 +39,9 @@ class TgiParameters(StrictModel):
 
     max_new_tokens: int = TGI_DEFAULT_MAX_NEW_TOKENS
     do_sample: bool = False
-    temperature: float | None = Field(None, gt=0.0, le=100.0)
+    temperature: float | None = Field(
+        None, gt=0.0, le=100.0, description=f"Below {GREEDY_BELOW_TEMPERATURE}: greedy decoding (what it tends to)."
+    )
     top_k: int | None = Field(None, gt=0, le=100_000)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
@@ -58,6 +60,8 @@ class TgiParameters(StrictModel):
     adapter_id: None = Field(None, description=f"null only: {UNSUPPORTED}.")
 
     def sampling(self) -> SamplingParams:
+        if self.temperature is not None and self.temperature < GREEDY_BELOW_TEMPERATURE:
+            return GREEDY
         warpers = self.temperature not in (None, 1.0) or self.top_k is not None or self.top_p not in (None, 1.0)
         return SamplingParams(
             do_sample=self.do_sample or warpers,
