@@ -18,9 +18,6 @@ class ModelNotFound(InvalidRequest):
     code = "model_not_found"
     param = "model"
 
-    def __init__(self, asked: str, served: str) -> None:
-        super().__init__(f"model {asked!r} is not served here; use {served!r}")
-
 
 class UnknownToken(InvalidRequest):
     """A prompt given as token ids (or a logit bias) names one the model's vocabulary does not have."""

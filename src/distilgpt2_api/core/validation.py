@@ -104,7 +104,7 @@ class Validator:
         """`request` checked against every bound, or InvalidRequest saying which and what to change."""
         info, limits = self.info, self.limits
         if request.model is not None and request.model != info.name and not limits.any_model_name:
-            raise ModelNotFound(request.model, info.name)
+            raise ModelNotFound(f"model {request.model!r} is not served here; use {info.name!r}")
         grammar = None
         if request.grammar is not None:
             if not limits.grammar:
