@@ -43,6 +43,7 @@ class Sampler:
         self._bias_ids = np.array([token for token, _ in rules.logit_bias], dtype=np.int64)
         self._bias = np.array([-np.inf if bias <= BAN else bias for _, bias in rules.logit_bias], dtype=np.float64)
         self._chosen = 0  # tokens this sampler chose: min_tokens counts them
+        self._has_rules = rules != NO_RULES
         self.sequence = sequence  # which of its request's sequences: reported in each TokenStep
         self._logprobs = logprobs
         self._history = list(history)  # what the repetition penalty covers: the prompt, then each chosen token
@@ -58,13 +59,14 @@ class Sampler:
         its biases, and no end-of-sequence token before `min_tokens` (or at all, with `ignore_eos`).
         """
         scores = self._penalized(logits)
+        banning = allowed is not None or self._has_rules  # only these can leave no token to choose
         if self._bias_ids.size:
             scores[self._bias_ids] += self._bias
         if self.rules.ignore_eos or self._chosen < self.rules.min_tokens:
             scores[self._eos] = -np.inf
         if allowed is not None:
             scores[~allowed] = -np.inf
-        if not np.isfinite(scores).any():
+        if banning and not np.isfinite(scores).any():
             raise InvalidRequest("every token that could come next is banned (logit_bias, a grammar, min_tokens)")
         params = self.params
         if not params.do_sample:

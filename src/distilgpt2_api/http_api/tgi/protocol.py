@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, create_model
 from distilgpt2_api.core.request import GREEDY, GenerationRequest, SamplingParams
 from distilgpt2_api.core.sequence import FinishReason
 from distilgpt2_api.core.stream import Completion
-from distilgpt2_api.http_api.native.protocol import GrammarParam, Token, grammar_of, top_tokens
+from distilgpt2_api.http_api.native.protocol import Details, GrammarParam, grammar_of
 from distilgpt2_api.http_api.protocol import GREEDY_BELOW_TEMPERATURE, Bounds, Seed, StopList, StrictModel, TopLogprobs
 
 TGI_DEFAULT_MAX_NEW_TOKENS = 100  # TGI's own default
@@ -130,15 +130,11 @@ class PrefillToken(BaseModel):
     logprob: float | None
 
 
-class TgiDetails(BaseModel):
-    """TGI's `details` of a generated sequence."""
+class TgiDetails(Details):
+    """TGI's `details` of a generated sequence: this API's, with TGI's finish reasons and an empty `prefill`."""
 
-    finish_reason: TgiFinishReason
-    generated_tokens: int
-    seed: int | None
+    finish_reason: TgiFinishReason  # type: ignore[assignment]
     prefill: list[PrefillToken] = Field(default_factory=list, description="Always empty: not served.")
-    tokens: list[Token]
-    top_tokens: list[list[Token]] | None = None
     best_of_sequences: None = None
 
 
@@ -153,11 +149,6 @@ class TgiResponse(BaseModel):
         parameters = body.parameters
         details = None
         if parameters.details:
-            details = TgiDetails(
-                finish_reason=tgi_reason(completion.finish_reason),
-                generated_tokens=completion.completion_tokens,
-                seed=seed,
-                tokens=[Token.of(token) for token in completion.tokens],
-                top_tokens=[top_tokens(token) for token in completion.tokens] if parameters.top_n_tokens else None,
-            )
+            own = dict(Details.of(completion, seed, top=bool(parameters.top_n_tokens)))
+            details = TgiDetails(**{**own, "finish_reason": tgi_reason(completion.finish_reason)})
         return cls(generated_text=body.prefix + completion.text, details=details)
