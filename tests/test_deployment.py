@@ -174,7 +174,7 @@ def test_template_environment_and_defaults() -> None:
     # Every variable the function sets is one the service reads: a misspelt or stale name would be silently ignored.
     read_by_the_service = {name.upper() for name in Settings.model_fields} | {"HF_HUB_OFFLINE"}
     assert set(variables) <= read_by_the_service, sorted(set(variables) - read_by_the_service)
-    assert "THREADS" not in variables  # one thread, the service default, measured fastest (docs/PERFORMANCE.md)
+    assert "THREADS" not in variables  # the default follows the vCPU share of the memory setting (engines/cpus.py)
     for variable, parameter, default in [
         ("MAX_NEW_TOKENS_LIMIT", "MaxNewTokensLimit", 512),
         ("MAX_RETURN_SEQUENCES", "MaxReturnSequences", 8),

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from distilgpt2_api.engines.base import cpu_name
+from distilgpt2_api.engines.cpus import usable_cpus
 from distilgpt2_api.engines.llamacpp_engine import load_cpu_backend
 from distilgpt2_api.http_api.app_factory import load_scheduler
 from distilgpt2_api.observability import logger
@@ -96,7 +97,8 @@ def test_loading_logs_the_engine_and_its_kernels(model_dir: Path, log_stream: io
     variant = load_cpu_backend()
     assert entry["model"] == "tiny-gpt2" and entry["level"] == "INFO"
     kernels = {"engine": "llamacpp", "cpu": cpu_name(), "variant": variant.name, "reason": variant.reason}
-    assert entry["kernels"] == kernels
+    assert entry["kernels"] == kernels | {"threads": usable_cpus().count}
+    assert entry["threads_set_by"] == usable_cpus().reason
     assert scheduler.kernels.variant == variant.name
 
 

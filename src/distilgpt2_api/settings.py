@@ -54,9 +54,12 @@ class Settings(BaseSettings):
         "auto",
         description="CTranslate2 arithmetic: auto (int8 where prepare-model found it keeps quality), int8, float32.",
     )
-    # One thread by default: these models are memory-bound, and a second thread added
-    # synchronisation, not bandwidth (bench/RESULTS.md: SmolLM2 int8 1.54 s with 1, 2.33 s with 2).
-    threads: int = Field(1, ge=1, description="Threads one generation uses (more than the cores only oversubscribes).")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads one generation uses. Default: the CPUs the process may use (its affinity, cgroup quota, "
+        "and on Lambda the vCPU share of its memory setting, each rounded down); GET / shows the number and why.",
+    )
     max_new_tokens_limit: int = Field(512, ge=1, description="Upper bound for max_new_tokens / max_tokens.")
     max_return_sequences: int = Field(8, ge=1, description="Upper bound for num_return_sequences / n.")
     max_prompt_chars: int = Field(8000, ge=1, description="Upper bound for the prompt length in characters.")

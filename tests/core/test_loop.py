@@ -47,7 +47,7 @@ class FakeStepEngine(StepEngine):
     info: ModelInfo
     tokenizer: TextTokenizer
     slots: int = 4
-    kernels: Kernels = Kernels("fake", "any", "none", "a test's stand-in")
+    kernels: Kernels = Kernels("fake", "any", "none", "a test's stand-in", 1)
     calls: list[Call] = field(default_factory=list)
     on_forward: Callable[[int, Sequence[Chunk]], None] | None = None  # (call number, chunks): may block or raise
     end_after: dict[int, int] = field(default_factory=dict)  # a prompt's first token -> EOS at this history length

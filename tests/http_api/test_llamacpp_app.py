@@ -17,9 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from distilgpt2_api.core.loop import StepScheduler
 from distilgpt2_api.engines.base import cpu_name
+from distilgpt2_api.engines.cpus import usable_cpus
 from distilgpt2_api.engines.llamacpp_engine import LlamaCppEngine, load_cpu_backend
 from distilgpt2_api.settings import Settings
 
+from engine_apps import llamacpp_app
 from slowdown import slow_down, wait_until_idle
 
 PROMPT = "Once upon a time"
@@ -38,7 +40,10 @@ def test_the_default_app_is_the_step_loop_on_llamacpp(app: FastAPI) -> None:
 def test_health_and_metrics_name_the_cpu_variant_and_why(client: TestClient) -> None:
     variant = load_cpu_backend()  # this process's: what the app's engine loaded
     kernels = client.get("/").json()["kernels"]
-    assert kernels == {"engine": "llamacpp", "cpu": cpu_name(), "variant": variant.name, "reason": variant.reason}
+    threads = usable_cpus().count  # no THREADS set: the CPUs this process may use
+    assert kernels == {
+        "engine": "llamacpp", "cpu": cpu_name(), "variant": variant.name, "reason": variant.reason, "threads": threads
+    }  # fmt: skip
     assert variant.name in variant.reason and variant.chosen_by in variant.reason
     (info,) = [
         family
@@ -46,7 +51,12 @@ def test_health_and_metrics_name_the_cpu_variant_and_why(client: TestClient) -> 
         if family.name == "distilgpt2_api:kernels_info"
     ]
     (sample,) = info.samples
-    assert sample.labels == {"model_name": "tiny-gpt2", **kernels} and sample.value == 1
+    assert sample.labels == {"model_name": "tiny-gpt2", **kernels, "threads": str(threads)} and sample.value == 1
+
+
+def test_threads_set_by_the_setting(model_dir: Path) -> None:
+    with TestClient(llamacpp_app(model_dir, threads=3, max_batch_size=1)) as client:
+        assert client.get("/").json()["kernels"]["threads"] == 3
 
 
 def test_completions_greedy_seeded_and_streamed(sdk: openai.OpenAI) -> None:

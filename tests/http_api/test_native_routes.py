@@ -12,6 +12,7 @@ from distilgpt2_api import __version__
 from distilgpt2_api.core.request import GenerationRequest, SamplingParams
 from distilgpt2_api.core.validation import ValidRequest
 from distilgpt2_api.engines.base import cpu_name
+from distilgpt2_api.engines.cpus import usable_cpus
 from distilgpt2_api.engines.llamacpp_engine import load_cpu_backend
 
 from slowdown import fail_after
@@ -30,6 +31,7 @@ def test_health_names_the_model(client: TestClient) -> None:
         "cpu": cpu_name(),
         "variant": variant.name,
         "reason": variant.reason,
+        "threads": usable_cpus().count,
     }
     assert str(uuid.UUID(response.headers["x-request-id"])) == response.headers["x-request-id"]
 

@@ -137,6 +137,7 @@ class Kernels:
     cpu: str  # the CPU's model name
     variant: str  # e.g. llama.cpp's CPU backend (zen4, icelake...), or the instruction set a library dispatched to
     reason: str  # how it was chosen
+    threads: int  # threads one generation computes on
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class CTranslate2Engine(Engine):
             cpu_name(),
             f"{self.compute_type}, {isa or 'auto'} ISA",
             "CT2_FORCE_CPU_ISA" if isa else "CTranslate2 dispatches on the CPU's extensions as it runs",
+            threads,
         )
         self._generator_args = {
             "model_path": str(converted),

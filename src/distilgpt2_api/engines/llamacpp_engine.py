@@ -172,7 +172,7 @@ class LlamaCppEngine(StepEngine):
         self._threads = threads
         self.tokenizer = TextTokenizer(info.path)
         variant = load_cpu_backend(cpu_variant)
-        self.kernels = Kernels("llamacpp", cpu_name(), variant.name, variant.reason)
+        self.kernels = Kernels("llamacpp", cpu_name(), variant.name, variant.reason, threads)
         model_params = llama.llama_model_default_params()
         model_params.use_mmap = True
         self._model = llama.llama_model_load_from_file(str(path).encode(), model_params)

@@ -32,7 +32,7 @@ class TransformersEngine(Engine):
         transformers_logging.disable_progress_bar()  # progress bars are noise in service logs
         self.tokenizer = TextTokenizer(info.path)
         capability = torch.backends.cpu.get_cpu_capability()
-        self.kernels = Kernels("transformers", cpu_name(), f"float32, {capability}", "torch's CPU dispatch")
+        self.kernels = Kernels("transformers", cpu_name(), f"float32, {capability}", "torch's CPU dispatch", threads)
         try:
             # local_files_only: a bad path must fail here, never turn into a Hub download.
             self.model = AutoModelForCausalLM.from_pretrained(

@@ -15,6 +15,7 @@ from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.core.time_budget import TimeBudget
 from distilgpt2_api.engines import load_engine
 from distilgpt2_api.engines.base import Engine, StepEngine
+from distilgpt2_api.engines.cpus import default_threads
 from distilgpt2_api.http_api.auth import install_api_keys, require_api_key
 from distilgpt2_api.http_api.body_limit import BodySizeLimit
 from distilgpt2_api.http_api.docs import install_docs
@@ -85,10 +86,11 @@ def model_dir(settings: Settings) -> Path:
 
 def load_scheduler(settings: Settings) -> Scheduler:
     """The model's engine behind its scheduler: continuous batching for a step engine, else whole jobs."""
+    cpus = default_threads(settings.engine)
     engine = load_engine(
         model_dir(settings),
         settings.engine,
-        threads=settings.threads,
+        threads=settings.threads or cpus.count,
         served_name=settings.served_model_name,
         compute_type=settings.compute_type,
         # Room for the largest request (n sequences run at once) or batch, and the prefix cache's extra slots.
@@ -98,7 +100,11 @@ def load_scheduler(settings: Settings) -> Scheduler:
         cpu_variant=settings.llama_cpu_variant,
     )
     # What the engine computes with on this CPU, and why (llama.cpp: the probed CPU variant): also GET / and /metrics.
-    logger.info("engine loaded", extra={"model": engine.info.name, "kernels": asdict(engine.kernels)})
+    threads_reason = "THREADS" if settings.threads else cpus.reason
+    logger.info(
+        "engine loaded",
+        extra={"model": engine.info.name, "kernels": asdict(engine.kernels), "threads_set_by": threads_reason},
+    )
     return scheduler_for(engine, settings)
 
 

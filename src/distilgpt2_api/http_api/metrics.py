@@ -118,7 +118,7 @@ class PrometheusMetrics:
         kernels = Info(
             PREFIX + "kernels", "What the engine computes with on this CPU, and why.", [MODEL], registry=self.registry
         )
-        kernels.labels(model).info(asdict(scheduler.kernels))
+        kernels.labels(model).info({key: str(value) for key, value in asdict(scheduler.kernels).items()})
 
     def observe(self, record: GenerationRecord) -> None:
         """A request that reached the scheduler is over; per choice, its tokens and why it ended.

@@ -88,6 +88,7 @@ class KernelsInfo(BaseModel):
     cpu: str = Field(description="The CPU's model name.")
     variant: str = Field(description="llama.cpp's CPU backend (zen4, icelake...), or the arithmetic and ISA.")
     reason: str = Field(description="How it was chosen: each variant probed before it and what happened to it.")
+    threads: int = Field(description="Threads one generation computes on: THREADS, else the CPUs the process may use.")
 
 
 class HealthResponse(BaseModel):
