@@ -331,7 +331,9 @@ def parse_dockerfile(text: str, engine: str | None = None) -> ImageRecipe:
             if op == "COPY" and rest.startswith("--from=") and rest.split()[-1] == wheel_dir
         ]
         recipe.wheel_stage = stage_chain(stages, source)[-1]
-    (recipe.model_trim,) = [rest for rest in runs(stage_chain(stages, "model")) if "case " in rest]
+    (recipe.model_trim,) = [
+        rest for rest in runs(stage_chain(stages, "model")) if "case " in rest and "/opt/model" in rest
+    ]
     for op, rest in final.instructions:
         words = shlex.split(rest)
         if op == "COPY":
@@ -438,6 +440,25 @@ def bake_model(recipe: ImageRecipe, model_dir: Path, target: Path) -> Path:
     command = recipe.model_trim.replace("/opt/model", shlex.quote(str(baked)))
     subprocess.run(["sh", "-ec", command], check=True, env={"PATH": "/usr/bin:/bin", "ENGINE": recipe.engine})
     return baked
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_llamacpp_model_stage_runs_the_gguf_gate(engine: str) -> None:
+    """prepare-model gates the GGUF only with the binding (`can_quantize`): the llamacpp image's model stage installs
+    the wheel the image serves with, so model.gguf is the gate's choice; the ctranslate2 image never builds it."""
+    recipe = parse_dockerfile(DOCKERFILE.read_text(), engine)
+    chain = [stage.name for stage in stage_chain(recipe.stages, "model")]
+    prepare_at = next(i for i, rest in enumerate(runs(stage_chain(recipe.stages, "model"))) if "prepare-model" in rest)
+    installs_wheel = [
+        i
+        for i, rest in enumerate(runs(stage_chain(recipe.stages, "model")))
+        if re.search(r"pip install .*/wheels/", rest)
+    ]
+    if engine == "llamacpp":
+        assert recipe.wheel_stage is not None and recipe.wheel_stage.name in chain
+        assert installs_wheel and installs_wheel[0] < prepare_at
+    else:
+        assert "llamacpp-wheel" not in chain and not installs_wheel
 
 
 @pytest.mark.parametrize("engine", ENGINES)

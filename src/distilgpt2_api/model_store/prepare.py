@@ -108,8 +108,8 @@ def _finish(model_dir: Path, *, source: str, model_id: str, revision: str | None
     the manifest. Both quality gates compare with the fp32 weights, loaded once for both."""
     convert = not (model_dir / CT2_SUBDIR / "model.bin").is_file()
     # With the binding, the GGUF gate chooses model.gguf among the shipped GGUF, F32, F16, Q8_0 and Q4_K_M (unless it
-    # has already: a directory from S3, or prepared in place). Without it (the image's model stage), the shipped
-    # GGUF or the converter's F32 is model.gguf, as written.
+    # has already: a directory from S3, or prepared in place). The llamacpp image's model stage has the binding too.
+    # Without it, the shipped GGUF or the converter's F32 is model.gguf, as written.
     gate = can_quantize() and not gguf_gate.is_gated(model_dir)
     reference = fp32_reference(model_dir) if convert or gate else None
     if convert:

@@ -22,6 +22,6 @@ class PrepareSettings(BaseSettings):
     llama_cpu_variant: str = Field("auto", description="The GGUF gate's llama.cpp CPU backend, as when serving.")
     gguf_type: str = Field(
         "auto",
-        description="The GGUF served: auto (the gate's rule: the fastest candidate whose quality passes), or a "
+        description="The GGUF served: auto (the gate's rule: the smallest candidate whose quality passes), or a "
         "candidate to serve whatever its score (shipped, f32, f16, q8_0, q4_k_m); every score is recorded.",
     )
