@@ -110,7 +110,8 @@ def choose_gguf(
         for key, name in files.items():
             entries[key] = _evaluate(model_dir, key, name, reference, score)
         passing = [key for key in files if entries[key]["passes"]]
-        ruled = min(passing, key=lambda key: (entries[key]["size_bytes"], -entries[key]["tokens_per_s"]), default=LOSSLESS)
+        smallest = lambda key: (entries[key]["size_bytes"], -entries[key]["tokens_per_s"])  # noqa: E731
+        ruled = min(passing, key=smallest, default=LOSSLESS)
         if prefer != AUTO and (prefer not in files or "error" in entries[prefer]):
             reason = entries.get(prefer, {}).get("error", "this model has none")
             raise ModelStoreError(f"GGUF_TYPE={prefer} cannot be served: {reason}")
