@@ -110,8 +110,7 @@ def choose_gguf(
         for key, name in files.items():
             entries[key] = _evaluate(model_dir, key, name, reference, score)
         passing = [key for key in files if entries[key]["passes"]]
-        smallest = lambda key: (entries[key]["size_bytes"], -entries[key]["tokens_per_s"])  # noqa: E731
-        ruled = min(passing, key=smallest, default=LOSSLESS)
+        ruled = min(passing, key=lambda key: _size_then_speed(entries[key]), default=LOSSLESS)
         if prefer != AUTO and (prefer not in files or "error" in entries[prefer]):
             reason = entries.get(prefer, {}).get("error", "this model has none")
             raise ModelStoreError(f"GGUF_TYPE={prefer} cannot be served: {reason}")
@@ -160,6 +159,11 @@ def choose_gguf(
                   if "perplexity" in e),
     )  # fmt: skip
     return record
+
+
+def _size_then_speed(entry: dict[str, Any]) -> tuple[int, float]:
+    """The rule's order: the smallest file first, the faster of two the same size."""
+    return entry["size_bytes"], -entry["tokens_per_s"]
 
 
 def _evaluate(
