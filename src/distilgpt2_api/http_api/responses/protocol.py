@@ -24,7 +24,14 @@ from distilgpt2_api.core.grammar import Grammar
 from distilgpt2_api.core.request import GREEDY, GenerationRequest, SamplingParams
 from distilgpt2_api.core.sequence import Delta
 from distilgpt2_api.core.stream import Completion
-from distilgpt2_api.core.tools import FunctionTool, ToolCall, ToolCallStream, parse_tool_calls, tool_grammar
+from distilgpt2_api.core.tools import (
+    FunctionTool,
+    InvalidTools,
+    ToolCall,
+    ToolCallStream,
+    parse_tool_calls,
+    tool_grammar,
+)
 from distilgpt2_api.http_api.openai.chat_protocol import MAX_MESSAGES, MAX_TOOLS, FunctionName
 from distilgpt2_api.http_api.openai.protocol import JsonObjectFormat, JsonSchemaSpec, TextFormat
 from distilgpt2_api.http_api.protocol import GREEDY_BELOW_TEMPERATURE, Bounds, ErrorResponse, StrictModel, TopP
@@ -333,7 +340,7 @@ class ResponseRequest(StrictModel):
             response_format = Grammar.json_schema(text_format.schema_, param="text.format")
         if not tools:
             if self.tool_choice not in (None, "auto", "none"):
-                raise InvalidRequest("tool_choice asks for a call, but there are no function tools")
+                raise InvalidTools("tool_choice asks for a call, but there are no function tools", "tool_choice")
             return response_format
         if response_format is not None:
             raise Unsupported("text.format json_object/json_schema cannot be combined with tools here", "text.format")
