@@ -452,3 +452,16 @@ def test_streamed_calls_add_up_to_the_whole_answers(tool_client: TestClient) -> 
         assert "".join(e["delta"] for e in pieces[:-1]) == pieces[-1]["arguments"] == item["arguments"]
         assert pieces[-1]["type"] == "response.function_call_arguments.done" and item["id"].startswith("fc_")
     assert events[-1]["response"]["output"] == done
+
+
+def test_openapi_documents_the_routes_and_the_stream(chat_client: TestClient) -> None:
+    schema = chat_client.get("/openapi.json").json()
+    assert {"post"} <= set(schema["paths"]["/v1/responses"]) and {"get", "delete"} <= set(
+        schema["paths"]["/v1/responses/{response_id}"]
+    )
+    stream = schema["paths"]["/v1/responses"]["post"]["responses"]["200"]["content"]["text/event-stream"]
+    data = stream["itemSchema"]["properties"]["data"]["contentSchema"]["anyOf"]
+    assert {"$ref": "#/components/schemas/ResponseStreamEvent"} in data
+    assert "ResponseStreamEvent" in schema["components"]["schemas"]
+    request = schema["components"]["schemas"]["ResponseRequest"]["properties"]
+    assert request["metadata"]["anyOf"][0]["maxProperties"] == 16

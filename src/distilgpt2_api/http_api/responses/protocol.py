@@ -23,7 +23,7 @@ from distilgpt2_api.core.errors import InvalidRequest
 from distilgpt2_api.core.grammar import Grammar
 from distilgpt2_api.core.request import GREEDY, GenerationRequest, SamplingParams
 from distilgpt2_api.core.sequence import Delta
-from distilgpt2_api.core.stream import Completion
+from distilgpt2_api.core.stream import Completion, GenerationResult
 from distilgpt2_api.core.tools import (
     FunctionTool,
     InvalidTools,
@@ -564,6 +564,12 @@ class ResponseDraft:
             usage=usage,
             **self.echo,
         )
+
+    def answer(self, result: GenerationResult, tools: Sequence[FunctionTool]) -> ResponseObject:
+        """The finished response: the one completion's output items, its status and usage."""
+        (completion,) = result.completions
+        usage = ResponseUsage.of(result.prompt_tokens, result.completion_tokens, result.timings.cached_tokens)
+        return self.response(output_items(completion, tools), finish_reason=completion.finish_reason, usage=usage)
 
 
 def _status(finish_reason: FinishReason) -> ItemStatus:

@@ -17,8 +17,6 @@ from distilgpt2_api.http_api.responses.protocol import (
     ResponseEvents,
     ResponseObject,
     ResponseStreamEvent,
-    ResponseUsage,
-    output_items,
     response_request_model,
 )
 from distilgpt2_api.http_api.responses.store import ResponseStore
@@ -49,18 +47,11 @@ def responses_router(bounds: Bounds, store_size: int) -> APIRouter:
             default_max_tokens=bounds.max_new_tokens_limit,
             deadline=generation.deadline,
         )
-        draft = ResponseDraft(
-            generation.scheduler.model_name, body.echo(stored=body.store is not False and store_size > 0)
-        )
+        draft = ResponseDraft(generation.scheduler.model_name, body.echo(stored=store.keeps(body.store)))
         keep = store.keeper(body.store, conversation)
         if body.stream:
             return await event_stream(generation, [request], ResponseEvents(draft, body.offered_tools, keep))
-        result = await generation.run(request)
-        (completion,) = result.completions
-        usage = ResponseUsage.of(result.prompt_tokens, result.completion_tokens, result.timings.cached_tokens)
-        response = draft.response(
-            output_items(completion, body.offered_tools), finish_reason=completion.finish_reason, usage=usage
-        )
+        response = draft.answer(await generation.run(request), body.offered_tools)
         keep(response)
         return response
 

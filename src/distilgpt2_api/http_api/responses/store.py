@@ -33,11 +33,15 @@ class ResponseStore:
     def __len__(self) -> int:
         return len(self._responses)
 
+    def keeps(self, store: bool | None) -> bool:
+        """Whether a request's response is kept: asked for (`store`, by default true) and a store to keep it in."""
+        return store is not False and self.size > 0
+
     def keeper(self, store: bool | None, conversation: Sequence[ChatMessage]) -> Callable[[ResponseObject], None]:
         """What to do with the finished response to a request whose turns were `conversation`: keep it, or not."""
 
         def keep(response: ResponseObject) -> None:
-            if store is not False and self.size > 0:
+            if self.keeps(store):
                 self._put(StoredResponse(response, (*conversation, *output_turns(response.output))))
 
         return keep
