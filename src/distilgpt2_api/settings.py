@@ -105,6 +105,14 @@ class Settings(BaseSettings):
         "least recently used dropped first. A cached one costs nothing to reuse; a new one is compiled when its "
         "request arrives (about a millisecond for typical schemas; the first one also indexes the vocabulary).",
     )
+    response_store_size: int = Field(
+        256,
+        ge=0,
+        le=100_000,
+        description="OpenAI Responses: finished responses (with `store: true`, the default) kept in this instance's "
+        "memory for `previous_response_id` and GET /v1/responses/{id}, the least recently used dropped first. Per "
+        "instance: on Lambda or behind a load balancer clients send the whole conversation instead. 0: none kept.",
+    )
     max_body_bytes: int = Field(131_072, ge=1024, description="Larger request bodies get a 413.")
     max_request_seconds: float = Field(25.0, gt=0, description="Time budget for one generation request.")
     gateway_timeout_seconds: float = Field(30.0, gt=0, description="API Gateway's integration timeout.")

@@ -50,8 +50,16 @@ KEYED[("POST", "/tokenize")] = {"url": "/tokenize", "json": {"prompt": "Once"}}
 KEYED[("POST", "/detokenize")] = {"url": "/detokenize", "json": {"tokens": [1, 2]}}
 KEYED[("POST", "/")] = {"url": "/", "json": {"inputs": "Once", "parameters": {"max_new_tokens": 2}}}
 KEYED[("GET", "/metrics")] = {"url": "/metrics"}  # Prometheus sends the key too (docs/METRICS.md)
+KEYED[("POST", "/v1/responses")] = {"url": "/v1/responses", "json": {"input": "Hi"}}
+KEYED[("GET", "/v1/responses/{response_id}")] = {"url": "/v1/responses/resp_1"}
+KEYED[("DELETE", "/v1/responses/{response_id}")] = {"url": "/v1/responses/resp_1"}
 # The tiny GPT-2 has no chat template: past the key, served, and refused for that.
-PAST_THE_KEY = {("POST", "/v1/chat/completions"): (400, "chat_template_missing")}
+PAST_THE_KEY = {
+    ("POST", "/v1/chat/completions"): (400, "chat_template_missing"),
+    ("POST", "/v1/responses"): (400, "chat_template_missing"),
+    ("GET", "/v1/responses/{response_id}"): (404, "response_not_found"),  # past the key: no such response
+    ("DELETE", "/v1/responses/{response_id}"): (404, "response_not_found"),
+}
 
 
 def keyed_app(app: FastAPI, **settings: Any) -> FastAPI:

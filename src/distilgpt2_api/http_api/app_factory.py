@@ -27,6 +27,8 @@ from distilgpt2_api.http_api.openai import routes as openai
 from distilgpt2_api.http_api.openai.routes import openai_router
 from distilgpt2_api.http_api.playground import install_playground
 from distilgpt2_api.http_api.protocol import Bounds
+from distilgpt2_api.http_api.responses import routes as responses
+from distilgpt2_api.http_api.responses.routes import responses_router
 from distilgpt2_api.http_api.server_timing import ServerTiming
 from distilgpt2_api.http_api.streaming import document_events
 from distilgpt2_api.http_api.tgi.routes import tgi_router
@@ -69,9 +71,10 @@ def create_app(scheduler: Scheduler, settings: Settings, *, cold_start_seconds: 
     app.include_router(health_router())
     install_metrics(app, settings, keyed)  # Prometheus; behind the key when there is one, as Prometheus can send it
     app.include_router(openai_router(bounds), dependencies=keyed)
+    app.include_router(responses_router(bounds, settings.response_store_size), dependencies=keyed)
     app.include_router(tokens_router(bounds), dependencies=keyed)
     app.include_router(tgi_router(bounds), dependencies=keyed)  # POST /: after health, which owns GET and HEAD /
-    document_events(app, [*openai.EVENTS, *native.EVENTS])
+    document_events(app, [*openai.EVENTS, *native.EVENTS, *responses.EVENTS])
     return app
 
 

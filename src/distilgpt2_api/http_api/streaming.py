@@ -50,6 +50,12 @@ class StreamTally:
         return Usage.of(self.prompt_tokens, sum(self.completion_tokens.values()), self.cached_tokens)
 
 
+class NamedEvent(BaseModel):
+    """An event whose SSE `event:` field is its `type` (OpenAI's Responses stream names every event so)."""
+
+    type: str
+
+
 class EventFormat(Protocol):
     """How one API shows a stream: events for each delta, events after the last one, the error event."""
 
@@ -110,7 +116,9 @@ async def _body(
 
 
 def _sse(event: BaseModel | str) -> ServerSentEvent:
-    return ServerSentEvent(data=event if isinstance(event, str) else event.model_dump_json())
+    if isinstance(event, str):
+        return ServerSentEvent(data=event)
+    return ServerSentEvent(data=event.model_dump_json(), event=event.type if isinstance(event, NamedEvent) else None)
 
 
 def sse_response_doc(event: type[BaseModel], *, description: str, done: bool = False) -> dict[str, Any]:
