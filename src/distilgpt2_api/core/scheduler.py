@@ -18,13 +18,15 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
+import numpy as np
+
 from distilgpt2_api.core.chat import ChatTemplate
-from distilgpt2_api.core.errors import ChatUnsupported
-from distilgpt2_api.core.request import GenerationRequest
+from distilgpt2_api.core.errors import ChatUnsupported, EmbeddingOnly, EmbeddingsUnsupported
+from distilgpt2_api.core.request import EmbeddingRequest, GenerationRequest
 from distilgpt2_api.core.sequence import Delta
 from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Sink, gather
-from distilgpt2_api.core.validation import Validator, ValidRequest
-from distilgpt2_api.engines.base import Engine, Kernels, ModelInfo, StepEngine, TextTokenizer
+from distilgpt2_api.core.validation import Validator, ValidEmbedding, ValidRequest
+from distilgpt2_api.engines.base import Embedder, Engine, Kernels, ModelInfo, StepEngine, TextTokenizer
 
 
 class Scheduler(ABC):
@@ -73,6 +75,8 @@ class Scheduler(ABC):
     def chat_template(self) -> ChatTemplate:
         """The model's chat template, compiled once; ChatUnsupported when it has none."""
         info = self.info
+        if info.embedding_only:
+            raise EmbeddingOnly(info.name)
         if info.chat_template is None:
             raise ChatUnsupported(
                 f"model {info.name!r} has no chat template, so it cannot serve chat: use /v1/completions or /generate"
@@ -82,6 +86,23 @@ class Scheduler(ABC):
     def validate(self, request: GenerationRequest) -> ValidRequest:
         """`request` checked once against the model, the server and the engine (InvalidRequest if it cannot run)."""
         return self.validator.validate(request)
+
+    def validate_embedding(self, request: EmbeddingRequest) -> ValidEmbedding:
+        """`request` checked once (InvalidRequest: the engine cannot embed, an input is empty or too long...)."""
+        return self.validator.validate_embedding(request)
+
+    def embed(self, request: ValidEmbedding) -> list[list[float]]:
+        """One unit vector per input, in order: the engine's, or its first `dimensions` normalised again. Blocks
+        (call it from a thread): the engine embeds in a context of its own, beside the worker's generation."""
+        engine = self.engine
+        if not isinstance(engine, Embedder):
+            raise EmbeddingsUnsupported()
+        vectors = engine.embed(request.token_ids)
+        if request.dimensions == engine.embedding_size:
+            return vectors
+        cut = np.asarray(vectors, dtype=np.float64)[:, : request.dimensions]
+        norms = np.linalg.norm(cut, axis=1, keepdims=True)
+        return (cut / np.where(norms > 0, norms, 1.0)).astype(np.float32).tolist()  # type: ignore[no-any-return]
 
     def schedule(self, request: ValidRequest) -> GenerationStream:
         """Queue `request`; iterate the stream for its deltas. Call from the event loop. The caller must iterate

@@ -18,6 +18,7 @@ from distilgpt2_api.engines.base import Engine, StepEngine
 from distilgpt2_api.http_api.auth import install_api_keys, require_api_key
 from distilgpt2_api.http_api.body_limit import BodySizeLimit
 from distilgpt2_api.http_api.docs import install_docs
+from distilgpt2_api.http_api.embeddings.routes import embeddings_router
 from distilgpt2_api.http_api.errors import install_error_handling
 from distilgpt2_api.http_api.metrics import install_metrics
 from distilgpt2_api.http_api.native import routes as native
@@ -68,6 +69,7 @@ def create_app(scheduler: Scheduler, settings: Settings, *, cold_start_seconds: 
     app.include_router(health_router())
     install_metrics(app, settings, keyed)  # Prometheus; behind the key when there is one, as Prometheus can send it
     app.include_router(openai_router(bounds), dependencies=keyed)
+    app.include_router(embeddings_router(bounds), dependencies=keyed)
     app.include_router(tokens_router(bounds), dependencies=keyed)
     app.include_router(tgi_router(bounds), dependencies=keyed)  # POST /: after health, which owns GET and HEAD /
     document_events(app, [*openai.EVENTS, *native.EVENTS])
