@@ -12,6 +12,7 @@ same stream collected. Closing a stream early cancels its generation within a to
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
@@ -43,6 +44,9 @@ class Scheduler(ABC):
         self._running: tuple[Sink, ...] = ()  # the requests generating, replaced whole (read by monitoring)
         # One thread; the executor joins it at interpreter exit, before engines close (engines/*.py atexit).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        # Embeddings: a thread of their own (the engine's embedding context), requests queued in arrival order here
+        # rather than holding the event loop's worker threads.
+        self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
 
     @abstractmethod
     def _enqueue(self, sink: Sink) -> None:
@@ -91,9 +95,13 @@ class Scheduler(ABC):
         """`request` checked once (InvalidRequest: the engine cannot embed, an input is empty or too long...)."""
         return self.validator.validate_embedding(request)
 
-    def embed(self, request: ValidEmbedding) -> list[list[float]]:
-        """One unit vector per input, in order: the engine's, or its first `dimensions` normalised again. Blocks
-        (call it from a thread): the engine embeds in a context of its own, beside the worker's generation."""
+    async def embed(self, request: ValidEmbedding) -> list[list[float]]:
+        """One unit vector per input, in order: the engine's, or its first `dimensions` normalised again. Computed
+        on the embedding thread, in the engine's context of its own, while the worker generates."""
+        return await asyncio.wrap_future(self._embedder.submit(self.embed_blocking, request))
+
+    def embed_blocking(self, request: ValidEmbedding) -> list[list[float]]:
+        """`embed` on the calling thread (scripts, tests)."""
         engine = self.engine
         if not isinstance(engine, Embedder):
             raise EmbeddingsUnsupported()
@@ -102,7 +110,7 @@ class Scheduler(ABC):
             return vectors
         cut = np.asarray(vectors, dtype=np.float64)[:, : request.dimensions]
         norms = np.linalg.norm(cut, axis=1, keepdims=True)
-        return (cut / np.where(norms > 0, norms, 1.0)).astype(np.float32).tolist()  # type: ignore[no-any-return]
+        return (cut / np.where(norms > 0, norms, 1.0)).astype(np.float32).tolist()
 
     def schedule(self, request: ValidRequest) -> GenerationStream:
         """Queue `request`; iterate the stream for its deltas. Call from the event loop. The caller must iterate

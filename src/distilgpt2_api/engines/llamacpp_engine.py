@@ -84,7 +84,7 @@ MIN_STREAM = 256  # llama.cpp's shortest KV stream: it rounds each up to a multi
 # Tokens computed together: the loop's prompt chunks (PREFILL_CHUNK_TOKENS) fit one. Compute buffers grow with it.
 UBATCH = 256
 # Tokens one embedding call reads, and so one input may have: a pooled embedding needs every token output, and
-# llama.cpp then keeps every token's logits too (SmolLM2: 512 tokens, +210 MB and 0.8 s on one thread; 3072: +1.2 GB).
+# llama.cpp then keeps every token's logits too (SmolLM2: 512 tokens, +220 MB and 1 s on one thread; 3072: +1.2 GB).
 EMBED_TOKENS = 512
 EMBED_SEQUENCES = 32  # inputs embedded together in one llama_decode, their tokens within `embedding_tokens`
 # llama.cpp's pooling types (enum llama_pooling_type) that give one vector per sequence, by the name docs use.

@@ -3,7 +3,6 @@
 Built from the settings' bounds: no `from __future__ import annotations` (see native/routes.py).
 """
 
-import anyio
 from fastapi import APIRouter
 
 from distilgpt2_api.http_api.dependencies import SchedulerDep
@@ -21,7 +20,7 @@ def embeddings_router(bounds: Bounds) -> APIRouter:
         """One unit-length vector per input, pooled over its tokens (mean, or the model's own pooling). Needs
         ENGINE=llamacpp; inputs longer than the engine embeds at once are refused, never truncated."""
         valid = scheduler.validate_embedding(body.to_embedding_request())
-        vectors = await anyio.to_thread.run_sync(scheduler.embed, valid)
+        vectors = await scheduler.embed(valid)
         return CreateEmbeddingResponse.of(
             vectors, body.encoding_format, model=scheduler.model_name, prompt_tokens=valid.prompt_tokens
         )
