@@ -2,19 +2,23 @@
 
 Each builder writes a complete model directory (config, safetensors weights, tokenizer, manifest.json)
 in about a second. `build_gpt2_size_tokenizer` is a BPE of GPT-2's own size, for the benchmarks.
+`build_tiny_bert` is a sentence-embedding BertModel (WordPiece, sentence-transformers' pooling), which only embeds.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    BertConfig,
+    BertModel,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -155,3 +159,79 @@ def build_tiny_chat_llama(path: Path, context: int = 256) -> Path:
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model = _tiny_llama(tokenizer, bos_id=tokenizer.convert_tokens_to_ids(EOS), eos_id=end_of_turn, context=context)
     return _save(model, tokenizer, path, "tiny-chat-llama")
+
+
+# --- A sentence-embedding model (embeddings only: no language-model head) ---
+
+Pooling = Literal["cls", "mean"]
+SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+BERT_CONTEXT = 128
+
+
+def build_wordpiece_tokenizer(vocab_size: int = 500) -> PreTrainedTokenizerFast:
+    """BERT's uncased WordPiece, trained on the corpus, adding [CLS] ... [SEP] around each text."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL), show_progress=False)
+    tokenizer.train([str(CORPUS)], trainer)
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def build_tiny_bert(path: Path, pooling: Pooling = "cls") -> Path:
+    """A 2-layer BertModel (hidden 32, random weights, seed 0) as a sentence-transformers model pooling by
+    `pooling`: what all-MiniLM-L6-v2 (mean) or a CLS-pooled embedding model look like on the Hub."""
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_wordpiece_tokenizer()
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=BERT_CONTEXT, **TINY_BERT)
+    BertModel(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": TINY_BERT["hidden_size"],
+                "pooling_mode_cls_token": pooling == "cls",
+                "pooling_mode_mean_tokens": pooling == "mean",
+            }
+        )
+    )
+    return path
+
+
+def prepared_tiny_bert(root: Path, pooling: Pooling = "cls") -> Path:
+    """The tiny BERT through `prepare-model --source local`, as a MODEL_DIR: its GGUF, manifest and pooling."""
+    from distilgpt2_api.model_store.prepare import prepare_model  # the prepare path's imports: only when used
+
+    source = build_tiny_bert(root / f"tiny-bert-{pooling}-source", pooling)
+    output = root / f"tiny-bert-{pooling}"
+    prepare_model("local", output, model_id=str(source))
+    return output
+
+
+def reference_embedding(model_dir: Path, token_ids: list[int], pooling: Pooling) -> torch.Tensor:
+    """What sentence-transformers computes: transformers' last hidden states pooled, normalised to length 1."""
+    model = BertModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        states = model(torch.tensor([token_ids])).last_hidden_state[0]
+    pooled = states[0] if pooling == "cls" else states.mean(dim=0)
+    return pooled / pooled.norm()

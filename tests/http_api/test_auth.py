@@ -48,6 +48,7 @@ KEYED: dict[tuple[str, str], dict[str, Any]] = {
 KEYED[("POST", "/generate_stream")] = {"url": "/generate_stream", "json": {"prompt": "Once", "max_new_tokens": 2}}
 KEYED[("POST", "/tokenize")] = {"url": "/tokenize", "json": {"prompt": "Once"}}
 KEYED[("POST", "/detokenize")] = {"url": "/detokenize", "json": {"tokens": [1, 2]}}
+KEYED[("POST", "/v1/embeddings")] = {"url": "/v1/embeddings", "json": {"input": "Once"}}
 KEYED[("POST", "/")] = {"url": "/", "json": {"inputs": "Once", "parameters": {"max_new_tokens": 2}}}
 KEYED[("GET", "/metrics")] = {"url": "/metrics"}  # Prometheus sends the key too (docs/METRICS.md)
 KEYED[("POST", "/v1/responses")] = {"url": "/v1/responses", "json": {"input": "Hi"}}

@@ -21,7 +21,7 @@ from distilgpt2_api.core.errors import DeadlineExceeded
 from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.core.sequence import Sequence
 from distilgpt2_api.core.stream import Sink
-from distilgpt2_api.core.validation import Limits, Validator, ValidRequest
+from distilgpt2_api.core.validation import EmbeddingLimits, Limits, Validator, ValidRequest
 from distilgpt2_api.engines.base import Engine, TokenStep
 
 BATCH_WAIT_SECONDS = 0.01  # a client's next request follows its answer within a few ms on a network
@@ -72,6 +72,7 @@ class BatchScheduler(Scheduler):
             max_batch_tokens=max_batch_tokens,
             max_alternatives_steps=engine.max_alternatives_steps,
             any_model_name=any_model_name,
+            embeddings=EmbeddingLimits.of(engine),
         )
         super().__init__(Validator(engine.info, engine.tokenizer, limits), engine.kernels)
         self.engine = engine

@@ -137,3 +137,70 @@ class MinTokensOverMax(InvalidRequest):
 
     def __init__(self, min_tokens: int, max_new_tokens: int) -> None:
         super().__init__(f"min_tokens is {min_tokens}, more than the {max_new_tokens} tokens the answer may have")
+
+
+class EmbeddingOnly(InvalidRequest):
+    """The served model only embeds (a sentence-embedding model, no language-model head): it cannot generate."""
+
+    code = "embedding_model"
+    param = "model"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"model {model!r} only embeds: it has no language-model head to generate text; use /v1/embeddings"
+        )
+
+
+class EmbeddingsUnsupported(InvalidRequest):
+    """Embeddings on an engine that cannot compute them (CTranslate2, transformers)."""
+
+    code = "unsupported_by_engine"
+    param = "model"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "embeddings need the llama.cpp engine (ENGINE=llamacpp), which runs a pooled embedding context beside "
+            "generation; this server's engine cannot compute them"
+        )
+
+
+class EmptyInput(InvalidRequest):
+    code = "empty_input"
+    param = "input"
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"input {index} has no tokens: there is nothing to embed")
+
+
+class InputTooLong(RequestTooLarge):
+    """An input longer than the engine embeds at once: refused, never silently truncated."""
+
+    code = "context_length_exceeded"
+    param = "input"
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"input {index} is {tokens} tokens, more than the {limit} this server embeds in one input: shorten or "
+            "split it (inputs are never truncated)"
+        )
+
+
+class EmbeddingBudgetExceeded(RequestTooLarge):
+    """Every input's tokens together are over MAX_BATCH_TOKENS."""
+
+    code = "token_budget_exceeded"
+    param = "input"
+
+    def __init__(self, tokens: int, budget: int) -> None:
+        super().__init__(
+            f"the inputs are {tokens} tokens together, more than this server's budget of {budget} per request "
+            "(MAX_BATCH_TOKENS): send fewer or shorter inputs"
+        )
+
+
+class DimensionsUnsupported(InvalidRequest):
+    code = "invalid_dimensions"
+    param = "dimensions"
+
+    def __init__(self, dimensions: int, size: int) -> None:
+        super().__init__(f"dimensions is {dimensions}, but this model's embeddings have {size}: ask for 1 to {size}")

@@ -36,7 +36,7 @@ from distilgpt2_api.core.scheduler import Scheduler
 from distilgpt2_api.core.sequence import Sequence
 from distilgpt2_api.core.slots import SlotPool
 from distilgpt2_api.core.stream import Sink
-from distilgpt2_api.core.validation import Limits, Validator, ValidRequest
+from distilgpt2_api.core.validation import EmbeddingLimits, Limits, Validator, ValidRequest
 from distilgpt2_api.engines.base import Chunk, StepEngine, TokenStep
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ class StepScheduler(Scheduler):
             max_batch_tokens=max_batch_tokens,
             max_sequences=engine.slots,
             any_model_name=any_model_name,
+            embeddings=EmbeddingLimits.of(engine),
         )
         validator = Validator(engine.info, engine.tokenizer, limits, grammar_cache_size=grammar_cache_size)
         super().__init__(validator, engine.kernels)

@@ -13,6 +13,7 @@ from distilgpt2_api.engines.base import GREEDY, SamplingParams
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
+    "EmbeddingRequest",
     "GREEDY",
     "NO_RULES",
     "GenerationRequest",
@@ -59,6 +60,15 @@ class GenerationRequest:
     grammar: Grammar | None = None  # what every answer must match (core/grammar.py); stop strings then do not apply
     model: str | None = None  # the model the client named, if any: only the served one is served
     rules: TokenRules = field(default=NO_RULES)
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """Sentence embeddings: one vector per input (a text, or token ids taken as they are)."""
+
+    inputs: tuple[Prompt, ...]
+    model: str | None = None  # the model the client named, if any: only the served one is served
+    dimensions: int | None = None  # None: the model's; fewer: the first ones, normalised again (Matryoshka)
 
 
 def tutorial_request(prompt: str, max_new_tokens: int, n: int, deadline: float | None = None) -> GenerationRequest:

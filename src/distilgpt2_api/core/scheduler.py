@@ -12,19 +12,22 @@ same stream collected. Closing a stream early cancels its generation within a to
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
+import numpy as np
+
 from distilgpt2_api.core.chat import ChatTemplate
-from distilgpt2_api.core.errors import ChatUnsupported
-from distilgpt2_api.core.request import GenerationRequest
+from distilgpt2_api.core.errors import ChatUnsupported, EmbeddingOnly, EmbeddingsUnsupported
+from distilgpt2_api.core.request import EmbeddingRequest, GenerationRequest
 from distilgpt2_api.core.sequence import Delta
 from distilgpt2_api.core.stream import GenerationResult, GenerationStream, Sink, gather
-from distilgpt2_api.core.validation import Validator, ValidRequest
-from distilgpt2_api.engines.base import Engine, Kernels, ModelInfo, StepEngine, TextTokenizer
+from distilgpt2_api.core.validation import Validator, ValidEmbedding, ValidRequest
+from distilgpt2_api.engines.base import Embedder, Engine, Kernels, ModelInfo, StepEngine, TextTokenizer
 
 
 class Scheduler(ABC):
@@ -41,6 +44,9 @@ class Scheduler(ABC):
         self._running: tuple[Sink, ...] = ()  # the requests generating, replaced whole (read by monitoring)
         # One thread; the executor joins it at interpreter exit, before engines close (engines/*.py atexit).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        # Embeddings: a thread of their own (the engine's embedding context), requests queued in arrival order here
+        # rather than holding the event loop's worker threads.
+        self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
 
     @abstractmethod
     def _enqueue(self, sink: Sink) -> None:
@@ -73,6 +79,8 @@ class Scheduler(ABC):
     def chat_template(self) -> ChatTemplate:
         """The model's chat template, compiled once; ChatUnsupported when it has none."""
         info = self.info
+        if info.embedding_only:
+            raise EmbeddingOnly(info.name)
         if info.chat_template is None:
             raise ChatUnsupported(
                 f"model {info.name!r} has no chat template, so it cannot serve chat: use /v1/completions or /generate"
@@ -82,6 +90,27 @@ class Scheduler(ABC):
     def validate(self, request: GenerationRequest) -> ValidRequest:
         """`request` checked once against the model, the server and the engine (InvalidRequest if it cannot run)."""
         return self.validator.validate(request)
+
+    def validate_embedding(self, request: EmbeddingRequest) -> ValidEmbedding:
+        """`request` checked once (InvalidRequest: the engine cannot embed, an input is empty or too long...)."""
+        return self.validator.validate_embedding(request)
+
+    async def embed(self, request: ValidEmbedding) -> list[list[float]]:
+        """One unit vector per input, in order: the engine's, or its first `dimensions` normalised again. Computed
+        on the embedding thread, in the engine's context of its own, while the worker generates."""
+        return await asyncio.wrap_future(self._embedder.submit(self.embed_blocking, request))
+
+    def embed_blocking(self, request: ValidEmbedding) -> list[list[float]]:
+        """`embed` on the calling thread (scripts, tests)."""
+        engine = self.engine
+        if not isinstance(engine, Embedder):
+            raise EmbeddingsUnsupported()
+        vectors = engine.embed(request.token_ids)
+        if request.dimensions == engine.embedding_size:
+            return vectors
+        cut = np.asarray(vectors, dtype=np.float64)[:, : request.dimensions]
+        norms = np.linalg.norm(cut, axis=1, keepdims=True)
+        return (cut / np.where(norms > 0, norms, 1.0)).astype(np.float32).tolist()
 
     def schedule(self, request: ValidRequest) -> GenerationStream:
         """Queue `request`; iterate the stream for its deltas. Call from the event loop. The caller must iterate

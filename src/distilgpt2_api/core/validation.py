@@ -14,7 +14,13 @@ from functools import cached_property
 
 from distilgpt2_api.core.errors import (
     ContextLengthExceeded,
+    DimensionsUnsupported,
+    EmbeddingBudgetExceeded,
+    EmbeddingOnly,
+    EmbeddingsUnsupported,
+    EmptyInput,
     GrammarUnsupported,
+    InputTooLong,
     LogprobsBudgetExceeded,
     MinTokensOverMax,
     ModelNotFound,
@@ -24,8 +30,21 @@ from distilgpt2_api.core.errors import (
     UnsupportedByEngine,
 )
 from distilgpt2_api.core.grammar import GRAMMAR_CACHE_SIZE, CompiledGrammar, GrammarCache
-from distilgpt2_api.core.request import NO_RULES, GenerationRequest, Prompt, TokenRules
-from distilgpt2_api.engines.base import ModelInfo, SamplingParams, TextTokenizer, TokenRequest
+from distilgpt2_api.core.request import NO_RULES, EmbeddingRequest, GenerationRequest, Prompt, TokenRules
+from distilgpt2_api.engines.base import Embedder, ModelInfo, SamplingParams, TextTokenizer, TokenRequest
+
+
+@dataclass(frozen=True)
+class EmbeddingLimits:
+    """What an engine that embeds can take (engines/base.py Embedder)."""
+
+    tokens: int  # in one input
+    size: int  # each vector's dimensions
+
+    @classmethod
+    def of(cls, engine: object) -> EmbeddingLimits | None:
+        """`engine`'s limits, or None when it cannot embed."""
+        return cls(engine.embedding_tokens, engine.embedding_size) if isinstance(engine, Embedder) else None
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,7 @@ class Limits:
     max_sequences: int | None = None  # sampled sequences one request may run at once (a step engine's slots)
     max_alternatives_steps: int | None = None  # with top logprobs: sequences x new tokens (an engine's memory)
     any_model_name: bool = False  # a request naming another model is served by this one (else ModelNotFound)
+    embeddings: EmbeddingLimits | None = None  # None: the engine cannot embed
 
 
 @dataclass(frozen=True)
@@ -84,6 +104,18 @@ class ValidRequest:
         )
 
 
+@dataclass(frozen=True)
+class ValidEmbedding:
+    """A validated embedding request: each input as token ids, and the dimensions of each answer."""
+
+    token_ids: tuple[tuple[int, ...], ...]
+    dimensions: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(map(len, self.token_ids))
+
+
 class Validator:
     """Turns a `GenerationRequest` into a `ValidRequest` for one model, server and engine."""
 
@@ -103,8 +135,9 @@ class Validator:
     def validate(self, request: GenerationRequest) -> ValidRequest:
         """`request` checked against every bound, or InvalidRequest saying which and what to change."""
         info, limits = self.info, self.limits
-        if request.model is not None and request.model != info.name and not limits.any_model_name:
-            raise ModelNotFound(f"model {request.model!r} is not served here; use {info.name!r}")
+        self._check_model(request.model)
+        if info.embedding_only:
+            raise EmbeddingOnly(info.name)
         grammar = None
         if request.grammar is not None:
             if not limits.grammar:
@@ -135,6 +168,41 @@ class Validator:
         if valid.logprobs and limits.max_alternatives_steps is not None and steps > limits.max_alternatives_steps:
             raise LogprobsBudgetExceeded(valid.sequences, valid.max_new_tokens, limits.max_alternatives_steps)
         return valid
+
+    def validate_embedding(self, request: EmbeddingRequest) -> ValidEmbedding:
+        """`request` checked against the engine (it must embed), its input length and the request's token budget."""
+        self._check_model(request.model)
+        limits = self.limits.embeddings
+        if limits is None:
+            raise EmbeddingsUnsupported()
+        dimensions = request.dimensions or limits.size
+        if not 0 < dimensions <= limits.size:
+            raise DimensionsUnsupported(dimensions, limits.size)
+        token_ids = tuple(self._input_ids(prompt) for prompt in request.inputs)
+        for index, ids in enumerate(token_ids):
+            if not ids:
+                raise EmptyInput(index)
+            if len(ids) > limits.tokens:
+                raise InputTooLong(index, len(ids), limits.tokens)
+        valid = ValidEmbedding(token_ids, dimensions)
+        budget = self.limits.max_batch_tokens
+        if budget is not None and valid.prompt_tokens > budget:
+            raise EmbeddingBudgetExceeded(valid.prompt_tokens, budget)
+        return valid
+
+    def _check_model(self, model: str | None) -> None:
+        info = self.info
+        if model is not None and model != info.name and not self.limits.any_model_name:
+            raise ModelNotFound(f"model {model!r} is not served here; use {info.name!r}")
+
+    def _input_ids(self, prompt: Prompt) -> tuple[int, ...]:
+        if isinstance(prompt, str):
+            return tuple(self.tokenizer.encode(prompt))
+        vocab_size = self.tokenizer.vocab_size
+        unknown = next((i for i in prompt if i >= vocab_size), None)
+        if unknown is not None:
+            raise UnknownToken(unknown, vocab_size, param="input")
+        return prompt
 
     def _check_rules(self, request: GenerationRequest) -> None:
         rules = request.rules

@@ -23,6 +23,8 @@ from tokenizers import Tokenizer
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")  # what chat templates may refer to
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+# config.json `architectures` that generate text; a model with others only (BertModel...) only embeds.
+GENERATIVE_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 PREPARE_HINT = "Prepare one with `make model` (or `python -m distilgpt2_api prepare-model`) and point MODEL_DIR at it."
 
 
@@ -55,6 +57,7 @@ class ModelInfo:
     eos_token_ids: frozenset[int]
     chat_template: str | None = None  # Jinja source: chat_template.jinja, else tokenizer_config.json's
     special_tokens: tuple[tuple[str, str], ...] = ()  # (name, text) from tokenizer_config.json: bos_token, ...
+    embedding_only: bool = False  # a sentence-embedding model (a BERT...): no language-model head, it only embeds
 
     @classmethod
     def read(cls, model_dir: Path, served_name: str | None = None) -> ModelInfo:
@@ -82,12 +85,22 @@ class ModelInfo:
             special_tokens=tuple(
                 (name, value) for name in SPECIAL_TOKENS if isinstance(value := tokenizer_config.get(name), str)
             ),
+            embedding_only=not generates(config),
         )
 
 
 def context_length(config: dict[str, Any]) -> int | None:
     """The context window named in a model's config.json (its key differs between architectures)."""
     return next((config[k] for k in CONTEXT_KEYS if isinstance(config.get(k), int)), None)
+
+
+def generates(config: dict[str, Any]) -> bool:
+    """Whether a model's config.json names an architecture with a language-model head (one that generates text);
+    without `architectures`, it is taken to generate."""
+    architectures = config.get("architectures")
+    if not isinstance(architectures, list) or not architectures:
+        return True
+    return any(isinstance(a, str) and a.endswith(GENERATIVE_ARCHITECTURES) for a in architectures)
 
 
 def _chat_template(model_dir: Path, tokenizer_config: dict[str, Any]) -> str | None:
@@ -287,6 +300,19 @@ class StepEngine(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release native resources now; the engine is unusable after."""
+
+
+class Embedder(ABC):
+    """An engine that also computes sentence embeddings: one vector per input, pooled over its tokens."""
+
+    embedding_size: int  # each vector's dimensions
+    embedding_tokens: int  # tokens one input may have
+    pooling: str  # how token states become one vector: mean, cls or last
+
+    @abstractmethod
+    def embed(self, token_id_lists: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One L2-normalised vector per list of token ids, in order; thread-safe, beside generation. The ids are
+        in the vocabulary and each list holds 1 to `embedding_tokens` of them (the caller checks)."""
 
 
 class TextTokenizer:

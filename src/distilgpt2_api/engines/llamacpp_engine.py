@@ -15,6 +15,12 @@ Streams start small (`slot_tokens` positions each, default and least: llama.cpp'
 twice as long (or as long as needed), up to `context` (`llama_state_seq_*`: an exact copy, cells in the same
 order). Memory follows the longest sequence held since the model loaded, not slots x context, and never shrinks.
 
+Embeddings (`embed`) run in a context of their own, made on first use with embeddings on and a pooling type: the
+GGUF's own when the model declares one (a sentence-embedding BERT: CLS or mean), else mean (a causal LM such as
+SmolLM2 or GPT-2 declares none). The generation context and its KV slots are never touched, so embeddings run on
+their own thread, under their own lock, while the step loop generates. An embedding-only model (config.json names
+no language-model head) gets no generation context at all.
+
 llama-cpp-python built with GGML_BACKEND_DL loads no CPU backend by itself: `load_cpu_backend` loads the variant
 (AVX2, AVX-512, AMX...) a child process proved runs on this CPU (llamacpp_cpu.py), once per process, into the ggml
 that libllama links.
@@ -38,6 +44,7 @@ import numpy as np
 from distilgpt2_api.engines.base import (
     PREPARE_HINT,
     Chunk,
+    Embedder,
     Kernels,
     ModelInfo,
     ModelLoadError,
@@ -76,6 +83,16 @@ GGUF_NAME = "model.gguf"  # written at prepare time (model_store/llamacpp_gguf.p
 MIN_STREAM = 256  # llama.cpp's shortest KV stream: it rounds each up to a multiple of this
 # Tokens computed together: the loop's prompt chunks (PREFILL_CHUNK_TOKENS) fit one. Compute buffers grow with it.
 UBATCH = 256
+# Tokens one embedding call reads, and so one input may have: a pooled embedding needs every token output, and
+# llama.cpp then keeps every token's logits too (SmolLM2: 512 tokens, +220 MB and 1 s on one thread; 3072: +1.2 GB).
+EMBED_TOKENS = 512
+EMBED_SEQUENCES = 32  # inputs embedded together in one llama_decode, their tokens within `embedding_tokens`
+# llama.cpp's pooling types (enum llama_pooling_type) that give one vector per sequence, by the name docs use.
+POOLINGS = {
+    llama.LLAMA_POOLING_TYPE_MEAN: "mean",
+    llama.LLAMA_POOLING_TYPE_CLS: "cls",
+    llama.LLAMA_POOLING_TYPE_LAST: "last",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +158,7 @@ def load_cpu_backend(pin: str = AUTO) -> CpuVariant:
         return variant
 
 
-class LlamaCppEngine(StepEngine):
+class LlamaCppEngine(StepEngine, Embedder):
     """`slots` sequences, each with its own KV stream of up to `context` positions (default: the model's context).
     Streams start at `slot_tokens` positions (default: `MIN_STREAM`) and grow when a sequence needs more.
 
@@ -165,6 +182,8 @@ class LlamaCppEngine(StepEngine):
         self.info = info
         self.slots = slots
         self._model = self._ctx = self._batch = None  # native handles, freed by close() (whatever was made)
+        self._embed_ctx = self._embed_batch = None  # made by the first `embed`
+        self._embed_lock = threading.Lock()
         path = info.path / gguf
         if not path.is_file():
             raise ModelLoadError(f"MODEL_DIR={info.path} has no {gguf}. {PREPARE_HINT} Or choose another ENGINE.")
@@ -182,15 +201,32 @@ class LlamaCppEngine(StepEngine):
         # Any forward the slots can hold fits one llama_decode: the batch costs ~30 bytes a token, while compute
         # buffers follow n_ubatch and the output buffer n_outputs_max (one row per chunk).
         self._batch_size = self.context * slots
-        try:
-            self._ctx = self._new_context(min(max(slot_tokens or MIN_STREAM, MIN_STREAM), self.context))
-        except ModelLoadError:
-            llama.llama_model_free(self._model)
-            self._model = None
-            raise
+        self.embedding_tokens = min(self.context, EMBED_TOKENS)
+        self.embedding_size = llama.llama_model_n_embd_out(self._model) or llama.llama_model_n_embd(self._model)
+        self._pooling = self._declared_pooling()
+        self.pooling = POOLINGS.get(self._pooling, "mean")
+        self.stream = 0
+        if not info.embedding_only:  # a model that only embeds has no generation context, no KV slots
+            try:
+                self._ctx = self._new_context(min(max(slot_tokens or MIN_STREAM, MIN_STREAM), self.context))
+            except ModelLoadError:
+                llama.llama_model_free(self._model)
+                self._model = None
+                raise
+            self._batch = llama.llama_batch_init(self._batch_size, 0, 1)
         self._vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))
-        self._batch = llama.llama_batch_init(self._batch_size, 0, 1)
         close_at_exit(self)
+
+    def _declared_pooling(self) -> int:
+        """The pooling type the GGUF declares (`<arch>.pooling_type`: a sentence-embedding model's), else mean."""
+        value = ctypes.create_string_buffer(128)
+        if llama.llama_model_meta_val_str(self._model, b"general.architecture", value, len(value)) < 0:
+            return llama.LLAMA_POOLING_TYPE_MEAN
+        key = value.value + b".pooling_type"
+        if llama.llama_model_meta_val_str(self._model, key, value, len(value)) < 0:
+            return llama.LLAMA_POOLING_TYPE_MEAN
+        declared = int(value.value or 0)
+        return declared if declared in POOLINGS else llama.LLAMA_POOLING_TYPE_MEAN
 
     def _new_context(self, stream: int) -> llama.llama_context_p:
         """A context of `slots` streams of `stream` positions (llama.cpp may round it up)."""
@@ -254,6 +290,76 @@ class LlamaCppEngine(StepEngine):
             logits[row] = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self._vocab,))
         return logits
 
+    def embed(self, token_id_lists: Sequence[Sequence[int]]) -> list[list[float]]:
+        for ids in token_id_lists:
+            if not 0 < len(ids) <= self.embedding_tokens:
+                raise ValueError(f"an input of {len(ids)} tokens; 1 to {self.embedding_tokens} can be embedded")
+        vectors: list[list[float]] = []
+        with self._embed_lock:
+            if not self._model:
+                raise RuntimeError("the engine is closed")
+            if not self._embed_ctx:
+                self._open_embeddings()
+            group: list[Sequence[int]] = []
+            for ids in token_id_lists:
+                if group and (len(group) == EMBED_SEQUENCES or sum(map(len, group)) + len(ids) > self.embedding_tokens):
+                    vectors += self._embed_group(group)
+                    group = []
+                group.append(ids)
+            if group:
+                vectors += self._embed_group(group)
+        return vectors
+
+    def _open_embeddings(self) -> None:
+        """The embedding context: every input's tokens read in one ubatch (pooling and a non-causal encoder's
+        attention need the whole sequence), up to EMBED_SEQUENCES inputs sharing one KV cache (`kv_unified`: it is
+        emptied before each call, so each input's cells are in order)."""
+        params = llama.llama_context_default_params()
+        params.n_ctx = params.n_batch = params.n_ubatch = self.embedding_tokens
+        params.n_seq_max = EMBED_SEQUENCES
+        params.kv_unified = True
+        params.embeddings = True
+        params.pooling_type = self._pooling
+        # Without flash attention a vector is the same whatever its batch mates (tiny GPT-2: 4e-8 apart, against
+        # 6e-5 with it); at EMBED_TOKENS its attention scores take a few MB.
+        params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.n_threads = params.n_threads_batch = self._threads
+        params.no_perf = True
+        ctx = llama.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp cannot create an embedding context for {self._path}")
+        self._embed_ctx = ctx
+        self._embed_batch = llama.llama_batch_init(self.embedding_tokens, 0, 1)
+        logger.info("llama.cpp embedding context: %d tokens, %s pooling", self.embedding_tokens, self.pooling)
+
+    def _embed_group(self, group: Sequence[Sequence[int]]) -> list[list[float]]:
+        ctx, batch = self._embed_ctx, self._embed_batch
+        memory = llama.llama_get_memory(ctx)  # none for an encoder (BERT): nothing is kept between calls
+        if memory:
+            llama.llama_memory_clear(memory, True)
+        i = 0
+        for sequence, ids in enumerate(group):
+            for position, token in enumerate(ids):
+                batch.token[i] = token
+                batch.pos[i] = position
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = sequence
+                batch.logits[i] = True
+                i += 1
+        batch.n_tokens = i
+        status = llama.llama_decode(ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status} while embedding")
+        vectors = []
+        for sequence in range(len(group)):
+            pooled = llama.llama_get_embeddings_seq(ctx, sequence)
+            if not pooled:
+                raise RuntimeError(f"llama.cpp returned no embedding for sequence {sequence}")
+            vector = np.ctypeslib.as_array(pooled, shape=(self.embedding_size,)).astype(np.float64)
+            norm = np.linalg.norm(vector)
+            vectors.append((vector / norm if norm > 0 else vector).astype(np.float32).tolist())
+        return vectors
+
     def _grow(self, needed: int) -> None:
         """Move every slot into streams of at least `needed` positions: twice as long, up to `context`."""
         stream = min(max(needed, 2 * self.stream), self.context)
@@ -292,7 +398,14 @@ class LlamaCppEngine(StepEngine):
         llama.llama_memory_seq_rm(self._memory, target, length, -1)
 
     def close(self) -> None:
-        """Free the batch, context and model now. Idempotent; the engine cannot compute afterwards."""
+        """Free the batches, contexts and model now. Idempotent; the engine cannot compute afterwards."""
+        with self._embed_lock:  # after any embedding under way
+            if self._embed_batch is not None:
+                llama.llama_batch_free(self._embed_batch)
+                self._embed_batch = None
+            if self._embed_ctx:
+                llama.llama_free(self._embed_ctx)
+                self._embed_ctx = None
         if self._batch is not None:
             llama.llama_batch_free(self._batch)
             self._batch = None
@@ -306,5 +419,7 @@ class LlamaCppEngine(StepEngine):
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.slots:
             raise ValueError(f"slot {slot} out of range: this engine has {self.slots}")
+        if self.info.embedding_only:
+            raise RuntimeError(f"model {self.info.name!r} only embeds: it has no generation context")
         if not self._ctx:
             raise RuntimeError("the engine is closed")

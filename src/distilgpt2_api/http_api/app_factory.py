@@ -19,6 +19,7 @@ from distilgpt2_api.engines.cpus import default_threads
 from distilgpt2_api.http_api.auth import install_api_keys, require_api_key
 from distilgpt2_api.http_api.body_limit import BodySizeLimit
 from distilgpt2_api.http_api.docs import install_docs
+from distilgpt2_api.http_api.embeddings.routes import embeddings_router
 from distilgpt2_api.http_api.errors import install_error_handling
 from distilgpt2_api.http_api.metrics import install_metrics
 from distilgpt2_api.http_api.native import routes as native
@@ -72,6 +73,7 @@ def create_app(scheduler: Scheduler, settings: Settings, *, cold_start_seconds: 
     install_metrics(app, settings, keyed)  # Prometheus; behind the key when there is one, as Prometheus can send it
     app.include_router(openai_router(bounds), dependencies=keyed)
     app.include_router(responses_router(bounds, settings.response_store_size), dependencies=keyed)
+    app.include_router(embeddings_router(bounds), dependencies=keyed)
     app.include_router(tokens_router(bounds), dependencies=keyed)
     app.include_router(tgi_router(bounds), dependencies=keyed)  # POST /: after health, which owns GET and HEAD /
     document_events(app, [*openai.EVENTS, *native.EVENTS, *responses.EVENTS])

@@ -24,6 +24,9 @@ MODEL_FILE_PATTERNS: tuple[str, ...] = (
     "tokenizer.model",
     "chat_template.jinja",
     "chat_template.json",
+    # A sentence-transformers model's pooling (mean, CLS), which llama.cpp's converter writes into the GGUF.
+    "modules.json",
+    "*_Pooling/config.json",
 )
 
 # Any one of these file sets is a usable tokenizer.
@@ -53,10 +56,12 @@ def validate_model_dir(model_dir: Path) -> None:
 
 
 def copy_model_files(source: Path, dest: Path) -> None:
-    """Copy the model files of `source` (top level, MODEL_FILE_PATTERNS only) into `dest`."""
-    for path in sorted(source.iterdir()):
-        if path.is_file() and is_model_file(path.name):
+    """Copy the model files of `source` (MODEL_FILE_PATTERNS only: the top level, and a pooling config) into `dest`."""
+    for path in sorted([*source.iterdir(), *source.glob("*/config.json")]):
+        name = path.relative_to(source).as_posix()
+        if path.is_file() and is_model_file(name):
             try:
-                shutil.copy2(path, dest / path.name)  # follows symlinks, e.g. into the HF cache's blobs
+                (dest / name).parent.mkdir(exist_ok=True)
+                shutil.copy2(path, dest / name)  # follows symlinks, e.g. into the HF cache's blobs
             except OSError as error:
                 raise ModelStoreError(f"cannot copy {path} to {dest}: {error}") from error

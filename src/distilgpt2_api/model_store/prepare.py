@@ -6,6 +6,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from distilgpt2_api.engines.base import ModelInfo
 from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR
 
 from . import gguf_gate, hub, smollm2
@@ -105,7 +106,14 @@ def _prepare_local(output: Path, source_dir: Path) -> Manifest:
 
 def _finish(model_dir: Path, *, source: str, model_id: str, revision: str | None = None) -> Manifest:
     """Add the fast engine's int8 weights and the llama.cpp engine's GGUF (made here, never at cold start), then
-    the manifest. Both quality gates compare with the fp32 weights, loaded once for both."""
+    the manifest. Both quality gates compare with the fp32 weights, loaded once for both.
+
+    A model that only embeds (config.json names no language-model head: a sentence-embedding BERT) gets the
+    converter's F32 GGUF alone: CTranslate2 and the gates' perplexity and probe are about generating text."""
+    if ModelInfo.read(model_dir).embedding_only:
+        if not (model_dir / GGUF_NAME).is_file():
+            write_gguf(model_dir)
+        return write_manifest(model_dir, source=source, model_id=model_id, revision=revision)
     convert = not (model_dir / CT2_SUBDIR / "model.bin").is_file()
     # With the binding, the GGUF gate chooses model.gguf among the shipped GGUF, F32, F16, Q8_0 and Q4_K_M (unless it
     # has already: a directory from S3, or prepared in place). The llamacpp image's model stage has the binding too.
