@@ -50,14 +50,17 @@ class StreamTally:
         return Usage.of(self.prompt_tokens, sum(self.completion_tokens.values()), self.cached_tokens)
 
 
+Event = BaseModel | str | ServerSentEvent  # JSON data, a text (`[DONE]`), or a whole event (with its `event:` name)
+
+
 class EventFormat(Protocol):
     """How one API shows a stream: events for each delta, events after the last one, the error event."""
 
-    def delta(self, delta: Delta, tally: StreamTally) -> Iterable[BaseModel]: ...
+    def delta(self, delta: Delta, tally: StreamTally) -> Iterable[Event]: ...
 
-    def end(self, tally: StreamTally) -> Iterable[BaseModel | str]: ...
+    def end(self, tally: StreamTally) -> Iterable[Event]: ...
 
-    def error(self, error: ErrorResponse) -> Iterable[BaseModel | str]: ...
+    def error(self, error: ErrorResponse) -> Iterable[Event]: ...
 
 
 async def event_stream(
@@ -109,7 +112,9 @@ async def _body(
         )
 
 
-def _sse(event: BaseModel | str) -> ServerSentEvent:
+def _sse(event: Event) -> ServerSentEvent:
+    if isinstance(event, ServerSentEvent):
+        return event
     return ServerSentEvent(data=event if isinstance(event, str) else event.model_dump_json())
 
 
