@@ -220,6 +220,7 @@ class MessagesInput(StrictModel):
         None, description="Functions the model may call (ENGINE=llamacpp); calls come back as tool_use blocks."
     )
     tool_choice: ToolChoice | None = None
+    cache_control: CacheControl | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> MessagesInput:

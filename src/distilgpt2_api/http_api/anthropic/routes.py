@@ -33,6 +33,8 @@ ANTHROPIC_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 ANTHROPIC_ERRORS[400]["description"] = "A parameter is missing, malformed or out of range, or the request does not fit."
 ANTHROPIC_ERRORS[404] = {"model": AnthropicErrorResponse, "description": "Unknown model."}
+# Any other client error (a 405, say) has the same shape; documented so, FastAPI adds no 422 it never sends.
+ANTHROPIC_ERRORS["4XX"] = {"model": AnthropicErrorResponse, "description": "Another client error."}
 
 
 def anthropic_router(bounds: Bounds) -> APIRouter:
