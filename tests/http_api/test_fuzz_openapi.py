@@ -75,7 +75,14 @@ def test_every_operation_conforms(app: FastAPI, subtests: pytest.Subtests) -> No
     assert {"GET /", "GET /{prompt}", "POST /generate", "POST /v1/completions", "GET /v1/models"} <= fuzzed
 
 
-CONSTRAINED = {"POST /v1/chat/completions", "POST /v1/completions", "POST /generate", "POST /generate_stream"}
+CONSTRAINED = {
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "POST /generate",
+    "POST /generate_stream",
+    "POST /v1/messages",
+    "POST /v1/messages/count_tokens",
+}
 
 
 def test_structured_output_and_tools_conform_on_the_llamacpp_engine(

@@ -13,7 +13,7 @@ import uuid
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Discriminator, Field, Tag, create_model, model_validator
+from pydantic import BaseModel, Discriminator, Field, RootModel, Tag, create_model, model_validator
 from sse_starlette import ServerSentEvent
 
 from distilgpt2_api.core.chat import ChatMessage, ChatTemplate
@@ -520,10 +520,10 @@ class MessageStop(BaseModel):
     type: Literal["message_stop"] = "message_stop"
 
 
-class MessageStreamEvent(BaseModel):
+class MessageStreamEvent(RootModel[Any]):
     """The data of each event of a streamed message; the event's name is its `type`."""
 
-    event: (
+    root: (
         MessageStart
         | ContentBlockStart
         | ContentBlockDelta
