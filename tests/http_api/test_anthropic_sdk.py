@@ -93,7 +93,7 @@ def test_a_tool_round_trip(client: anthropic.Anthropic) -> None:
     result = {"type": "tool_result", "tool_use_id": use.id, "content": json.dumps({"temperature_celsius": 18})}
     conversation = [
         *WEATHER_QUESTION,
-        {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+        {"role": "assistant", "content": first.content},  # the SDK's own blocks, sent back as they came
         {"role": "user", "content": [result]},
     ]
     answer = client.messages.create(

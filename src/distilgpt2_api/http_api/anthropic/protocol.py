@@ -61,6 +61,7 @@ class TextBlock(StrictModel):
     type: Literal["text"]
     text: str
     cache_control: CacheControl | None = None
+    citations: None = Field(None, description="Accepted when null, as answers from Anthropic carry it.")
 
 
 class ToolUseBlock(StrictModel):
@@ -279,7 +280,7 @@ class MessagesRequest(MessagesInput):
         tools, choice = self.offered_tools, self.tool_choice or ToolChoiceAuto(type="auto")
         if not tools or isinstance(choice, ToolChoiceNone):
             return None
-        name = {"auto": "auto", "any": "required"}.get(choice.type) or getattr(choice, "name", "")
+        name = choice.name if isinstance(choice, ToolChoiceTool) else {"auto": "auto", "any": "required"}[choice.type]
         text = tool_grammar(tools, name, parallel=not choice.disable_parallel_tool_use)
         return None if text is None else Grammar("lark", text, param="tools")
 
@@ -413,9 +414,10 @@ class MessageResponse(BaseModel):
         )
 
 
-def _ending(completion: Completion, *, called: bool) -> dict[str, Any]:
-    reason = stop_reason(completion.finish_reason, completion.stop_sequence, called=called)
-    return {"stop_reason": reason, "stop_sequence": completion.stop_sequence if reason == "stop_sequence" else None}
+def _ending(end: Completion | Delta, *, called: bool) -> dict[str, Any]:
+    """`stop_reason` and `stop_sequence` of an answer's end (its completion, or its last delta)."""
+    reason = stop_reason(end.finish_reason or "", end.stop_sequence, called=called)
+    return {"stop_reason": reason, "stop_sequence": end.stop_sequence if reason == "stop_sequence" else None}
 
 
 class TokenCount(BaseModel):
@@ -592,12 +594,8 @@ class MessageEvents:
         return [*events, ContentBlockStart(index=self._index, content_block=block)]
 
     def end(self, tally: StreamTally) -> list[ServerSentEvent]:
-        end = self._end
-        assert end is not None and end.finish_reason is not None  # the stream ended with its one answer's end
-        reason = stop_reason(end.finish_reason, end.stop_sequence, called=self._called)
-        body = MessageDeltaBody(
-            stop_reason=reason, stop_sequence=end.stop_sequence if reason == "stop_sequence" else None
-        )
+        assert self._end is not None  # the stream ended with its one answer's last delta
+        body = MessageDeltaBody(**_ending(self._end, called=self._called))
         usage = DeltaUsage(output_tokens=sum(tally.completion_tokens.values()))
         return [_named(MessageDelta(delta=body, usage=usage)), _named(MessageStop())]
 
