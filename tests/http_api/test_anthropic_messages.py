@@ -211,6 +211,13 @@ def test_other_errors_on_its_paths_keep_their_status_in_anthropics_shape(chat_cl
     assert chat_client.post("/v1/chat/completions", json={"messages": []}).json()["error"]["code"] == "validation_error"
 
 
+def test_a_body_over_the_limit_is_request_too_large(chat_app: FastAPI) -> None:
+    small = create_app(chat_app.state.scheduler, Settings(model_dir=Path("unused"), max_body_bytes=1024))
+    with TestClient(small, raise_server_exceptions=False) as client:
+        body = {**GREEDY, "messages": [{"role": "user", "content": "x" * 2000}], "max_tokens": 4}
+        assert_anthropic_error(client.post("/v1/messages", json=body), 413, "request_too_large", "1024")
+
+
 def test_an_unknown_model_is_a_not_found_error_when_names_must_match(chat_model_dir: Path) -> None:
     strict = llamacpp_app(chat_model_dir, model_name_policy="served")
     with TestClient(strict, raise_server_exceptions=False) as client:
