@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from distilgpt2_api.core.sequence import Delta, Sequence
-from distilgpt2_api.core.stop import stop_prefix_start
+from distilgpt2_api.core.stop import cut_at_stop, stop_prefix_start
 from distilgpt2_api.engines.base import TextTokenizer, TokenStep
 
 EOS = 0
@@ -51,6 +51,17 @@ def test_text_that_could_start_a_stop_string_waits(tokenizer: TextTokenizer) -> 
     assert released == "hel"
     assert all("lo" not in d.text for d in deltas)
     assert (sequence.finish_reason, deltas[-1].finish_reason) == ("stop", "stop")
+
+
+def test_the_stop_string_that_ended_it_is_reported(tokenizer: TextTokenizer) -> None:
+    sequence, deltas, _ = _feed(tokenizer, "hello world again", stop=("again", "o w"))
+    assert "".join(d.text for d in deltas) == "hell"
+    assert (sequence.stop_sequence, deltas[-1].stop_sequence) == ("o w", "o w")
+    assert all(d.stop_sequence is None for d in deltas[:-1])
+    unstopped, deltas, _ = _feed(tokenizer, "hello", stop=("x",), eos=True)
+    assert unstopped.finish_reason == "eos" and deltas[-1].stop_sequence is None
+    # Several in the text at once: the one that begins first ends it, whatever their order in the list.
+    assert cut_at_stop("abcdef", ("ef", "cd")) == ("ab", "cd") and cut_at_stop("abc", ("x",)) is None
 
 
 def test_held_text_is_released_once_it_cannot_become_a_stop_string(tokenizer: TextTokenizer) -> None:

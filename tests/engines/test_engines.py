@@ -167,7 +167,7 @@ def test_a_failing_stop_check_is_an_error_not_a_crash(model_dir: Path, monkeypat
     # The per-token callback runs on CTranslate2's own thread, where an exception would abort the process.
     engine = load_engine(model_dir, "ctranslate2", threads=1)
 
-    def broken(text: str, stop: tuple[str, ...]) -> str | None:
+    def broken(text: str, stop: tuple[str, ...]) -> tuple[str, str] | None:
         raise ValueError("broken stop check")
 
     monkeypatch.setattr(sequence, "cut_at_stop", broken)

@@ -54,13 +54,23 @@ KEYED[("GET", "/metrics")] = {"url": "/metrics"}  # Prometheus sends the key too
 KEYED[("POST", "/v1/responses")] = {"url": "/v1/responses", "json": {"input": "Hi"}}
 KEYED[("GET", "/v1/responses/{response_id}")] = {"url": "/v1/responses/resp_1"}
 KEYED[("DELETE", "/v1/responses/{response_id}")] = {"url": "/v1/responses/resp_1"}
-# The tiny GPT-2 has no chat template: past the key, served, and refused for that.
+ANTHROPIC_MESSAGE = {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "Hi"}]}
+KEYED[("POST", "/v1/messages")] = {"url": "/v1/messages", "json": {**ANTHROPIC_MESSAGE, "max_tokens": 2}}
+KEYED[("POST", "/v1/messages/count_tokens")] = {"url": "/v1/messages/count_tokens", "json": ANTHROPIC_MESSAGE}
+# The tiny GPT-2 has no chat template: past the key, served, and refused for that (Anthropic's API in its shape).
 PAST_THE_KEY = {
     ("POST", "/v1/chat/completions"): (400, "chat_template_missing"),
     ("POST", "/v1/responses"): (400, "chat_template_missing"),
     ("GET", "/v1/responses/{response_id}"): (404, "response_not_found"),  # past the key: no such response
     ("DELETE", "/v1/responses/{response_id}"): (404, "response_not_found"),
+    ("POST", "/v1/messages"): (400, "invalid_request_error"),
+    ("POST", "/v1/messages/count_tokens"): (400, "invalid_request_error"),
 }
+
+
+def error_code(body: dict[str, Any]) -> str:
+    """An error's code, or for Anthropic's shape (`{"type": "error", ...}`) its type."""
+    return str(body["error"]["type"] if body.get("type") == "error" else body["error"]["code"])
 
 
 def keyed_app(app: FastAPI, **settings: Any) -> FastAPI:
@@ -100,17 +110,26 @@ def test_without_a_valid_key_is_a_401(
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     body = response.json()
-    assert body["error"]["code"] == code
-    assert body["error"]["type"] == "invalid_request_error"
+    if route[1].startswith("/v1/messages"):  # Anthropic's shape: its error type, no code
+        assert body["error"]["type"] == "authentication_error"
+    else:
+        assert body["error"]["code"] == code
+        assert body["error"]["type"] == "invalid_request_error"
     assert body["request_id"] == response.headers["x-request-id"]
 
 
 @pytest.mark.parametrize("route", KEYED)
-@pytest.mark.parametrize("key", ["old-key-123", "new-key-456"])
-def test_with_either_key_is_served(locked: TestClient, client: TestClient, route: tuple[str, str], key: str) -> None:
-    response = _send(locked, route, {"authorization": f"Bearer {key}"})
+@pytest.mark.parametrize(
+    "headers",
+    [{"authorization": "Bearer old-key-123"}, {"authorization": "Bearer new-key-456"}, {"x-api-key": "new-key-456"}],
+    ids=["bearer-old", "bearer-new", "x-api-key"],
+)
+def test_with_either_key_is_served(
+    locked: TestClient, client: TestClient, route: tuple[str, str], headers: dict[str, str]
+) -> None:
+    response = _send(locked, route, headers)
     if route in PAST_THE_KEY:
-        assert (response.status_code, response.json()["error"]["code"]) == PAST_THE_KEY[route]
+        assert (response.status_code, error_code(response.json())) == PAST_THE_KEY[route]
         return
     assert response.status_code == 200, response.text
     # What the open app answers to the same request, in the same shape.
@@ -137,7 +156,14 @@ def test_health_and_docs_stay_open(locked: TestClient, path: str) -> None:
 def test_openapi_declares_the_bearer_scheme(locked: TestClient) -> None:
     schema = locked.get("/openapi.json").json()
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    assert schema["paths"]["/generate"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert schema["components"]["securitySchemes"]["APIKeyHeader"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": "The same key, as Anthropic's clients send it.",
+    }
+    # Either scheme (OpenAPI's list of requirements is a choice).
+    assert schema["paths"]["/generate"]["post"]["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
     assert "security" not in schema["paths"]["/"]["get"]
 
 

@@ -81,6 +81,8 @@ CONSTRAINED = {
     "POST /v1/responses",
     "POST /generate",
     "POST /generate_stream",
+    "POST /v1/messages",
+    "POST /v1/messages/count_tokens",
 }
 
 

@@ -50,6 +50,7 @@ class Delta:
     finish_reason: FinishReason | None
     completion_tokens: int  # generated so far, every token the model computed (EOS and stop strings included)
     end_token: GeneratedToken | None = None  # with the finish_reason: the last token generated (an EOS, say)
+    stop_sequence: str | None = None  # with the finish_reason `stop`: the stop string that ended it, if one did
 
 
 class Sequence:
@@ -76,6 +77,7 @@ class Sequence:
         self._held: list[GeneratedToken] = []  # final text, but possibly the start of a stop string
         self._ready: list[GeneratedToken] = []  # released, not yet taken
         self.finish_reason: FinishReason | None = None
+        self.stop_sequence: str | None = None  # the stop string that ended it
         self._reported = False
         self._last: GeneratedToken | None = None
         self.completion_tokens = 0
@@ -97,8 +99,8 @@ class Sequence:
         held_text = "".join(token.text for token in self._held)
         cut = cut_at_stop(held_text, self._stop)
         if cut is not None:
-            self._release_until(len(cut))
-            self.finish_reason = "stop"
+            self._release_until(len(cut[0]))
+            self.finish_reason, self.stop_sequence = "stop", cut[1]
             return
         # Keep back the tokens from the one where a stop string could begin.
         start = stop_prefix_start(held_text, self._stop)
@@ -123,7 +125,7 @@ class Sequence:
         self._reported = self.finished
         text = "".join(token.text for token in tokens)
         end = self._last if self.finished else None
-        return Delta(index, text, tokens, self.finish_reason, self.completion_tokens, end)
+        return Delta(index, text, tokens, self.finish_reason, self.completion_tokens, end, self.stop_sequence)
 
     def _release_until(self, chars: int, *, whole_tokens_only: bool = False) -> None:
         """Release held tokens covering the first `chars` characters of the held text.

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 
-def cut_at_stop(text: str, stop: tuple[str, ...]) -> str | None:
-    """The text before the earliest stop string, or None if none occurs."""
-    positions = [index for index in (text.find(s) for s in stop) if index >= 0]
-    return text[: min(positions)] if positions else None
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, str] | None:
+    """The text before the earliest stop string, and that stop string; None if none occurs."""
+    found = [(index, s) for index, s in ((text.find(s), s) for s in stop) if index >= 0]
+    if not found:
+        return None
+    index, matched = min(found, key=lambda item: item[0])
+    return text[:index], matched
 
 
 def stop_prefix_start(text: str, stop: tuple[str, ...]) -> int:

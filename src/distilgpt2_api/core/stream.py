@@ -20,6 +20,7 @@ class Completion:
     finish_reason: FinishReason
     completion_tokens: int
     tokens: tuple[GeneratedToken, ...] = ()  # the visible tokens, with their logprobs when asked for
+    stop_sequence: str | None = None  # the stop string that ended it (finish_reason `stop`), if one did
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def gather(request: ValidRequest, deltas: list[Delta], timings: Timings) -> Gene
         if delta.finish_reason is not None:
             ends[delta.index] = delta
     completions = [
-        Completion("".join(text), end.finish_reason, end.completion_tokens, tuple(toks))
+        Completion("".join(text), end.finish_reason, end.completion_tokens, tuple(toks), end.stop_sequence)
         for text, toks, end in zip(texts, tokens, ends, strict=True)
         if end is not None and end.finish_reason is not None
     ]

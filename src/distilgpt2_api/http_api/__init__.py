@@ -1,3 +1,3 @@
-"""The HTTP surface: one folder per API (`native/`, `tgi/`, `openai/`, `tokens/`), each a protocol (schemas, and its
-one translation into the core's request) and routes, plus what they share: the app factory, errors, API keys, body
-limit, dependencies, streaming."""
+"""The HTTP surface: one folder per API (`native/`, `tgi/`, `openai/`, `anthropic/`, `tokens/`), each a protocol
+(schemas, and its one translation into the core's request) and routes, plus what they share: the app factory, errors,
+API keys, body limit, dependencies, streaming."""

@@ -16,6 +16,8 @@ from distilgpt2_api.core.time_budget import TimeBudget
 from distilgpt2_api.engines import load_engine
 from distilgpt2_api.engines.base import Engine, StepEngine
 from distilgpt2_api.engines.cpus import default_threads
+from distilgpt2_api.http_api.anthropic import routes as anthropic
+from distilgpt2_api.http_api.anthropic.routes import anthropic_router
 from distilgpt2_api.http_api.auth import install_api_keys, require_api_key
 from distilgpt2_api.http_api.body_limit import BodySizeLimit
 from distilgpt2_api.http_api.docs import install_docs
@@ -74,9 +76,10 @@ def create_app(scheduler: Scheduler, settings: Settings, *, cold_start_seconds: 
     app.include_router(openai_router(bounds), dependencies=keyed)
     app.include_router(responses_router(bounds, settings.response_store_size), dependencies=keyed)
     app.include_router(embeddings_router(bounds), dependencies=keyed)
+    app.include_router(anthropic_router(bounds), dependencies=keyed)
     app.include_router(tokens_router(bounds), dependencies=keyed)
     app.include_router(tgi_router(bounds), dependencies=keyed)  # POST /: after health, which owns GET and HEAD /
-    document_events(app, [*openai.EVENTS, *native.EVENTS, *responses.EVENTS])
+    document_events(app, [*openai.EVENTS, *native.EVENTS, *responses.EVENTS, *anthropic.EVENTS])
     return app
 
 

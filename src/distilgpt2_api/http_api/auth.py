@@ -1,4 +1,5 @@
-"""Optional API keys: `Authorization: Bearer <key>` on every route that runs the model.
+"""Optional API keys: `Authorization: Bearer <key>`, or `x-api-key: <key>` (Anthropic's clients send that), on every
+route that runs the model.
 
 Keys come from API_KEY (comma-separated, so a new key can go live before the old one is retired),
 or under Lambda from an SSM SecureString parameter or a Secrets Manager secret named by
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from distilgpt2_api.http_api.errors import ApiError
 from distilgpt2_api.settings import Settings
@@ -23,6 +24,9 @@ SECRETS_MANAGER_ARN = "arn:aws:secretsmanager:"
 CHALLENGE = {"www-authenticate": "Bearer"}
 KeySource = Callable[[], tuple[bytes, ...]]
 _bearer = HTTPBearer(auto_error=False, description="The service's API key (API_KEY), when one is configured.")
+_api_key_header = APIKeyHeader(
+    name="x-api-key", auto_error=False, description="The same key, as Anthropic's clients send it."
+)
 
 
 def split_keys(value: str) -> tuple[bytes, ...]:
@@ -53,9 +57,12 @@ def is_accepted(given: str, keys: tuple[bytes, ...]) -> bool:
 
 
 def require_api_key(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key_header)],
 ) -> None:
-    """Dependency: a 401 unless the request carries an accepted key (or no key is configured).
+    """Dependency: a 401 unless the request carries an accepted key, as a bearer token or in `x-api-key` (or no
+    key is configured). With both headers, the bearer token is the one checked.
 
     Synchronous on purpose: FastAPI runs it in a worker thread, so a parameter refresh never
     blocks the event loop.
@@ -63,10 +70,11 @@ def require_api_key(
     source: KeySource | None = request.app.state.api_keys
     if source is None:
         return
-    if credentials is None:
-        message = "this API needs a key: send `Authorization: Bearer <key>`"
+    given = credentials.credentials if credentials is not None else api_key
+    if given is None:
+        message = "this API needs a key: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
         raise ApiError(401, "missing_api_key", message, headers=CHALLENGE)
-    if not is_accepted(credentials.credentials, source()):
+    if not is_accepted(given, source()):
         raise ApiError(401, "invalid_api_key", "the API key is not valid", headers=CHALLENGE)
 
 

@@ -9,8 +9,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.routing import get_route_path
 
 from distilgpt2_api.core.errors import DeadlineExceeded, InvalidRequest
+from distilgpt2_api.http_api.anthropic.protocol import ANTHROPIC_PATH, anthropic_error
 from distilgpt2_api.http_api.protocol import BODY_SHAPES, ErrorBody, ErrorResponse
 from distilgpt2_api.http_api.routing import owned_by_fixed_route
 from distilgpt2_api.observability import REQUEST_ID_HEADER, logger, request_id
@@ -62,6 +64,9 @@ def stream_error(request: Request, exc: Exception) -> ErrorResponse:
 
 
 def _error(request: Request, status_code: int, code: str, message: str, **fields: Any) -> JSONResponse:
+    if get_route_path(request.scope).startswith(ANTHROPIC_PATH):  # Anthropic's API answers in its own shape
+        status_code, anthropic = anthropic_error(status_code, message, request_id(request))
+        return JSONResponse(anthropic.model_dump(), status_code=status_code)
     body = error_body(request, status_code, code, message, **fields)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code)
 

@@ -50,6 +50,9 @@ class StreamTally:
         return Usage.of(self.prompt_tokens, sum(self.completion_tokens.values()), self.cached_tokens)
 
 
+Event = BaseModel | str | ServerSentEvent  # JSON data, a text (`[DONE]`), or a whole event (with its `event:` name)
+
+
 class NamedEvent(BaseModel):
     """An event whose SSE `event:` field is its `type` (OpenAI's Responses stream names every event so)."""
 
@@ -59,11 +62,11 @@ class NamedEvent(BaseModel):
 class EventFormat(Protocol):
     """How one API shows a stream: events for each delta, events after the last one, the error event."""
 
-    def delta(self, delta: Delta, tally: StreamTally) -> Iterable[BaseModel]: ...
+    def delta(self, delta: Delta, tally: StreamTally) -> Iterable[Event]: ...
 
-    def end(self, tally: StreamTally) -> Iterable[BaseModel | str]: ...
+    def end(self, tally: StreamTally) -> Iterable[Event]: ...
 
-    def error(self, error: ErrorResponse) -> Iterable[BaseModel | str]: ...
+    def error(self, error: ErrorResponse) -> Iterable[Event]: ...
 
 
 async def event_stream(
@@ -115,7 +118,9 @@ async def _body(
         )
 
 
-def _sse(event: BaseModel | str) -> ServerSentEvent:
+def _sse(event: Event) -> ServerSentEvent:
+    if isinstance(event, ServerSentEvent):
+        return event
     if isinstance(event, str):
         return ServerSentEvent(data=event)
     return ServerSentEvent(data=event.model_dump_json(), event=event.type if isinstance(event, NamedEvent) else None)
