@@ -136,6 +136,28 @@ def test_cors_is_closed_by_default(client: TestClient) -> None:
     assert "access-control-allow-origin" not in response.headers
 
 
+def test_configured_cors_admits_every_clients_headers_and_methods(app: FastAPI) -> None:
+    """Anthropic's SDK in a browser sends x-api-key and anthropic-version; a stored response is deleted with DELETE."""
+    origin = "https://app.example"
+    opened = create_app(app.state.scheduler, Settings(model_dir=Path("unused"), cors_allow_origins=[origin]))
+    with TestClient(opened) as client:
+        for path, method, headers in [
+            ("/v1/messages", "POST", "x-api-key,anthropic-version,content-type"),
+            ("/v1/responses/resp_1", "DELETE", "authorization"),
+        ]:
+            preflight = client.options(
+                path,
+                headers={
+                    "origin": origin,
+                    "access-control-request-method": method,
+                    "access-control-request-headers": headers,
+                },
+            )
+            assert preflight.status_code == 200, (path, preflight.text)
+            assert preflight.headers["access-control-allow-origin"] == origin
+            assert method in preflight.headers["access-control-allow-methods"]
+
+
 @pytest.fixture(scope="module")
 def budgeted_app(model_dir: Path) -> FastAPI:
     """The default engine's app with a 100-token budget per request (MAX_BATCH_TOKENS)."""

@@ -64,7 +64,12 @@ def create_app(scheduler: Scheduler, settings: Settings, *, cold_start_seconds: 
     if not settings.log_prompts:
         silence_access_log()
     if settings.cors_allow_origins:  # closed unless origins are configured
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "DELETE"],  # DELETE: a stored response
+            allow_headers=["authorization", "content-type", "x-api-key", "anthropic-version"],
+        )
     keyed, bounds = [Depends(require_api_key)], Bounds.from_settings(settings)
     # First: its `/{prompt}` yields every path a fixed route owns (http_api/routing.py), and matching it before
     # them keeps Starlette's `$` (which also matches before a final newline) from giving `/%0A` to `GET /`.
