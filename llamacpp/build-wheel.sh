@@ -9,6 +9,10 @@
 # amx-tile-config.patch: llama.cpp's AMX kernels (the sapphirerapids CPU variant) load a tile config whose stores
 # GCC removes as dead, and die with SIGILL on every Intel Xeon with AMX; fixed, they read prompts 2-4x and decode
 # 1.8-2.5x faster than the next variant there (Q8_0-Q4_1, docs/PERFORMANCE.md).
+# batch-invariant-attention.patch: flash attention takes one path for every query row, so a sequence's logits do not
+# depend on its batch mates, on the KV cache's length or on how its prompt was split (prefix cache); the faster
+# split-KV (long-context decode) and tiled (long-prompt) paths changed them by up to 1.5 on SmolLM2 Q4_1.
+# GGML_CPU_FA_BATCH_INVARIANT=0 turns them back on (docs/PERFORMANCE.md#batch-invariance).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?usage: CMAKE_ARGS=... $0 OUT_DIR}"
