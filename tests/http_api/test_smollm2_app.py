@@ -5,6 +5,7 @@ question with a well-known answer, through the routes and through the `openai` S
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,33 @@ def test_auto_lets_the_model_choose_and_any_call_validates(client: TestClient) -
         for call in choice["message"]["tool_calls"] or []:
             jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
         assert choice["message"]["tool_calls"] or not choice["message"]["content"].startswith("<tool_call>")
+
+
+STORIES = [
+    "Write a long story about a lighthouse keeper who finds a message in a bottle on a stormy winter night.",
+    "Write a long story about two old friends who meet again at a train station after forty years apart.",
+    "Write a long story about a young baker who enters a national competition with her grandmother's recipe.",
+]
+
+
+def test_seeded_answers_do_not_depend_on_the_cache_or_other_requests(client: TestClient) -> None:
+    """Each seeded answer read cold, again with its prompt from the prefix cache, and beside the others at once."""
+
+    def ask(story: str) -> dict[str, Any]:
+        messages = [{"role": "system", "content": 8 * "You are a careful, vivid storyteller. "}]
+        body = {"messages": [*messages, {"role": "user", "content": story}], "max_tokens": 40, "seed": 7}
+        response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    cold = [ask(story) for story in STORIES]
+    cached = [ask(story) for story in STORIES]
+    assert all(answer["usage"]["prompt_tokens_details"]["cached_tokens"] > 64 for answer in cached)
+    with ThreadPoolExecutor(len(STORIES)) as pool:
+        beside = list(pool.map(ask, STORIES))
+    texts = [[answer["choices"][0]["message"]["content"] for answer in run] for run in (cold, cached, beside)]
+    assert texts[0] == texts[1] == texts[2]
+    assert len(set(texts[0])) == len(STORIES)  # sampled, and each its own
 
 
 def test_huggingface_hubs_client_against_the_real_model(base_url: str) -> None:
