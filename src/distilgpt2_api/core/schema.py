@@ -60,16 +60,19 @@ class PreparedSchema:
     check: Callable[[str], str | None]  # a finished answer's text -> why it is not valid, or None
 
 
-def prepare_schema(schema: Mapping[str, Any] | bool, *, narrow: bool = True) -> PreparedSchema:
+def prepare_schema(schema: Mapping[str, Any] | bool, *, narrow: bool = True, checked: bool = True) -> PreparedSchema:
     """What llguidance compiles for `schema` and how a finished answer is checked against `schema` itself.
 
     `narrow=False` keeps the grammar to the schema as written (no closed objects or bounded numbers): the
-    fallback for a schema whose narrowed form llguidance cannot compile."""
+    fallback for a schema whose narrowed form llguidance cannot compile. `checked=False` is for answers that
+    are not checked when finished (tool-call arguments): what the mask cannot hold is then refused by
+    llguidance, and oneOf is approximated only where its branches cannot overlap."""
     grammar_schema = _narrowed(schema, in_all_of=False) if narrow else _annotated_formats(schema)
+    options = GRAMMAR_OPTIONS if checked else JSON_LAYOUT
     if isinstance(grammar_schema, dict):
-        grammar_schema = {**grammar_schema, "x-guidance": GRAMMAR_OPTIONS}
+        grammar_schema = {**grammar_schema, "x-guidance": options}
     else:  # true / false: a schema of its own
-        grammar_schema = {"allOf": [grammar_schema], "x-guidance": GRAMMAR_OPTIONS}
+        grammar_schema = {"allOf": [grammar_schema], "x-guidance": options}
     return PreparedSchema(grammar_schema, _checker(json.dumps(schema, sort_keys=True)))
 
 
