@@ -80,9 +80,8 @@ def check_problem(schema: Mapping[str, Any] | bool) -> str | None:
     """Why `schema` cannot serve as a check (not a valid JSON Schema for its draft), or None."""
     import jsonschema
 
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
-        cls.check_schema(schema)
+        _validator_class(schema).check_schema(schema)
     except jsonschema.SchemaError as error:
         return f"{error.message} (at {_path(error.absolute_path)})"
     return None
@@ -115,12 +114,14 @@ def _checker(schema_text: str) -> Callable[[str], str | None]:
     import referencing
 
     schema = json.loads(schema_text)
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
 
     def no_retrieval(uri: str) -> referencing.Resource[Any]:
         raise referencing.exceptions.NoSuchResource(ref=uri)  # never the network
 
-    validator = cls(schema, registry=referencing.Registry(retrieve=no_retrieval))  # type: ignore[call-arg]
+    cls = _validator_class(schema)
+    formats = jsonschema.FormatChecker(formats=())  # the draft's checks of the formats the grammar enforces
+    formats.checkers = {name: check for name, check in cls.FORMAT_CHECKER.checkers.items() if name in ENFORCED_FORMATS}
+    validator = cls(schema, registry=referencing.Registry(retrieve=no_retrieval), format_checker=formats)
 
     def check(text: str) -> str | None:
         try:
@@ -134,6 +135,20 @@ def _checker(schema_text: str) -> Callable[[str], str | None]:
         return None if error is None else f"{error.message} (at {_path(error.absolute_path)})"
 
     return check
+
+
+def _validator_class(schema: Any) -> Any:
+    """The validator of the schema's `$schema` draft; without one, 2020-12's, or draft 7's for a schema that uses
+    its keywords (`definitions`, `dependencies`, `items` as a list, `additionalItems`), as older ones do."""
+    import jsonschema
+
+    if isinstance(schema, dict) and "$schema" in schema:
+        return jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    legacy = ("definitions", "dependencies", "additionalItems")
+    for _, sub in _subschemas(schema, ()):
+        if isinstance(sub, dict) and (any(key in sub for key in legacy) or isinstance(sub.get("items"), list)):
+            return jsonschema.Draft7Validator
+    return jsonschema.Draft202012Validator
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
