@@ -20,6 +20,7 @@ into what llguidance compiles and what a finished answer is checked against:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,6 +39,7 @@ GRAMMAR_OPTIONS: dict[str, Any] = {
     "lenient": True,  # keywords the mask cannot hold are left to the check
 }
 
+_KNOWN_DRAFT = re.compile(r"https?://json-schema\.org/(draft-0[3-7]|draft/20(19-09|20-12))/schema#?")
 # Keywords whose value is a schema, a list of schemas, or a map of names to schemas (the walk follows them).
 _ONE = ("additionalProperties", "items", "additionalItems", "contains", "not", "if", "then", "else", "propertyNames")
 _ONE += ("unevaluatedItems", "unevaluatedProperties")
@@ -80,11 +82,11 @@ def check_problem(schema: Mapping[str, Any] | bool) -> str | None:
     """Why `schema` cannot serve as a check (not a valid JSON Schema for its draft), or None."""
     import jsonschema
 
-    try:
-        _validator_class(schema).check_schema(schema)
-    except jsonschema.SchemaError as error:
-        return f"{error.message} (at {_path(error.absolute_path)})"
-    return None
+    cls = _validator_class(schema)
+    # Against the draft's meta-schema, without its format checks: a pattern JavaScript reads but Python does not
+    # (a named group, say) is still a pattern, held by the mask.
+    error = jsonschema.exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(schema))
+    return None if error is None else f"{error.message} (at {_path(error.absolute_path)})"
 
 
 def strict_problem(schema: Mapping[str, Any]) -> str | None:
@@ -138,17 +140,38 @@ def _checker(schema_text: str) -> Callable[[str], str | None]:
 
 
 def _validator_class(schema: Any) -> Any:
-    """The validator of the schema's `$schema` draft; without one, 2020-12's, or draft 7's for a schema that uses
-    its keywords (`definitions`, `dependencies`, `items` as a list, `additionalItems`), as older ones do."""
+    """The validator of the schema's `$schema` draft; without one (or an unknown one), 2020-12's, or draft 7's for
+    a schema that uses its keywords (`definitions`, `dependencies`, `items` as a list, `additionalItems`), as older
+    ones do. Its `pattern` reads JavaScript's named groups, and skips a pattern Python cannot read."""
     import jsonschema
 
-    if isinstance(schema, dict) and "$schema" in schema:
-        return jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    legacy = ("definitions", "dependencies", "additionalItems")
-    for _, sub in _subschemas(schema, ()):
-        if isinstance(sub, dict) and (any(key in sub for key in legacy) or isinstance(sub.get("items"), list)):
-            return jsonschema.Draft7Validator
-    return jsonschema.Draft202012Validator
+    cls = jsonschema.Draft202012Validator
+    if isinstance(schema, dict) and _KNOWN_DRAFT.fullmatch(str(schema.get("$schema"))):
+        cls = jsonschema.validators.validator_for(schema, default=cls)
+    else:
+        legacy = ("definitions", "dependencies", "additionalItems")
+        for _, sub in _subschemas(schema, ()):
+            if isinstance(sub, dict) and (any(key in sub for key in legacy) or isinstance(sub.get("items"), list)):
+                cls = jsonschema.Draft7Validator
+                break
+    return _with_lenient_pattern(cls)
+
+
+@lru_cache(maxsize=8)
+def _with_lenient_pattern(cls: Any) -> Any:
+    import jsonschema
+
+    strict = cls.VALIDATORS["pattern"]
+
+    def pattern(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        if isinstance(value, str):
+            value = re.sub(r"\(\?<(?![=!])", "(?P<", value)
+        try:
+            yield from strict(validator, value, instance, schema)
+        except re.error:
+            return  # Python cannot read it; llguidance compiled it, so the mask held it
+
+    return jsonschema.validators.extend(cls, {"pattern": pattern})
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -170,10 +193,7 @@ def _narrowed(schema: Any, *, in_all_of: bool) -> Any:
     """`schema` with unenforced formats dropped, closed objects and bounded numbers (see the module)."""
     if not isinstance(schema, dict):
         return schema
-    out = _walked(schema, lambda sub, key: _narrowed(sub, in_all_of=key == "allOf"))
-    fmt = out.get("format")
-    if isinstance(fmt, str) and fmt not in ENFORCED_FORMATS:
-        del out["format"]
+    out = _annotated_formats(_walked(schema, lambda sub, key: _narrowed(sub, in_all_of=key == "allOf")))
     if "properties" in out and not in_all_of and not any(key in out for key in _OPEN):
         out["additionalProperties"] = False
     kinds = out.get("type")
@@ -190,17 +210,34 @@ def _narrowed(schema: Any, *, in_all_of: bool) -> Any:
     return out
 
 
+@lru_cache(maxsize=4096)
+def _mask_can_hold(pattern: str) -> bool:
+    """Whether llguidance can compile the string pattern `pattern` (each one tried once)."""
+    import llguidance
+
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema({"type": "string", "pattern": pattern})
+    except ValueError:
+        return False
+    return llguidance.LLMatcher.validate_grammar(grammar) == ""
+
+
 def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def _annotated_formats(schema: Any) -> Any:
-    """`schema` with only the formats the grammar cannot enforce dropped."""
+    """`schema` without what the grammar cannot enforce and leaves to the check: formats it does not know, and
+    string patterns its regular expressions cannot read (look-arounds, word boundaries, back-references...)."""
     if not isinstance(schema, dict):
         return schema
     out = _walked(schema, lambda sub, _key: _annotated_formats(sub))
     if isinstance(out.get("format"), str) and out["format"] not in ENFORCED_FORMATS:
         del out["format"]
+    if isinstance(out.get("pattern"), str) and not _mask_can_hold(out["pattern"]):
+        del out["pattern"]
+    if out.get("$schema") is not None and not _KNOWN_DRAFT.fullmatch(str(out["$schema"])):
+        del out["$schema"]  # not a draft's own URI: llguidance would look it up
     return out
 
 
