@@ -86,7 +86,13 @@ def check_problem(schema: Mapping[str, Any] | bool) -> str | None:
     # Against the draft's meta-schema, without its format checks: a pattern JavaScript reads but Python does not
     # (a named group, say) is still a pattern, held by the mask.
     error = jsonschema.exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(schema))
-    return None if error is None else f"{error.message} (at {_path(error.absolute_path)})"
+    if error is not None:
+        return f"{error.message} (at {_path(error.absolute_path)})"
+    for path, sub in _subschemas(schema, ()):
+        pattern = sub.get("pattern") if isinstance(sub, dict) else None
+        if isinstance(pattern, str) and not _mask_can_hold(pattern) and _python_pattern(pattern) is None:
+            return f"the pattern {pattern!r} cannot be read (at {_path((*path, 'pattern'))})"
+    return None
 
 
 def strict_problem(schema: Mapping[str, Any]) -> str | None:
@@ -164,12 +170,9 @@ def _with_lenient_pattern(cls: Any) -> Any:
     strict = cls.VALIDATORS["pattern"]
 
     def pattern(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
-        if isinstance(value, str):
-            value = re.sub(r"\(\?<(?![=!])", "(?P<", value)
-        try:
-            yield from strict(validator, value, instance, schema)
-        except re.error:
-            return  # Python cannot read it; llguidance compiled it, so the mask held it
+        if isinstance(value, str) and _python_pattern(value) is None:
+            return  # Python cannot read it; the mask held it (check_problem refuses one neither can read)
+        yield from strict(validator, _named_groups(value) if isinstance(value, str) else value, instance, schema)
 
     return jsonschema.validators.extend(cls, {"pattern": pattern})
 
@@ -208,6 +211,19 @@ def _narrowed(schema: Any, *, in_all_of: bool) -> Any:
         if "number" in kinds and "multipleOf" not in out:
             out["multipleOf"] = 10.0**-FRACTION_DIGITS
     return out
+
+
+def _named_groups(pattern: str) -> str:
+    """JavaScript's named groups, `(?<name>...)`, as Python writes them."""
+    return re.sub(r"\(\?<(?![=!])", "(?P<", pattern)
+
+
+@lru_cache(maxsize=4096)
+def _python_pattern(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(_named_groups(pattern))
+    except re.error:
+        return None
 
 
 @lru_cache(maxsize=4096)
