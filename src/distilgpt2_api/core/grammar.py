@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from distilgpt2_api.core.errors import InvalidRequest
-from distilgpt2_api.core.schema import JSON_LAYOUT, check_problem, prepare_schema
+from distilgpt2_api.core.schema import JSON_LAYOUT, check_problem, prepare_schema, schema_check
 
 __all__ = ["JSON_LAYOUT", "CompiledGrammar", "Constraint", "Grammar", "GrammarCache", "InvalidGrammar"]
 
@@ -169,7 +169,7 @@ class GrammarCache:
                 return matcher
         check = None
         if grammar.kind == "json_schema":
-            check = prepare_schema(json.loads(grammar.source)).check
+            check = schema_check(json.loads(grammar.source))
         matcher = CompiledGrammar(grammar, self._compile(grammar), self._tokenizer.vocab_size, check, self._decode)
         with self._lock:
             self._compiled[key] = matcher

@@ -62,6 +62,11 @@ class PreparedSchema:
     check: Callable[[str], str | None]  # a finished answer's text -> why it is not valid, or None
 
 
+def schema_check(schema: Mapping[str, Any] | bool) -> Callable[[str], str | None]:
+    """The check of a finished answer against `schema` (built once per schema while it is in use)."""
+    return _checker(json.dumps(schema, sort_keys=True))
+
+
 def prepare_schema(schema: Mapping[str, Any] | bool, *, narrow: bool = True, checked: bool = True) -> PreparedSchema:
     """What llguidance compiles for `schema` and how a finished answer is checked against `schema` itself.
 
@@ -75,19 +80,12 @@ def prepare_schema(schema: Mapping[str, Any] | bool, *, narrow: bool = True, che
         grammar_schema = {**grammar_schema, "x-guidance": options}
     else:  # true / false: a schema of its own
         grammar_schema = {"allOf": [grammar_schema], "x-guidance": options}
-    return PreparedSchema(grammar_schema, _checker(json.dumps(schema, sort_keys=True)))
+    return PreparedSchema(grammar_schema, schema_check(schema))
 
 
 def check_problem(schema: Mapping[str, Any] | bool) -> str | None:
-    """Why `schema` cannot serve as a check (not a valid JSON Schema for its draft), or None."""
-    import jsonschema
-
-    cls = _validator_class(schema)
-    # Against the draft's meta-schema, without its format checks: a pattern JavaScript reads but Python does not
-    # (a named group, say) is still a pattern, held by the mask.
-    error = jsonschema.exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(schema))
-    if error is not None:
-        return f"{error.message} (at {_path(error.absolute_path)})"
+    """Why `schema` cannot be held at all, or None: a string pattern that neither the mask (llguidance) nor the
+    check (Python) can read. (llguidance refuses a malformed schema itself, naming what is wrong.)"""
     for path, sub in _subschemas(schema, ()):
         pattern = sub.get("pattern") if isinstance(sub, dict) else None
         if isinstance(pattern, str) and not _mask_can_hold(pattern) and _python_pattern(pattern) is None:
@@ -140,6 +138,8 @@ def _checker(schema_text: str) -> Callable[[str], str | None]:
             error = jsonschema.exceptions.best_match(validator.iter_errors(value))
         except referencing.exceptions.Unresolvable as unresolvable:
             return f"the schema's reference cannot be resolved: {unresolvable}"
+        except Exception as failure:  # noqa: BLE001 - a schema jsonschema cannot apply: the answer is not known valid
+            return f"the answer could not be checked: {failure!r}"
         return None if error is None else f"{error.message} (at {_path(error.absolute_path)})"
 
     return check
