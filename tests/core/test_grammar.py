@@ -116,6 +116,16 @@ def test_a_keyword_the_mask_cannot_hold_is_checked_when_the_answer_is_complete(
         assert "non-unique" in problem
 
 
+def test_a_schema_whose_narrowed_grammar_cannot_be_met_is_compiled_as_written(
+    grammars: GrammarCache, tokenizer: TextTokenizer
+) -> None:
+    """Closing the object would forbid the required key it does not list: the grammar keeps it open instead."""
+    schema = {"type": "object", "properties": {"a": {"enum": [1]}}, "required": ["b"]}
+    for seed in range(3):
+        answer = json.loads(walk(grammars, Grammar.json_schema(schema), tokenizer, seed, limit=2000))
+        assert "b" in answer
+
+
 def test_compiled_grammars_are_cached_within_a_bound(grammars: GrammarCache) -> None:
     schemas: list[dict[str, Any]] = [{"type": "object", "properties": {f"k{i}": {"type": "integer"}}} for i in range(5)]
     before = grammars.compilations
