@@ -126,6 +126,16 @@ def test_a_schema_whose_narrowed_grammar_cannot_be_met_is_compiled_as_written(
         assert "b" in answer
 
 
+def test_an_answer_the_end_of_sequence_token_ends_is_checked_without_it(
+    grammars: GrammarCache, tokenizer: TextTokenizer
+) -> None:
+    constraint = grammars.constraint(Grammar.json_schema({"type": "integer", "minimum": 0, "maximum": 99}))
+    for token in tokenizer.encode("42", add_special_tokens=False):
+        constraint.advance(token)
+    constraint.advance(grammars.eos_token_ids[0])  # a number may go on: only the end of sequence completes it
+    assert constraint.done and constraint.problem() is None
+
+
 def test_compiled_grammars_are_cached_within_a_bound(grammars: GrammarCache) -> None:
     schemas: list[dict[str, Any]] = [{"type": "object", "properties": {f"k{i}": {"type": "integer"}}} for i in range(5)]
     before = grammars.compilations

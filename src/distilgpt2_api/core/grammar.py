@@ -179,7 +179,8 @@ class GrammarCache:
         return matcher
 
     def _decode(self, tokens: list[int]) -> str:
-        return self._tokenizer.decode_str(tokens)
+        """An answer's text: an end-of-sequence token that ended it is no part of it."""
+        return self._tokenizer.decode_str([token for token in tokens if token not in self.eos_token_ids])
 
     def _compile(self, grammar: Grammar) -> llguidance.LLMatcher:
         import llguidance
