@@ -108,7 +108,9 @@ class OpenAIRequest(StrictModel):
     response_format: ResponseFormat | None = Field(
         None,
         description="`json_object` or `json_schema`: every answer that ends with finish_reason `stop` is JSON "
-        "(valid against the schema); only a `length` cut leaves it unfinished. Needs ENGINE=llamacpp.",
+        "valid against the schema; a complete one that fails a keyword the grammar cannot hold while writing "
+        "(uniqueItems, not, ...) ends with `schema_violation`; only a `length` cut leaves one unfinished. "
+        "Needs ENGINE=llamacpp.",
     )
     logit_bias: Annotated[dict[TokenId, LogitBias], Field(max_length=MAX_LOGIT_BIAS)] | None = Field(
         None,
