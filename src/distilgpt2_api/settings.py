@@ -113,7 +113,12 @@ class Settings(BaseSettings):
         "memory for `previous_response_id` and GET /v1/responses/{id}, the least recently used dropped first. Per "
         "instance: on Lambda or behind a load balancer clients send the whole conversation instead. 0: none kept.",
     )
-    max_body_bytes: int = Field(131_072, ge=1024, description="Larger request bodies get a 413.")
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Larger request bodies get a 413 that names this setting. 1 MiB: room for real-world JSON "
+        "Schemas in response_format and tools (a Kubernetes resource's runs past 128 KiB).",
+    )
     max_request_seconds: float = Field(25.0, gt=0, description="Time budget for one generation request.")
     gateway_timeout_seconds: float = Field(30.0, gt=0, description="API Gateway's integration timeout.")
     deadline_margin_seconds: float = Field(1.5, ge=0, description="Kept free before a gateway or Lambda deadline.")

@@ -71,15 +71,13 @@ def test_a_regex_and_any_json_object(grammars: GrammarCache, tokenizer: TextToke
 @pytest.mark.parametrize(
     ("grammar", "words"),
     [
-        (Grammar.json_schema({"type": "array", "uniqueItems": True}), ["uniqueItems"]),
-        (Grammar.json_schema({"not": {"type": "string"}}), ["not"]),
         (Grammar.json_schema({"type": "strin"}), ["strin"]),
-        (Grammar.json_schema({"type": "string", "format": "bogus"}), ["bogus"]),
+        (Grammar.json_schema({"type": "string", "minLength": -1}), ["minLength"]),
         (Grammar.json_schema({"$ref": "#/$defs/missing"}), ["missing"]),
         (Grammar("regex", "[0-9]{3}-("), ["unclosed group"]),
         (Grammar("lark", "start: undefined_rule"), ["undefined_rule"]),
     ],
-    ids=["unique-items", "not", "bad-type", "unknown-format", "dangling-ref", "bad-regex", "bad-lark"],
+    ids=["bad-type", "bad-bound", "dangling-ref", "bad-regex", "bad-lark"],
 )
 def test_what_cannot_be_compiled_is_refused_naming_why(
     grammars: GrammarCache, grammar: Grammar, words: list[str]
@@ -90,6 +88,52 @@ def test_what_cannot_be_compiled_is_refused_naming_why(
     assert caught.value.param == "response_format" and caught.value.code == "invalid_grammar"
     for word in words:
         assert word in str(caught.value)
+
+
+UNIQUE_TAGS = {
+    "type": "object",
+    "properties": {"tags": {"type": "array", "items": {"enum": ["a", "b"]}, "uniqueItems": True, "maxItems": 3}},
+    "required": ["tags"],
+}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_keyword_the_mask_cannot_hold_is_checked_when_the_answer_is_complete(
+    grammars: GrammarCache, tokenizer: TextTokenizer, seed: int
+) -> None:
+    """uniqueItems is not in the mask: random answers repeat tags, and exactly those are flagged."""
+    rng = np.random.default_rng(seed)
+    constraint = grammars.constraint(Grammar.json_schema(UNIQUE_TAGS))
+    tokens: list[int] = []
+    while not constraint.done:
+        token = int(rng.choice(np.flatnonzero(constraint.allowed(tokenizer.vocab_size))))
+        constraint.advance(token)
+        tokens.append(token)
+    tags = json.loads(tokenizer.decode(tokens))["tags"]
+    problem = constraint.problem()
+    assert (problem is None) == (len(set(tags)) == len(tags)), (tags, problem)
+    if problem is not None:
+        assert "non-unique" in problem
+
+
+def test_a_schema_whose_narrowed_grammar_cannot_be_met_is_compiled_as_written(
+    grammars: GrammarCache, tokenizer: TextTokenizer
+) -> None:
+    """Closing the object would forbid the required key it does not list: the grammar keeps it open instead."""
+    schema = {"type": "object", "properties": {"a": {"enum": [1]}}, "required": ["b"]}
+    for seed in range(3):
+        answer = json.loads(walk(grammars, Grammar.json_schema(schema), tokenizer, seed, limit=2000))
+        assert "b" in answer
+
+
+def test_an_answer_the_end_of_sequence_token_ends_is_checked_without_it(
+    grammars: GrammarCache, tokenizer: TextTokenizer
+) -> None:
+    constraint = grammars.constraint(Grammar.json_schema({"type": "integer", "minimum": 0, "maximum": 99}))
+    for token in tokenizer.encode("42", add_special_tokens=False):
+        constraint.advance(token)
+    constraint.advance(grammars.eos_token_ids[0])  # a number may go on: only the end of sequence completes it
+    assert constraint.done and constraint.problem() is None
 
 
 def test_compiled_grammars_are_cached_within_a_bound(grammars: GrammarCache) -> None:

@@ -580,8 +580,8 @@ def test_constrained_and_free_sequences_share_steps_and_every_constrained_answer
 
 
 def test_a_grammar_a_scheduler_cannot_compile_is_refused_before_it_queues(scheduler: StepScheduler) -> None:
-    with pytest.raises(InvalidGrammar, match="uniqueItems"):
-        scheduler.validate(GenerationRequest(prompt=prompt(0), grammar=Grammar.json_schema({"uniqueItems": True})))
+    with pytest.raises(InvalidGrammar, match="nowhere"):
+        scheduler.validate(GenerationRequest(prompt=prompt(0), grammar=Grammar.json_schema({"$ref": "#/nowhere"})))
     assert not scheduler._waiting
 
 
@@ -598,3 +598,22 @@ def test_a_request_goes_through_its_phases_in_order(engine: FakeStepEngine) -> N
     # A 40-token prompt in chunks of 16: three reads, then a decode step per token after the first.
     assert seen == [Phase.PROMPT] * 3 + [Phase.GENERATING] * 2
     assert scheduler._active == [] and scheduler._pool.state(engine.forwards_of()[0][0].slot) is SlotState.IDLE
+
+
+def test_an_answer_the_grammar_completes_but_its_schema_refuses_is_flagged(engine: FakeStepEngine) -> None:
+    """The mask cannot hold uniqueItems: the one answer this schema's grammar allows repeats an item, so it ends
+    with `schema_violation`, never `stop`; a schema it satisfies ends with `stop`."""
+    twice = {"type": "array", "items": {"const": 7}, "minItems": 2, "maxItems": 2}
+    scheduler = StepScheduler(replace(engine, calls=[], slots=4), max_batch_size=4, prefix_cache_slots=0)
+    flagged, valid = submit_together(
+        scheduler,
+        [
+            GenerationRequest(
+                prompt=prompt(0), max_new_tokens=20, grammar=Grammar.json_schema(twice | {"uniqueItems": True})
+            ),
+            GenerationRequest(prompt=prompt(1), max_new_tokens=20, grammar=Grammar.json_schema(twice)),
+        ],
+    )
+    (bad,), (good,) = flagged.result().completions, valid.result().completions
+    assert bad.text == good.text == "[7, 7]"
+    assert (bad.finish_reason, good.finish_reason) == ("schema_violation", "stop")

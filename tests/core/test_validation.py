@@ -25,7 +25,7 @@ from distilgpt2_api.engines.base import ModelInfo, TextTokenizer
 
 SAMPLED = SamplingParams(do_sample=True, seed=3)
 JSON = Grammar.json_object(param="response_format")
-UNSUPPORTED_SCHEMA = Grammar.json_schema({"uniqueItems": True}, param="response_format")
+UNSUPPORTED_SCHEMA = Grammar.json_schema({"$ref": "#/nowhere"}, param="response_format")
 
 
 def validator(info: ModelInfo, tokenizer: TextTokenizer, **limits: object) -> Validator:

@@ -95,16 +95,21 @@ def test_budget_spent_waiting_is_a_503(client: TestClient, set_budget: Callable[
     assert response.headers["retry-after"] == "1"
 
 
-def test_oversized_body_is_a_413(client: TestClient) -> None:
-    response = client.post("/generate", content=b'{"prompt": "' + b"a" * 200_000 + b'"}')
+BODY_LIMIT: int = Settings.model_fields["max_body_bytes"].default
+
+
+def test_oversized_body_is_a_413_naming_the_setting(client: TestClient) -> None:
+    response = client.post("/generate", content=b'{"prompt": "' + b"a" * (BODY_LIMIT + 1) + b'"}')
     assert response.status_code == 413
-    assert response.json()["error"]["code"] == "payload_too_large"
+    error = response.json()["error"]
+    assert error["code"] == "payload_too_large"
+    assert f"{BODY_LIMIT} bytes" in error["message"] and "MAX_BODY_BYTES" in error["message"]
 
 
 def test_oversized_chunked_body_is_a_413(client: TestClient) -> None:
     def chunks() -> Any:
         yield b'{"prompt": "'
-        for _ in range(40):
+        for _ in range(BODY_LIMIT // 4096 + 1):
             yield b"a" * 4096
         yield b'"}'
 
@@ -113,8 +118,8 @@ def test_oversized_chunked_body_is_a_413(client: TestClient) -> None:
 
 
 def test_body_within_the_limit_is_served(client: TestClient) -> None:
-    # 120 kB of JSON whitespace: just under the 128 KiB cap, so only the size is being tested.
-    body = b'{"prompt": "Once",' + b" " * 120_000 + b'"max_new_tokens": 1}'
+    # JSON whitespace just under the cap, so only the size is being tested.
+    body = b'{"prompt": "Once",' + b" " * (BODY_LIMIT - 100) + b'"max_new_tokens": 1}'
     response = client.post("/generate", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] == 1

@@ -31,7 +31,7 @@ HISTOGRAMS = ["time_to_first_token_seconds", "inter_token_latency_seconds", "e2e
 HISTOGRAMS += ["request_queue_time_seconds"]
 COUNTERS = ["prompt_tokens", "generation_tokens", "request_success"]
 GAUGES = ["num_requests_running", "num_requests_waiting"]
-REASONS = {"stop", "length", "time_limit", "abort", "error"}
+REASONS = {"stop", "length", "time_limit", "abort", "error", "schema_violation"}
 PROMPT = "Once upon a time"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -88,6 +88,36 @@ def test_the_sdk_parse_gets_its_pydantic_model(sdk: openai.OpenAI) -> None:
     assert isinstance(choice.message.parsed, Capital) and choice.message.parsed.capital == "Paris"
 
 
+class UnboundedCapital(BaseModel):
+    country: str
+    capital: str
+    population_millions: float  # no bounds: the grammar bounds a number's digits itself
+
+
+def test_the_sdk_parse_gets_its_model_with_an_unbounded_number(sdk: openai.OpenAI) -> None:
+    ask = [{"role": "user", "content": "Describe the capital of France in JSON."}]
+    completion = sdk.chat.completions.parse(
+        model=smollm2.MODEL_ID, messages=ask, response_format=UnboundedCapital, temperature=0, max_tokens=100
+    )
+    (choice,) = completion.choices
+    assert choice.finish_reason == "stop", choice.message.content
+    assert isinstance(choice.message.parsed, UnboundedCapital)
+    assert abs(choice.message.parsed.population_millions) < 10**15
+
+
+def test_an_object_open_to_other_keys_gets_its_own_and_finishes(client: TestClient) -> None:
+    schema = UnboundedCapital.model_json_schema()  # no additionalProperties: other keys are allowed, not written
+    ask = [{"role": "user", "content": "Describe the capital of France in JSON."}]
+    response_format = {"type": "json_schema", "json_schema": {"name": "capital", "schema": schema}}
+    body = {"messages": ask, "response_format": response_format, "temperature": 0, "max_tokens": 100}
+    response = client.post("/v1/chat/completions", json=body)
+    (choice,) = response.json()["choices"]
+    assert choice["finish_reason"] == "stop", choice
+    answer = json.loads(choice["message"]["content"])
+    jsonschema.validate(answer, schema)
+    assert list(answer) == ["country", "capital", "population_millions"]
+
+
 def test_a_tool_round_trip(sdk: openai.OpenAI) -> None:
     first = sdk.chat.completions.create(
         model=smollm2.MODEL_ID, messages=WEATHER_QUESTION, max_tokens=60, tools=TOOLS, **ONE_GREEDY_CALL

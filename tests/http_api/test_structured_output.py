@@ -32,7 +32,7 @@ PERSON = {
     "required": ["name", "age", "role"],
     "additionalProperties": False,
 }
-JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}  # not strict: tags optional
 CHAT = [{"role": "user", "content": "Who is the admin? Answer in JSON."}]
 
 
@@ -123,9 +123,9 @@ def test_generate_with_a_json_or_regex_grammar(client: TestClient) -> None:
     [
         (
             "/v1/completions",
-            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"uniqueItems": True}}}},
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}},
             "response_format",
-            ["uniqueItems"],
+            ["nowhere"],
         ),
         (
             "/v1/completions",
@@ -134,9 +134,9 @@ def test_generate_with_a_json_or_regex_grammar(client: TestClient) -> None:
             ["strin"],
         ),
         ("/generate", {"grammar": {"type": "regex", "value": "(a"}}, "grammar", ["regular expression"]),
-        ("/generate", {"grammar": {"type": "json", "value": {"not": {}}}}, "grammar", ["not"]),
+        ("/generate", {"grammar": {"type": "json", "value": {"type": "string", "pattern": "(a"}}}, "grammar", ["(a"]),
     ],
-    ids=["unique-items", "bad-type", "bad-regex", "not"],
+    ids=["dangling-ref", "bad-type", "bad-regex", "bad-pattern"],
 )
 def test_what_cannot_be_followed_is_a_400_naming_it(
     client: TestClient, route: str, body: dict[str, Any], param: str, words: list[str]
@@ -191,3 +191,33 @@ def test_the_sdk_parse_gets_its_model_back(chat_app: FastAPI) -> None:
     message = completion.choices[0].message
     assert completion.choices[0].finish_reason == "stop"
     assert isinstance(message.parsed, Person) and message.parsed == Person.model_validate_json(message.content or "")
+
+
+TWICE = {"type": "array", "items": {"const": 7}, "minItems": 2, "maxItems": 2, "uniqueItems": True}
+
+
+def test_a_complete_answer_its_schema_refuses_is_flagged_on_every_route(chat_client: TestClient) -> None:
+    """The mask cannot hold uniqueItems; the one answer this schema's grammar allows repeats its item."""
+    response_format = {"type": "json_schema", "json_schema": {"name": "twice", "schema": TWICE}}
+    body = {"messages": CHAT, "response_format": response_format, "max_tokens": 20}
+    whole = chat_client.post("/v1/chat/completions", json=body)
+    assert whole.status_code == 200, whole.text
+    (choice,) = whole.json()["choices"]
+    assert (choice["message"]["content"], choice["finish_reason"]) == ("[7, 7]", "schema_violation")
+    streamed = sse_data(chat_client.post("/v1/chat/completions", json=body | {"stream": True}))
+    assert [c["choices"][0]["finish_reason"] for c in streamed if c["choices"]][-1] == "schema_violation"
+    grammar = {"type": "json", "value": TWICE}
+    native = chat_client.post("/generate", json={"prompt": "x", "grammar": grammar, "max_new_tokens": 20})
+    assert native.json()["finish_reasons"] == ["schema_violation"], native.text
+    tgi = chat_client.post("/", json={"inputs": "x", "parameters": {"grammar": grammar, "details": True}})
+    assert tgi.json()[0]["details"]["finish_reason"] == "schema_violation", tgi.text
+
+
+def test_strict_mode_refuses_what_openai_refuses(client: TestClient) -> None:
+    loose = {"type": "object", "properties": {"a": {"type": "string"}}}  # a is optional, other keys allowed
+    response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": loose, "strict": True}}
+    response = client.post("/v1/completions", json={"prompt": "x", "response_format": response_format})
+    assert response.status_code == 422
+    assert "additionalProperties" in response.json()["error"]["message"]
+    response_format["json_schema"]["strict"] = False
+    assert client.post("/v1/completions", json={"prompt": "x", "response_format": response_format}).status_code == 200

@@ -7,9 +7,11 @@ the sequence ends when the grammar is complete. So an answer that ends that way 
 cut (max tokens, the time budget) can leave it unfinished.
 
 JSON is written compactly (`{"a": 1, "b": [2, 3]}`: no free-form whitespace, which a small model would
-otherwise fill with runs of newlines). Schema keywords llguidance does not implement (`not`,
-`uniqueItems`, `if`/`then`, ...) and malformed schemas or patterns are refused with its message, never
-ignored. Compiled grammars are cached per source, a bounded number of them (`GrammarCache`).
+otherwise fill with runs of newlines). A JSON Schema goes through core/schema.py's `prepare_schema`: the mask
+enforces what llguidance implements, and every answer the grammar completes is checked against the schema
+itself (`Constraint.problem`), so keywords a mask cannot hold (`uniqueItems`, `not`, `if`/`then`, ...) are
+still honoured or the answer is flagged. Malformed schemas, patterns and grammars are refused with
+llguidance's message. Compiled grammars are cached per source, a bounded number of them (`GrammarCache`).
 """
 
 from __future__ import annotations
@@ -17,21 +19,22 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from distilgpt2_api.core.errors import InvalidRequest
+from distilgpt2_api.core.schema import JSON_LAYOUT, check_problem, prepare_schema, schema_check
+
+__all__ = ["JSON_LAYOUT", "CompiledGrammar", "Constraint", "Grammar", "GrammarCache", "InvalidGrammar"]
 
 if TYPE_CHECKING:
     import llguidance  # imported when a grammar is first compiled: engines that cannot constrain never load it
 
 GrammarKind = Literal["json_schema", "regex", "lark"]
 
-# How llguidance writes JSON (answers and tool-call arguments): Python's default separators, no other whitespace.
-JSON_LAYOUT: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 ANY_JSON_OBJECT: Mapping[str, Any] = {"type": "object"}
 GRAMMAR_CACHE_SIZE = 64  # compiled grammars kept per instance (the least recently used goes first)
 
@@ -64,12 +67,14 @@ class Grammar:
         """Any JSON object."""
         return cls.json_schema(ANY_JSON_OBJECT, param)
 
-    def llguidance_grammar(self) -> str:
-        """The grammar in llguidance's own serialization."""
+    def llguidance_grammar(self, *, narrow: bool = True) -> str:
+        """The grammar in llguidance's own serialization (a JSON Schema's as `prepare_schema` makes it, `narrow`
+        or not)."""
         import llguidance
 
         if self.kind == "json_schema":
-            return llguidance.LLMatcher.grammar_from_json_schema(self.source, overrides=JSON_LAYOUT)  # type: ignore[arg-type]
+            prepared = prepare_schema(json.loads(self.source), narrow=narrow)
+            return llguidance.LLMatcher.grammar_from_json_schema(prepared.grammar_schema)
         if self.kind == "regex":
             return llguidance.LLMatcher.grammar_from_regex(self.source)
         return llguidance.LLMatcher.grammar_from_lark(self.source)
@@ -78,10 +83,18 @@ class Grammar:
 class Constraint:
     """One sequence's place in its grammar. Not thread-safe: the generating thread owns it."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int) -> None:
+    def __init__(
+        self,
+        matcher: llguidance.LLMatcher,
+        vocab_size: int,
+        check: Callable[[str], str | None] | None = None,
+        decode: Callable[[list[int]], str] | None = None,
+    ) -> None:
         self._matcher = matcher
         self._vocab_size = vocab_size
         self._bits = np.zeros(((vocab_size + 31) // 32,), dtype=np.int32)
+        self._check, self._decode = check, decode
+        self._tokens: list[int] = []  # consumed, for the check of the finished answer
 
     @property
     def done(self) -> bool:
@@ -103,6 +116,15 @@ class Constraint:
         """`token_id` (one `allowed` gave) comes next."""
         if not self._matcher.consume_token(token_id):
             raise RuntimeError(f"the grammar refused token {token_id}: {self._matcher.get_error()}")
+        if self._check is not None:
+            self._tokens.append(token_id)
+
+    def problem(self) -> str | None:
+        """Once `done`: why the answer is not valid after all (a JSON Schema keyword the mask cannot hold, a
+        repeated key), or None."""
+        if self._check is None or self._decode is None:
+            return None
+        return self._check(self._decode(self._tokens))
 
 
 @dataclass(frozen=True)
@@ -112,9 +134,11 @@ class CompiledGrammar:
     grammar: Grammar
     matcher: llguidance.LLMatcher
     vocab_size: int
+    check: Callable[[str], str | None] | None = None  # a JSON Schema's check of a finished answer
+    decode: Callable[[list[int]], str] | None = None
 
     def constraint(self) -> Constraint:
-        return Constraint(self.matcher.deep_copy(), self.vocab_size)
+        return Constraint(self.matcher.deep_copy(), self.vocab_size, self.check, self.decode)
 
 
 class GrammarCache:
@@ -143,7 +167,10 @@ class GrammarCache:
             if matcher is not None:
                 self._compiled.move_to_end(key)
                 return matcher
-        matcher = CompiledGrammar(grammar, self._compile(grammar), self._tokenizer.vocab_size)
+        check = None
+        if grammar.kind == "json_schema":
+            check = schema_check(json.loads(grammar.source))
+        matcher = CompiledGrammar(grammar, self._compile(grammar), self._tokenizer.vocab_size, check, self._decode)
         with self._lock:
             self._compiled[key] = matcher
             self.compilations += 1
@@ -151,18 +178,43 @@ class GrammarCache:
                 self._compiled.popitem(last=False)
         return matcher
 
+    def _decode(self, tokens: list[int]) -> str:
+        """An answer's text: an end-of-sequence token that ended it is no part of it."""
+        return self._tokenizer.decode_str([token for token in tokens if token not in self.eos_token_ids])
+
     def _compile(self, grammar: Grammar) -> llguidance.LLMatcher:
         import llguidance
 
         what = {"json_schema": "JSON schema", "regex": "regular expression", "lark": "grammar"}[grammar.kind]
+        if grammar.kind == "json_schema":
+            problem = check_problem(json.loads(grammar.source))
+            if problem is not None:
+                raise InvalidGrammar(f"the {what} is not valid: {problem}", grammar.param)
         try:
-            serialized = grammar.llguidance_grammar()
+            serialized, failed, messages = self._serialized(grammar)
         except ValueError as error:
             raise InvalidGrammar(f"the {what} is not valid: {error}", grammar.param) from error
-        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(serialized, self._tokenizer)
-        if failed or messages:  # warnings too: each names something of the schema that would be ignored
+        # A JSON Schema's warnings name what the mask leaves to the check; elsewhere each is something ignored.
+        if failed or (messages and grammar.kind != "json_schema"):
             raise InvalidGrammar(f"the {what} cannot be used: {'; '.join(messages)}", grammar.param)
         matcher = llguidance.LLMatcher(self._tokenizer, serialized, log_level=0)
         if matcher.is_error():
             raise InvalidGrammar(f"the {what} cannot be used: {matcher.get_error()}", grammar.param)
         return matcher
+
+    def _serialized(self, grammar: Grammar) -> tuple[str, bool, list[str]]:
+        """llguidance's grammar, whether it failed and its messages; a JSON Schema narrowed (core/schema.py) if
+        that form compiles, else as written."""
+        import llguidance
+
+        if grammar.kind == "json_schema":
+            try:
+                narrowed = grammar.llguidance_grammar(narrow=True)
+                failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(narrowed, self._tokenizer)
+                if not failed:
+                    return narrowed, failed, messages
+            except ValueError:
+                pass
+        serialized = grammar.llguidance_grammar(narrow=False)
+        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(serialized, self._tokenizer)
+        return serialized, failed, messages

@@ -296,8 +296,13 @@ class StepScheduler(Scheduler):
         """`step` is the next token of `row`: show it, and end the row if it ends there."""
         sequence = row.sequence
         sequence.add(step)
-        if row.constraint is not None and row.constraint.done:
-            sequence.finish("stop")  # the grammar is complete: the answer matches it
+        if row.constraint is not None and row.constraint.done:  # the grammar is complete (or ended with EOS)
+            problem = row.constraint.problem()
+            if problem is None:
+                sequence.finish("stop", grammar_complete=True)  # the answer matches it
+            else:
+                logger.info("an answer fails its schema's check: %s", problem)
+                sequence.finish("schema_violation", grammar_complete=True)
         deadline = request.valid.deadline
         if not sequence.finished and deadline is not None and time.monotonic() >= deadline:
             sequence.finish("time_limit")

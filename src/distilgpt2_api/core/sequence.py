@@ -18,7 +18,8 @@ from distilgpt2_api.engines.base import TextTokenizer, TokenStep
 if TYPE_CHECKING:
     from distilgpt2_api.core.validation import ValidRequest
 
-FinishReason = Literal["length", "stop", "eos", "time_limit"]
+# schema_violation: the grammar completed, but the answer fails its JSON Schema's check (core/schema.py).
+FinishReason = Literal["length", "stop", "eos", "time_limit", "schema_violation"]
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,15 @@ class Sequence:
         if self.completion_tokens >= self._max_new_tokens:
             self.finish("length")
 
-    def finish(self, reason: FinishReason) -> None:
-        """End here (EOS, length, time limit): held-back text did not become a stop string, so it is released."""
+    def finish(self, reason: FinishReason, *, grammar_complete: bool = False) -> None:
+        """End here (EOS, length, time limit): held-back text did not become a stop string, so it is released.
+
+        `grammar_complete`: the answer's grammar is complete, which says more than a reason given by the same
+        token and not yet sent: the last token allowed was also the last of max_tokens (`stop`), or an EOS
+        ended an answer that fails its check (`schema_violation`)."""
+        replaces = grammar_complete and not self._reported
+        if replaces and (self.finish_reason == "length" or reason == "schema_violation"):
+            self.finish_reason = reason
         if self.finished:
             return
         self._ready.extend(self._held)

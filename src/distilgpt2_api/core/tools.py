@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from distilgpt2_api.core.errors import InvalidRequest
-from distilgpt2_api.core.grammar import JSON_LAYOUT
+from distilgpt2_api.core.schema import prepare_schema
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
@@ -171,7 +171,7 @@ def _arguments_error(schema: str) -> str | None:
 
 def _arguments_schema(tool: FunctionTool) -> dict[str, Any]:
     """The parameters schema, as an object (JSON Schema would allow any value without "type"), written compactly."""
-    return {"type": "object", **tool.parameters, "x-guidance": JSON_LAYOUT}
+    return prepare_schema({"type": "object", **tool.parameters}, checked=False).grammar_schema
 
 
 def _call_rules(index: int, tool: FunctionTool) -> str:

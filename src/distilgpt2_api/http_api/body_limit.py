@@ -41,4 +41,6 @@ class BodySizeLimit:
 
     def _too_large(self) -> HTTPException:
         # fastapi's HTTPException: FastAPI re-raises it from body parsing instead of turning it into a 400.
-        return HTTPException(413, f"request body is larger than the limit of {self.max_bytes} bytes")
+        return HTTPException(
+            413, f"request body is larger than the limit of {self.max_bytes} bytes (the MAX_BODY_BYTES setting)"
+        )

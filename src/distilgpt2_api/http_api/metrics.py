@@ -51,6 +51,7 @@ FINISHED_REASONS = {
     "eos": "stop",  # the model's end of sequence
     "length": "length",  # max_new_tokens
     "time_limit": "time_limit",  # the time budget ran out (generating, or still waiting)
+    "schema_violation": "schema_violation",  # a finished answer fails its JSON Schema's check
     "cancelled": "abort",  # the client left
     "error": "error",
 }

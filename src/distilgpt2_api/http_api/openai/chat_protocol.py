@@ -242,7 +242,7 @@ class ChatMessageOut(BaseModel):
         return cls(content=content, tool_calls=out)
 
 
-ChatFinishReason = Literal["stop", "length", "tool_calls"]
+ChatFinishReason = Literal["stop", "length", "tool_calls", "schema_violation"]
 
 
 class TopLogprob(BaseModel):

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from distilgpt2_api.core.errors import TooManyChoices
 from distilgpt2_api.core.grammar import Grammar
 from distilgpt2_api.core.request import BAN, GREEDY, GenerationRequest, Prompt, SamplingParams, TokenRules
+from distilgpt2_api.core.schema import strict_problem
 from distilgpt2_api.core.sequence import Delta, GeneratedToken
 from distilgpt2_api.core.stream import Completion
 from distilgpt2_api.http_api.protocol import (
@@ -62,7 +63,18 @@ class JsonSchemaSpec(StrictModel):
         alias="schema",
         description="A JSON Schema; the keywords supported are listed in the API docs. Default: any JSON object.",
     )
-    strict: bool | None = Field(None, description="Accepted for OpenAI clients: answers always follow the schema.")
+    strict: bool | None = Field(
+        None,
+        description="OpenAI's strict mode: the root must be an object and every object must list all its properties "
+        "as required and set additionalProperties to false (else a 422). Answers follow the schema either way.",
+    )
+
+    @model_validator(mode="after")
+    def _strict_schema(self) -> JsonSchemaSpec:
+        problem = strict_problem(self.schema_) if self.strict else None
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class JsonSchemaFormat(StrictModel):
@@ -96,7 +108,9 @@ class OpenAIRequest(StrictModel):
     response_format: ResponseFormat | None = Field(
         None,
         description="`json_object` or `json_schema`: every answer that ends with finish_reason `stop` is JSON "
-        "(valid against the schema); only a `length` cut leaves it unfinished. Needs ENGINE=llamacpp.",
+        "valid against the schema; a complete one that fails a keyword the grammar cannot hold while writing "
+        "(uniqueItems, not, ...) ends with `schema_violation`; only a `length` cut leaves one unfinished. "
+        "Needs ENGINE=llamacpp.",
     )
     logit_bias: Annotated[dict[TokenId, LogitBias], Field(max_length=MAX_LOGIT_BIAS)] | None = Field(
         None,
@@ -206,7 +220,10 @@ class Choice(BaseModel):
     """What every OpenAI choice carries besides its text."""
 
     index: int
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "schema_violation"] = Field(
+        description="`schema_violation`: the answer is complete JSON but fails a keyword of the response_format "
+        "schema that the grammar cannot enforce while generating (uniqueItems, not, ...): it is not valid."
+    )
     time_limit_reached: bool = Field(
         False, description="Generation stopped at the request's time budget (finish_reason is then `length`)."
     )
@@ -219,6 +236,8 @@ class Choice(BaseModel):
             return {"finish_reason": None}
         cut = finish_reason == "time_limit"
         reason = "length" if cut or finish_reason == "length" else "stop"
+        if finish_reason == "schema_violation":
+            reason = finish_reason
         return {"finish_reason": reason, "time_limit_reached": cut}
 
 
@@ -277,7 +296,7 @@ class CompletionResponse(Response):
 
 
 class CompletionChunkChoice(CompletionChoice):
-    finish_reason: Literal["stop", "length"] | None = None  # type: ignore[assignment]
+    finish_reason: Literal["stop", "length", "schema_violation"] | None = None  # type: ignore[assignment]
 
 
 class Chunk(BaseModel):

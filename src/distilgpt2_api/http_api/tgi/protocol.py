@@ -19,12 +19,13 @@ from distilgpt2_api.http_api.native.protocol import Details, GrammarParam, gramm
 from distilgpt2_api.http_api.protocol import GREEDY_BELOW_TEMPERATURE, Bounds, Seed, StopList, StrictModel, TopLogprobs
 
 TGI_DEFAULT_MAX_NEW_TOKENS = 100  # TGI's own default
-TgiFinishReason = Literal["length", "eos_token", "stop_sequence"]
+TgiFinishReason = Literal["length", "eos_token", "stop_sequence", "schema_violation"]
 TGI_REASONS: dict[str, TgiFinishReason] = {
     "length": "length",
     "time_limit": "length",  # TGI has no reason for a time budget
     "eos": "eos_token",
     "stop": "stop_sequence",  # a stop string, or a grammar completed
+    "schema_violation": "schema_violation",  # a grammar completed, but the answer fails its schema's check
 }
 UNSUPPORTED = "not supported by this server except at the value that changes nothing"
 
