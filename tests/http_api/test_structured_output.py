@@ -211,6 +211,12 @@ def test_a_complete_answer_its_schema_refuses_is_flagged_on_every_route(chat_cli
     assert native.json()["finish_reasons"] == ["schema_violation"], native.text
     tgi = chat_client.post("/", json={"inputs": "x", "parameters": {"grammar": grammar, "details": True}})
     assert tgi.json()[0]["details"]["finish_reason"] == "schema_violation", tgi.text
+    text_format = {"format": {"type": "json_schema", "name": "twice", "schema": TWICE}}
+    responses_body = {"input": "x", "text": text_format, "max_output_tokens": 20}
+    response = chat_client.post("/v1/responses", json=responses_body).json()
+    assert (response["status"], response["incomplete_details"]["reason"]) == ("incomplete", "schema_violation")
+    events = chat_client.post("/v1/responses", json=responses_body | {"stream": True}).text
+    assert "event: response.incomplete" in events and "event: response.completed" not in events
 
 
 def test_strict_mode_refuses_what_openai_refuses(client: TestClient) -> None:

@@ -486,7 +486,11 @@ class ResponseUsage(BaseModel):
 
 
 class IncompleteDetails(BaseModel):
-    reason: Literal["max_output_tokens"] = "max_output_tokens"
+    reason: Literal["max_output_tokens", "schema_violation"] = Field(
+        "max_output_tokens",
+        description="`schema_violation`: the answer is complete JSON but fails a keyword of `text.format`'s schema "
+        "that decoding cannot enforce (uniqueItems, not, ...): never reported as completed.",
+    )
     time_limit_reached: bool = Field(
         False, description="Cut by the request's time budget rather than max_output_tokens (OpenAI has no reason)."
     )
@@ -531,7 +535,8 @@ FinishReason = str | None
 
 
 def is_cut(finish_reason: FinishReason) -> bool:
-    return finish_reason in ("length", "time_limit")
+    """Whether the answer is incomplete: cut short, or complete JSON that fails its schema's check."""
+    return finish_reason in ("length", "time_limit", "schema_violation")
 
 
 @dataclass(frozen=True)
@@ -552,7 +557,8 @@ class ResponseDraft:
         if finish_reason is not None:
             status = "incomplete" if is_cut(finish_reason) else "completed"
         if status == "incomplete":
-            incomplete = IncompleteDetails(time_limit_reached=finish_reason == "time_limit")
+            reason = "schema_violation" if finish_reason == "schema_violation" else "max_output_tokens"
+            incomplete = IncompleteDetails(reason=reason, time_limit_reached=finish_reason == "time_limit")
         return ResponseObject(
             id=self.id,
             created_at=self.created_at,
