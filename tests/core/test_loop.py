@@ -617,3 +617,24 @@ def test_an_answer_the_grammar_completes_but_its_schema_refuses_is_flagged(engin
     (bad,), (good,) = flagged.result().completions, valid.result().completions
     assert bad.text == good.text == "[7, 7]"
     assert (bad.finish_reason, good.finish_reason) == ("schema_violation", "stop")
+
+
+def test_every_decode_step_runs_its_sequences_in_consecutive_slots(engine: FakeStepEngine) -> None:
+    """Sequences end at different steps and newcomers take the freed slots: the loop gathers the running ones into
+    one run of slots before each decode (llama.cpp splits a step at every gap), and no answer changes."""
+    requests = [greedy(i, max_new_tokens=4 + 5 * (i % 3)) for i in range(10)]
+    expected = [alone(engine, r) for r in requests]
+    busy = replace(engine, calls=[], slots=8)
+    scheduler = StepScheduler(busy, max_batch_size=4, prefill_chunk_tokens=64, prefix_cache_slots=None)
+    late: list[Collector] = []
+
+    def arrive(call: int, chunks: Sequence[Chunk]) -> None:  # a newcomer every other call
+        if call % 2 == 0 and len(late) < len(requests) - 1:
+            late.append(submit(scheduler, requests[len(late) + 1]))
+
+    busy.on_forward = arrive
+    first = submit(scheduler, requests[0])
+    assert [first.texts(), *(c.texts() for c in late)] == expected
+    decodes = [sorted(c.slot for c in chunks) for chunks in busy.forwards_of() if len(chunks) > 1]
+    assert decodes and all(slots == list(range(slots[0], slots[0] + len(slots))) for slots in decodes)
+    assert any(call.kind == "copy" for call in busy.calls)  # some had to move

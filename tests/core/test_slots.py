@@ -56,3 +56,40 @@ def test_a_slot_an_engine_error_left_unknown_is_emptied() -> None:
     pool.release(slot, keep=False)
     assert pool.state(slot) is SlotState.IDLE and pool.tokens(slot) == []
     assert engine.calls[-1] == ("truncate", slot, 0)
+
+
+def running_pool(slots: int, prompts: dict[int, list[int]]) -> tuple[KvStandIn, SlotPool]:
+    """A pool whose sequences run in the given slots (placed in order, the others released as entries)."""
+    engine = KvStandIn(slots)
+    pool = SlotPool(engine)
+    placed = [pool.place([100 + slot], count=1).slots[0] for slot in range(slots)]
+    assert placed == list(range(slots))
+    for slot in range(slots):
+        if slot in prompts:
+            pool.fed(slot, prompts[slot])
+        else:
+            pool.fed(slot, [100 + slot, 1])
+            pool.release(slot, keep=True)
+    return engine, pool
+
+
+def test_gather_moves_scattered_sequences_into_consecutive_slots() -> None:
+    prompts = {0: [1, 2], 3: [3, 4, 5], 5: [6], 7: [7, 8]}
+    engine, pool = running_pool(8, prompts)
+    moved = pool.gather(list(prompts))
+    after = {moved.get(slot, slot): tokens for slot, tokens in prompts.items()}
+    assert sorted(after) == list(range(min(after), min(after) + 4))  # one run of slots
+    assert len(moved) == 2  # a window that already held two of them: two moves, not three
+    for source, target in moved.items():
+        assert ("copy", source, target, len(prompts[source])) in engine.calls
+        assert pool.state(target) is SlotState.RUNNING and pool.tokens(target) == prompts[source]
+        assert pool.state(source) is SlotState.CACHED  # what it held stays a cache entry
+    assert all(pool.state(slot) is SlotState.RUNNING for slot in after)
+
+
+def test_gather_leaves_consecutive_sequences_and_other_running_slots_alone() -> None:
+    engine, pool = running_pool(6, {1: [1], 2: [2], 3: [3], 5: [9]})
+    calls = len(engine.calls)
+    assert pool.gather([1, 2, 3]) == {} and len(engine.calls) == calls
+    moved = pool.gather([1, 3])  # slot 2 runs something else: 3 moves next to 1 is impossible, 1 next to 3 not
+    assert set(moved.values()).isdisjoint({2, 5}) and sorted(moved.get(s, s) for s in (1, 3)) in ([0, 1], [3, 4])

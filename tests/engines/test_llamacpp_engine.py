@@ -349,3 +349,15 @@ def test_a_process_that_computed_exits_cleanly_without_closing(model_dir: Path) 
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().isdigit()
+
+
+def test_chunks_in_any_slot_order_get_their_own_logits(engine: LlamaCppEngine, prompts: list[list[int]]) -> None:
+    """forward feeds llama.cpp its chunks in slot order (one pass over consecutive slots) and answers in the caller's."""
+    slots = list(range(SLOTS))
+    for slot in slots:
+        engine.truncate(slot, 0)
+    in_order = engine.forward([Chunk(slot, prompts[slot], 0) for slot in slots])
+    for slot in slots:
+        engine.truncate(slot, 0)
+    reversed_order = engine.forward([Chunk(slot, prompts[slot], 0) for slot in reversed(slots)])
+    np.testing.assert_array_equal(reversed_order[::-1], in_order)

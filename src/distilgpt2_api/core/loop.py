@@ -271,6 +271,14 @@ class StepScheduler(Scheduler):
         rows = [(request, row) for request in self._active for row in request.rows if row.decoding]
         if not rows:
             return
+        try:
+            moved = self._pool.gather([row.slot for _, row in rows if row.slot is not None])
+        except Exception as error:  # noqa: BLE001 - the engine failed to copy a slot: every request here gets it
+            for request in {id(request): request for request, _ in rows}.values():
+                self._end(request, error, keep=False)
+            return
+        for _, row in rows:
+            row.slot = moved.get(row.slot, row.slot) if row.slot is not None else None
         chunks = []
         for _, row in rows:
             assert row.next_token is not None and row.slot is not None  # a decoding row holds both

@@ -112,6 +112,34 @@ class SlotPool:
         others = tuple(self._obtain() for _ in range(count - 1))
         return Placement((first, *others), reused)
 
+    def gather(self, slots: Sequence[int]) -> dict[int, int]:
+        """Move the sequences in `slots` (running) into consecutive slots, where a window of that size already
+        holds the most of them; returns where each moved one went. llama.cpp computes consecutive slots in one pass
+        over the weights and splits a step at every gap: 8 sequences in scattered slots took up to twice as long a
+        step on SmolLM2. A move copies the slot's KV and leaves the old slot as a cache entry of what it held."""
+        wanted = set(slots)
+        best: tuple[int, int, int] | None = None  # (held, -entries lost, start)
+        for start in range(len(self._slots) - len(wanted) + 1):
+            window = range(start, start + len(wanted))
+            held = sum(1 for i in window if i in wanted)
+            free = [i for i in window if not self._slots[i].running]
+            if held + len(free) == len(wanted):  # the others fit in the window's free slots
+                lost = sum(1 for i in free if self._slots[i].state is SlotState.CACHED)
+                best = max(best or (held, -lost, start), (held, -lost, start))
+        if best is None or best[0] == len(wanted):
+            return {}
+        window = range(best[2], best[2] + len(wanted))
+        targets = sorted((i for i in window if not self._slots[i].running), key=lambda i: self._slots[i].used)
+        moves = dict(zip(sorted(wanted.difference(window)), targets, strict=True))
+        for source, target in moves.items():
+            self._empty(target)
+            self.copy(source, target, len(self._slots[source].tokens))
+            self._slots[target].running, self._slots[source].running = True, False
+            self._slots[source].used = next(self._clock)
+        while self.cached > self.cache_entries:
+            self._empty(self._least_recent())
+        return moves
+
     def fed(self, slot: int, token_ids: Sequence[int]) -> None:
         """The engine took `token_ids` into `slot` after what it held."""
         self._slots[slot].tokens.extend(token_ids)

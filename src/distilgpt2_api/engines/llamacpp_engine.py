@@ -264,14 +264,17 @@ class LlamaCppEngine(StepEngine, Embedder):
                 raise ValueError(f"slot {chunk.slot} would hold {chunk.start + len(chunk.token_ids)} > {self.context}")
             longest = max(longest, chunk.start + len(chunk.token_ids))
         batch = self._batch
-        last_rows: list[int] = []
+        last_rows = [0] * len(chunks)
         i = 0
         for chunk in chunks:
             # The slot holds exactly `start` positions: whatever an earlier call left beyond them is dropped.
             self.truncate(chunk.slot, chunk.start)
         if longest > self.stream:
             self._grow(longest)
-        for chunk in chunks:
+        # In slot order: llama.cpp computes a run of consecutive streams, in increasing order, in one pass over the
+        # weights; out of order, each sequence would take a pass of its own (core/slots.py keeps them consecutive).
+        for index in sorted(range(len(chunks)), key=lambda n: chunks[n].slot):
+            chunk = chunks[index]
             for offset, token in enumerate(chunk.token_ids):
                 batch.token[i] = token
                 batch.pos[i] = chunk.start + offset
@@ -280,7 +283,7 @@ class LlamaCppEngine(StepEngine, Embedder):
                 batch.logits[i] = False
                 i += 1
             batch.logits[i - 1] = True
-            last_rows.append(i - 1)
+            last_rows[index] = i - 1
         batch.n_tokens = i
         status = llama.llama_decode(self._ctx, batch)
         if status != 0:
