@@ -352,7 +352,7 @@ def test_a_process_that_computed_exits_cleanly_without_closing(model_dir: Path) 
 
 
 def test_chunks_in_any_slot_order_get_their_own_logits(engine: LlamaCppEngine, prompts: list[list[int]]) -> None:
-    """forward feeds llama.cpp its chunks in slot order (one pass over consecutive slots) and answers in the caller's."""
+    """forward feeds llama.cpp its chunks in slot order (one pass over consecutive slots), answers in the caller's."""
     slots = list(range(SLOTS))
     for slot in slots:
         engine.truncate(slot, 0)
