@@ -31,9 +31,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from schema_corpus import corpus, suite_cases, verdict  # noqa: E402
-
 from distilgpt2_api.core.grammar import Grammar, GrammarCache, InvalidGrammar  # noqa: E402
+
+from schema_corpus import corpus, suite_cases, verdict  # noqa: E402
 
 
 def main() -> None:

@@ -10,10 +10,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from schema_corpus import SuiteCase, suite_cases, verdict
 
 from distilgpt2_api.core.grammar import GrammarCache
 from distilgpt2_api.engines.base import ModelInfo, TextTokenizer
+
+from schema_corpus import SuiteCase, suite_cases, verdict
 
 CASES = list(suite_cases())
 

@@ -22,6 +22,7 @@ from distilgpt2_api.settings import Settings
 from engine_apps import llamacpp_app
 from server_process import serving_in_thread
 from slowdown import fail_after
+from tool_schemas import CLOCK, WEATHER
 
 MODEL = "tiny-chat-llama"
 HI = [{"role": "user", "content": "Hi there"}]
@@ -292,18 +293,6 @@ def test_the_sdk_sends_its_key_and_reads_errors(chat_app: FastAPI) -> None:
 
 # ---- tools ----
 
-WEATHER = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "maxLength": 8}, "unit": {"enum": ["C", "F"]}},
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
-CLOCK = {
-    "type": "object",
-    "properties": {"zone": {"type": "integer", "minimum": -12, "maximum": 14}},
-    "required": ["zone"],
-    "additionalProperties": False,
-}
 TOOLS = [
     {"name": "get_weather", "description": "Weather in a city", "input_schema": WEATHER},
     {"name": "get_time", "input_schema": CLOCK, "cache_control": {"type": "ephemeral"}},

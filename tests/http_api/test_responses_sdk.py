@@ -16,23 +16,18 @@ from pydantic import BaseModel, Field
 from distilgpt2_api.model_store import smollm2
 
 from engine_apps import llamacpp_app
+from tool_schemas import CITY_WEATHER
 
 pytestmark = pytest.mark.real_weights
 
 MODEL = smollm2.MODEL_ID
 QUESTION = "What is the capital of France? Answer in one word."  # short: the Q4_1 weights drift on the bare question
-WEATHER = {
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-    "required": ["city"],
-    "additionalProperties": False,
-}
 TOOLS = [
     {
         "type": "function",
         "name": "get_weather",
         "description": "Get the current weather in a city",
-        "parameters": WEATHER,
+        "parameters": CITY_WEATHER,
         "strict": True,
     }
 ]
@@ -82,7 +77,7 @@ def test_a_function_call_round_trip(sdk: openai.OpenAI) -> None:
     (call,) = first.output
     assert call.type == "function_call" and call.name == "get_weather" and call.call_id.startswith("call_")
     arguments = json.loads(call.arguments)
-    jsonschema.validate(arguments, WEATHER)
+    jsonschema.validate(arguments, CITY_WEATHER)
     assert arguments["city"] == "Paris"
     result = {"type": "function_call_output", "call_id": call.call_id, "output": '{"temperature_celsius": 18}'}
     answer = sdk.responses.create(

@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
 from schema_corpus import corpus
 
 CORPUS = corpus()

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from distilgpt2_api.model_store import smollm2
 
 from engine_apps import llamacpp_app
+from tool_schemas import CITY_WEATHER
 
 pytestmark = pytest.mark.real_weights
 
@@ -56,16 +57,14 @@ def test_the_sdk_gets_the_same_answer_whole_and_streamed(sdk: openai.OpenAI) -> 
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == choice.message.content
 
 
-WEATHER = {
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-    "required": ["city"],
-    "additionalProperties": False,
-}
 TOOLS = [
     {
         "type": "function",
-        "function": {"name": "get_weather", "description": "Get the current weather in a city", "parameters": WEATHER},
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather in a city",
+            "parameters": CITY_WEATHER,
+        },
     }
 ]
 WEATHER_QUESTION = [{"role": "user", "content": "What is the weather like in Paris today?"}]
@@ -126,7 +125,7 @@ def test_a_tool_round_trip(sdk: openai.OpenAI) -> None:
     assert choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls or []
     arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
-    jsonschema.validate(arguments, WEATHER)
+    jsonschema.validate(arguments, CITY_WEATHER)
     assert arguments["city"] == "Paris"
     conversation = [
         *WEATHER_QUESTION,
@@ -169,7 +168,7 @@ def test_auto_lets_the_model_choose_and_any_call_validates(client: TestClient) -
     body = {"messages": WEATHER_QUESTION, "tools": TOOLS, "temperature": 1, "n": 4, "seed": 3, "max_tokens": 40}
     for choice in client.post("/v1/chat/completions", json=body).json()["choices"]:
         for call in choice["message"]["tool_calls"] or []:
-            jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
+            jsonschema.validate(json.loads(call["function"]["arguments"]), CITY_WEATHER)
         assert choice["message"]["tool_calls"] or not choice["message"]["content"].startswith("<tool_call>")
 
 

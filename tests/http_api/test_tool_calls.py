@@ -15,19 +15,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from engine_apps import llamacpp_app
+from tool_schemas import CLOCK, WEATHER
 
-WEATHER = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "maxLength": 8}, "unit": {"enum": ["C", "F"]}},
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
-CLOCK = {
-    "type": "object",
-    "properties": {"zone": {"type": "integer", "minimum": -12, "maximum": 14}},
-    "required": ["zone"],
-    "additionalProperties": False,
-}
 TOOLS = [
     {
         "type": "function",
