@@ -404,6 +404,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per part")
     parser.add_argument("--runs", type=int, default=3, help="requests per system and round (single, ttft)")
     parser.add_argument("--load-seconds", type=float, default=30.0)
+    parser.add_argument("--threads", type=int, default=THREADS, help="THREADS for ours, -t/-tb for llama-server")
     parser.add_argument("--out", type=Path, default=harness.BENCH)
     parser.add_argument("--render", action="store_true", help="only rewrite STEP_LOOP.md from --out's JSON")
     args = parser.parse_args(argv)
@@ -416,7 +417,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global THREADS
     args = parse_args(argv)
+    THREADS = args.threads
     out_json = args.out / "step_loop.json"
     if args.render:
         (args.out / "STEP_LOOP.md").write_text(markdown(json.loads(out_json.read_text())))
