@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import llguidance
 import pytest
 
 from distilgpt2_api.core.schema import check_problem, prepare_schema, strict_problem
@@ -106,3 +107,22 @@ def test_strict_mode_as_openai_documents_it(schema: dict[str, Any], words: str |
 def test_a_schema_the_check_cannot_apply_flags_the_answer_instead_of_failing() -> None:
     check = prepare_schema({"type": "object", "properties": {"a": {"type": "integer", "minimum": "zero"}}}).check
     assert "could not be checked" in (check('{"a": 1}') or "")
+
+
+def test_a_schema_a_ref_reaches_inside_a_container_and_a_doubles_range_compile() -> None:
+    """From SchemaStore (venvironment-basic-schema): definitions holding `{"full": schema}` reached by
+    `#/definitions/x/full`, a look-ahead pattern there, and a number bounded by the largest double."""
+    schema = {
+        "definitions": {
+            "name": {"full": {"type": "string", "anyOf": [{"pattern": "^(?!.*[<>]).*\\.blf$"}]}},
+            "step": {"type": "number", "minimum": 0, "maximum": 1.7976931348623157e308},
+        },
+        "type": "object",
+        "properties": {"file": {"$ref": "#/definitions/name/full"}, "step": {"$ref": "#/definitions/step"}},
+        "required": ["file", "step"],
+    }
+    prepared = prepare_schema(schema)
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(prepared.grammar_schema)
+    assert llguidance.LLMatcher.validate_grammar(grammar) == ""
+    assert prepared.check('{"file": "<x>.blf", "step": 1}') is not None  # the look-ahead, left to the check
+    assert prepared.check('{"file": "x.blf", "step": 1.5}') is None

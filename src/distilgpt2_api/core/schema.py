@@ -45,6 +45,7 @@ _ONE = ("additionalProperties", "items", "additionalItems", "contains", "not", "
 _ONE += ("unevaluatedItems", "unevaluatedProperties")
 _MANY = ("anyOf", "oneOf", "allOf", "prefixItems")
 _MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_INSTANCES = ("const", "default", "enum", "examples")  # keywords whose value is JSON data, never a schema
 # Besides `properties`, what lets or may let an object hold other keys: such an object is left as it is.
 _OPEN = ("additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf", "oneOf", "$ref")
 _OPEN += ("if", "dependentSchemas", "dependencies")
@@ -248,10 +249,16 @@ def _annotated_formats(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = _walked(schema, lambda sub, _key: _annotated_formats(sub))
+    for key, value in schema.items():  # a $ref may point into any object, e.g. #/definitions/name/full
+        if isinstance(value, dict) and key not in (*_ONE, *_MAP, "dependencies", *_INSTANCES):
+            out[key] = _annotated_formats(value)
     if isinstance(out.get("format"), str) and out["format"] not in ENFORCED_FORMATS:
         del out["format"]
     if isinstance(out.get("pattern"), str) and not _mask_can_hold(out["pattern"]):
         del out["pattern"]
+    for bound in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        if out.get("type") != "integer" and abs(_number(out.get(bound))) >= NUMBER_LIMIT:
+            del out[bound]  # a number range to a double's largest: llguidance cannot write it; the check keeps it
     if out.get("$schema") is not None and not _KNOWN_DRAFT.fullmatch(str(out["$schema"])):
         del out["$schema"]  # not a draft's own URI: llguidance would look it up
     return out
