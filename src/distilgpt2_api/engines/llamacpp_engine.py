@@ -323,8 +323,9 @@ class LlamaCppEngine(StepEngine, Embedder):
         params.kv_unified = True
         params.embeddings = True
         params.pooling_type = self._pooling
-        # Without flash attention a vector is the same whatever its batch mates (tiny GPT-2: 4e-8 apart, against
-        # 6e-5 with it); at EMBED_TOKENS its attention scores take a few MB.
+        # Without flash attention: a vector is the same whatever its batch mates (so it is with the patched flash
+        # attention, whose batch-invariant path reads a 512-token input in 2.0 s on SmolLM2 against 1.8 s without;
+        # Intel Xeon, one thread); at EMBED_TOKENS the attention scores take a few MB.
         params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_threads = params.n_threads_batch = self._threads
         params.no_perf = True
