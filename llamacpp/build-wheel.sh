@@ -13,6 +13,10 @@
 # depend on its batch mates, on the KV cache's length or on how its prompt was split (prefix cache); the faster
 # split-KV (long-context decode) and tiled (long-prompt) paths changed them by up to 1.5 on SmolLM2 Q4_1.
 # GGML_CPU_FA_BATCH_INVARIANT=0 turns them back on (docs/PERFORMANCE.md#batch-invariance).
+# spin-barrier.patch: ggml's barrier between operations is libgomp's in an OpenMP build, and libgomp sleeps on a futex
+# after 100 spins once it manages more threads than CPUs, which it counts when llama_decode runs outside the process's
+# first thread, as the service's generation thread does: every uneven barrier then cost a wake-up (Q4_1 decode 31
+# against 315 tok/s from the first thread, 2 threads, AMX). ggml's own spinning barrier is used instead.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?usage: CMAKE_ARGS=... $0 OUT_DIR}"
