@@ -54,8 +54,11 @@ import harness  # noqa: E402
 import load  # noqa: E402
 from harness import Service  # noqa: E402
 
+from distilgpt2_api.engines.cpus import usable_cpus  # noqa: E402
+
 PARTS = ("single", "load", "ttft", "prefix", "determinism", "cold")
-NEW_TOKENS, TTFT_TOKENS, BATCH, THREADS = 50, 100, 8, 1
+NEW_TOKENS, TTFT_TOKENS, BATCH = 50, 100, 8
+THREADS: int | None = None  # None: ours at the product's defaults, llama-server at the CPUs this process may use
 PEER_CTX_PER_SLOT = 2048
 PACKAGES = ("llama-cpp-python", "ctranslate2", "tokenizers", "numpy", "fastapi", "uvicorn", "httpx")
 SHORT_PROMPT = "Once upon a time"
@@ -97,15 +100,12 @@ class Spec:
 
 def start(spec: Spec, peer_binary: Path) -> Service:
     if not spec.peer:
-        env = {
-            "ENGINE": str(spec.engine),
-            "THREADS": str(THREADS),
-            "MAX_BATCH_SIZE": str(BATCH),
-            "LOG_LEVEL": "WARNING",
-        }
+        env = {"ENGINE": str(spec.engine), "MAX_BATCH_SIZE": str(BATCH), "LOG_LEVEL": "WARNING"}
+        env |= {"THREADS": str(THREADS)} if THREADS else {}
         return Service.ours(spec.model_dir, env | spec.env)
     port = harness.free_port()
-    command = [str(peer_binary), "-m", str(spec.model_dir / spec.gguf), "-t", str(THREADS), "-tb", str(THREADS)]
+    threads = str(THREADS or usable_cpus().count)
+    command = [str(peer_binary), "-m", str(spec.model_dir / spec.gguf), "-t", threads, "-tb", threads]
     command += ["-c", str(PEER_CTX_PER_SLOT * spec.parallel), "-np", str(spec.parallel)]
     return Service([*command, "--host", harness.HOST, "--port", str(port), "--no-webui"], port, health="/health")
 
@@ -404,7 +404,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per part")
     parser.add_argument("--runs", type=int, default=3, help="requests per system and round (single, ttft)")
     parser.add_argument("--load-seconds", type=float, default=30.0)
-    parser.add_argument("--threads", type=int, default=THREADS, help="THREADS for ours, -t/-tb for llama-server")
+    threads_help = "THREADS for ours, -t/-tb for llama-server (default: ours' own defaults, llama-server's usable CPUs)"
+    parser.add_argument("--threads", type=int, default=None, help=threads_help)
     parser.add_argument("--out", type=Path, default=harness.BENCH)
     parser.add_argument("--render", action="store_true", help="only rewrite STEP_LOOP.md from --out's JSON")
     args = parser.parse_args(argv)

@@ -19,7 +19,7 @@ def test_quick_bench_writes_every_section(model_dir: Path, tmp_path: Path) -> No
 
     model = results["models"]["tiny"]
     assert {"systems", "bounds", "quality", "alternatives", "lambda_sizing", "weights"} <= model.keys()
-    assert set(model["systems"]) == {"pipeline", "ctranslate2", "transformers"}
+    assert set(model["systems"]) == {"pipeline", "llamacpp", "ctranslate2", "transformers"}
     for figures in model["systems"].values():
         assert {"interpreter_s", "import_s", "load_s", "first_response_s", "total_s"} == figures["cold_start"].keys()
         assert {"greedy", "sampled"} <= figures["warm"].keys()
@@ -29,7 +29,10 @@ def test_quick_bench_writes_every_section(model_dir: Path, tmp_path: Path) -> No
         assert cold["interpreter_s"] > 0 and cold["total_s"] > 0 and figures["cold_start_totals_s"]
         parts = sum(v for k, v in cold.items() if k != "total_s")
         assert abs(parts - cold["total_s"]) < 1e-6
-    assert {"greedy", "sampled", "sampled_seeded"} <= model["systems"]["ctranslate2"]["warm"].keys()
+    for engine in ("llamacpp", "ctranslate2"):
+        assert {"greedy", "sampled", "sampled_seeded"} <= model["systems"][engine]["warm"].keys()
+    assert model["systems"]["llamacpp"]["compute"] == "F32 GGUF"  # the tiny model's converter output, ungated
+    assert model["bounds"]["llamacpp"]["bytes_per_token"] == 4 * model["weights"]["params"]
     assert model["systems"]["pipeline"]["per_request_pipeline_s"] > 0
 
     quality = model["quality"]
