@@ -233,6 +233,23 @@ def pipeline_warm(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# The Lambda path in process: `handler.handler` with the HTTP API event of POST /generate, as Lambda calls it.
+HANDLER_SETUP = """import json, sys
+sys.path.insert(0, {root!r})
+import handler
+event = json.loads(open({event!r}).read())
+event |= {{'body': json.dumps({{'prompt': {prompt!r}, 'max_new_tokens': {tokens}}}), 'isBase64Encoded': False}}"""
+HANDLER_CALL = "assert handler.handler(event, None)['statusCode'] == 200"
+
+
+def handler_warm(model_dir: Path, engine: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`pyperf timeit` of a 50-token greedy POST /generate through `handler.handler` (Mangum, the app, the engine)."""
+    event = harness.ROOT / "events" / "post-generate.json"
+    setup = HANDLER_SETUP.format(root=str(harness.ROOT), event=str(event), prompt=PROMPT, tokens=NEW_TOKENS)
+    env = {"MODEL_DIR": str(model_dir), "ENGINE": engine, "LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
+    return timeit(setup, HANDLER_CALL, env, args, args.runs)
+
+
 SAMPLED = {"do_sample": True, "top_k": TOP_K, "num_return_sequences": SAMPLED_SEQUENCES}
 WARM_ROUTES = [
     load.post("greedy", "/generate"),
@@ -257,9 +274,16 @@ def service_warm(model_dir: Path, engine: str, runs: int, threads: int | None = 
     return {"warm": warm, "peak_rss_mb": peak_rss_mb}
 
 
+def threads(engine: str) -> int:
+    """THREADS as the service sets it for `engine` here (unset: its default for this machine)."""
+    from distilgpt2_api.engines.cpus import default_threads
+    from distilgpt2_api.settings import get_settings
+
+    return get_settings().threads or default_threads(engine).count
+
+
 def system_figures(system: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR, prepared_compute_type
-    from distilgpt2_api.settings import get_settings
 
     others = harness.OthersLoad()
     figures = cold_start(system, model_dir, args) | {"processes": args.rounds}
@@ -271,7 +295,8 @@ def system_figures(system: str, model_dir: Path, args: argparse.Namespace) -> di
             "ctranslate2": prepared_compute_type(model_dir / CT2_SUBDIR),
             "llamacpp": f"{gguf_type(model_dir)} GGUF",
         }.get(system, "float32 (torch)")
-        figures |= service_warm(model_dir, system, args.runs) | {"threads": get_settings().threads, "compute": compute}
+        figures |= service_warm(model_dir, system, args.runs) | {"threads": threads(system), "compute": compute}
+        figures["warm"]["greedy_via_handler"] = handler_warm(model_dir, system, args)
     return figures | {"foreign_load_cores": [others.cores()]}
 
 
@@ -519,12 +544,12 @@ def add_derived(results: dict[str, Any]) -> None:
         model["quality"]["relative_difference"] = {k: v / reference - 1 for k, v in ppl.items() if v != reference}
         model["lambda_sizing"] = lambda_sizing(model)
         base, fast, ct2 = systems["pipeline"], systems[DEFAULT], systems["ctranslate2"]
-        speedup = base["warm"]["greedy"]["median_s"] / fast["warm"]["greedy"]["median_s"]
+        speedup = base["warm"]["greedy"]["median_s"] / fast["warm"]["greedy_via_handler"]["median_s"]
         versus_ct2 = ct2["warm"]["greedy"]["median_s"] / fast["warm"]["greedy"]["median_s"]
         cold, total = fast["cold_start"]["total_s"] / base["cold_start"]["total_s"], fast["cold_start"]["total_s"]
         rows = [
-            (f"warm 50-token greedy: pipeline ÷ {DEFAULT} latency", speedup, f"≥ {WARM_SPEEDUP_MIN:g}×"),
-            (f"warm 50-token greedy: ctranslate2 ÷ {DEFAULT} latency", versus_ct2, "≥ 1×"),
+            (f"warm 50-token greedy: pipeline ÷ {DEFAULT} via handler", speedup, f"≥ {WARM_SPEEDUP_MIN:g}×"),
+            (f"warm 50-token greedy over HTTP: ctranslate2 ÷ {DEFAULT} latency", versus_ct2, "≥ 1×"),
             (f"cold start to first response: {DEFAULT} ÷ pipeline", cold, f"≤ {COLD_RATIO_MAX:.0%}"),
         ]
         passed = [speedup >= WARM_SPEEDUP_MIN, versus_ct2 >= 1.0, cold <= COLD_RATIO_MAX]

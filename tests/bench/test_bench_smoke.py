@@ -30,7 +30,8 @@ def test_quick_bench_writes_every_section(model_dir: Path, tmp_path: Path) -> No
         parts = sum(v for k, v in cold.items() if k != "total_s")
         assert abs(parts - cold["total_s"]) < 1e-6
     for engine in ("llamacpp", "ctranslate2"):
-        assert {"greedy", "sampled", "sampled_seeded"} <= model["systems"][engine]["warm"].keys()
+        assert {"greedy", "sampled", "sampled_seeded", "greedy_via_handler"} <= model["systems"][engine]["warm"].keys()
+        assert model["systems"][engine]["warm"]["greedy_via_handler"]["median_s"] > 0
     assert model["systems"]["llamacpp"]["compute"] == "F32 GGUF"  # the tiny model's converter output, ungated
     assert model["bounds"]["llamacpp"]["bytes_per_token"] == 4 * model["weights"]["params"]
     assert model["systems"]["pipeline"]["per_request_pipeline_s"] > 0
