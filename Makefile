@@ -77,9 +77,10 @@ load: model  ## load test: LOAD_CLIENTS clients for LOAD_SECONDS against uvicorn
 	$(BIN)/python bench/load.py --model-dir $(MODEL_DIR) --clients $(LOAD_CLIENTS) --duration $(LOAD_SECONDS) --json load-report.json
 
 # Benchmarks (not part of `make test`): writes bench/RESULTS.md and bench/results.json. About 25 min.
+# LLAMA_SERVER=path/to/llama-server adds llama.cpp's own server on the same GGUF (build it from the vendored llama.cpp).
 bench: install  ## benchmarks: writes bench/RESULTS.md and bench/results.json (~25 min)
 	$(BIN)/python -m distilgpt2_api prepare-model --source smollm2 --output models/smollm2 --if-missing
-	$(BIN)/python bench/bench.py --smollm2-dir models/smollm2 --out bench
+	$(BIN)/python bench/bench.py --smollm2-dir models/smollm2 --out bench $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER))
 
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check src tests bench handler.py

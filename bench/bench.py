@@ -33,8 +33,11 @@ import harness  # noqa: E402
 import load  # noqa: E402
 from harness import Service  # noqa: E402
 
+from distilgpt2_api.engines.cpus import usable_cpus  # noqa: E402
+
 SYSTEMS = ("pipeline", "llamacpp", "ctranslate2", "transformers")  # baseline first, then the default engine
 DEFAULT = "llamacpp"
+PEER = "llama-server"
 CT2_COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32")
 PROMPT, NEW_TOKENS, SAMPLED_SEQUENCES, TOP_K = "Once upon a time", 50, 5, 50  # top-k 50: the tutorial's sampling
 GREEDY_PROMPT, GREEDY_TOKENS = "Once upon a time", 20
@@ -52,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "distilgpt2-api-bench")
     parser.add_argument("--smollm2-dir", type=Path, default=harness.ROOT / "models" / "default")
     parser.add_argument("--quick-model", type=Path, help="an already prepared tiny model dir (--quick only)")
+    peer = "llama-server built from the llama.cpp that llama-cpp-python vendors (not part of this project): measured "
+    peer += "on each model's model.gguf beside the engines"
+    parser.add_argument("--llama-server", type=Path, help=peer)
     parser.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from --out's results.json")
     args = parser.parse_args(argv)
     args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick else harness.BENCH)
@@ -282,6 +288,28 @@ def threads(engine: str) -> int:
     return get_settings().threads or default_threads(engine).count
 
 
+def peer_figures(model_dir: Path, binary: Path, runs: int) -> dict[str, Any]:
+    """llama-server on the same GGUF with as many threads as our llama.cpp engine, one client: 50 greedy tokens over
+    its /v1/completions, warmed up once (no cold start: it is not a Python process to stage)."""
+    others, threads = harness.OthersLoad(), str(usable_cpus().count)
+    port = harness.free_port()
+    command = [str(binary), "-m", str(model_dir / "model.gguf"), "-t", threads, "-tb", threads, "-np", "1"]
+    command += ["-c", "2048", "--host", harness.HOST, "--port", str(port), "--no-webui"]
+    route = [load.post("greedy", "/v1/completions", temperature=0)]
+    with Service(command, port, health="/health") as server:
+        for requests in (1, runs):
+            figures = asyncio.run(load.run_load(server.base_url, server.pid, route, 1, NEW_TOKENS, requests=requests))
+            if figures["errors"]:
+                raise RuntimeError(f"llama-server: {figures['error_samples']}")
+        peak_rss_mb = harness.proc_status_bytes(server.pid, "VmHWM") / 2**20
+    latency = figures["latency"]["greedy"]
+    warm = {"greedy": timed(latency["p50_ms"] / 1000, [], latency["tokens"] / latency["requests"])}
+    return {"warm": warm, "peak_rss_mb": peak_rss_mb, "threads": int(threads), "processes": 1} | {
+        "compute": f"{gguf_type(model_dir)} GGUF",
+        "foreign_load_cores": [others.cores()],
+    }
+
+
 def system_figures(system: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from distilgpt2_api.engines.ctranslate2_engine import CT2_SUBDIR, prepared_compute_type
 
@@ -449,6 +477,9 @@ def bench_model(name: str, model_dir: Path, args: argparse.Namespace) -> dict[st
     for system in SYSTEMS:
         harness.log(f"[{name}] {system}: cold start and warm requests")
         systems[system] = system_figures(system, model_dir, args)
+    if args.llama_server:
+        harness.log(f"[{name}] llama-server: warm requests")
+        systems[PEER] = peer_figures(model_dir, args.llama_server, args.runs)
     harness.log(f"[{name}] quality and alternatives")
     prepared = prepared_compute_type(model_dir / CT2_SUBDIR)
     model = {"path": str(model_dir), "prepared_compute_type": prepared, "weights": params_read_per_token(model_dir)}
@@ -516,6 +547,7 @@ TITLES = {
 }
 LABELS = {"pipeline": "baseline: `pipeline()` created once", "llamacpp": "ENGINE=llamacpp (default)"}
 LABELS |= {"ctranslate2": "ENGINE=ctranslate2", "transformers": "ENGINE=transformers"}
+LABELS[PEER] = "llama-server, same GGUF (llama.cpp's own server)"
 
 
 def bytes_per_param(compute: str) -> float:
