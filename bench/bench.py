@@ -580,11 +580,18 @@ def add_derived(results: dict[str, Any]) -> None:
         versus_ct2 = ct2["warm"]["greedy"]["median_s"] / fast["warm"]["greedy"]["median_s"]
         cold, total = fast["cold_start"]["total_s"] / base["cold_start"]["total_s"], fast["cold_start"]["total_s"]
         rows = [
-            (f"warm 50-token greedy: pipeline ÷ {DEFAULT} via handler", speedup, f"≥ {WARM_SPEEDUP_MIN:g}×"),
             (f"warm 50-token greedy over HTTP: ctranslate2 ÷ {DEFAULT} latency", versus_ct2, "≥ 1×"),
             (f"cold start to first response: {DEFAULT} ÷ pipeline", cold, f"≤ {COLD_RATIO_MAX:.0%}"),
         ]
-        passed = [speedup >= WARM_SPEEDUP_MIN, versus_ct2 >= 1.0, cold <= COLD_RATIO_MAX]
+        passed = [versus_ct2 >= 1.0, cold <= COLD_RATIO_MAX]
+        if name in ("distil", "tiny"):  # GPT-2-shaped: the tutorial's model
+            target = f"≥ {WARM_SPEEDUP_MIN:g}×"
+            rows.append((f"warm 50-token greedy: pipeline ÷ {DEFAULT} via handler", speedup, target))
+            passed.append(speedup >= WARM_SPEEDUP_MIN)
+        if PEER in systems:
+            versus_peer = systems[PEER]["warm"]["greedy"]["median_s"] / fast["warm"]["greedy"]["median_s"]
+            rows.append((f"warm 50-token greedy over HTTP: {PEER} ÷ {DEFAULT} latency", versus_peer, "≥ 1×"))
+            passed.append(versus_peer >= 1.0)
         if name == "smollm2":
             rows.append((f"cold start to first response, {DEFAULT} (s)", total, f"≤ {COLD_SMOLLM2_MAX_S:g} s"))
             passed.append(total <= COLD_SMOLLM2_MAX_S)
