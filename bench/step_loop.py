@@ -3,9 +3,9 @@
     python bench/step_loop.py --llama-server PATH/llama-server --smollm2-dir DIR --distil-dir DIR \
         [--parts single,load,ttft,prefix,determinism,cold] [--rounds 3] [--out bench]
 
-Every server runs on 127.0.0.1 with one thread: ours (`uvicorn distilgpt2_api.api:app`, ENGINE=llamacpp or
-ctranslate2, THREADS=1, MAX_BATCH_SIZE=8) and llama-server (`-t 1 -np 1` for one client, `-np 8` for eight) on
-the same GGUF that our llama.cpp engine reads. Requests go through the OpenAI-compatible routes of both (bench/load.py's
+Every server runs on 127.0.0.1: ours (`uvicorn distilgpt2_api.api:app`, ENGINE=llamacpp or ctranslate2, at their
+default threads unless --threads, MAX_BATCH_SIZE=8) and llama-server (`-t N -np 1` for one client, `-np 8` for eight,
+N the CPUs this process may use, or --threads) on the same GGUF that our llama.cpp engine reads. Requests go through the OpenAI-compatible routes of both (bench/load.py's
 client), tokens are counted from `usage`. Systems are measured round by round, A/B/C/A/B/C, and medians reported;
 the CPU other processes used meanwhile is recorded per part.
 
@@ -431,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     version = subprocess.run([str(args.llama_server), "--version"], capture_output=True, text=True, timeout=30)
     results["machine"]["llama_server_version"] = " ".join((version.stdout + version.stderr).split())[:200]
     results["options"] = {"rounds": args.rounds, "runs": args.runs, "load_seconds": args.load_seconds}
-    results["options"] |= {"threads": THREADS, "max_batch_size": BATCH, "llama_server_ctx_per_slot": PEER_CTX_PER_SLOT}
+    results["options"] |= {"threads": THREADS, "peer_threads": THREADS or usable_cpus().count}
+    results["options"] |= {"max_batch_size": BATCH, "llama_server_ctx_per_slot": PEER_CTX_PER_SLOT}
     results["started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     parts, noise = results.setdefault("parts", {}), results.setdefault("noise", {})
     models = {"smollm2": args.smollm2_dir} | ({"distil": args.distil_dir} if args.distil_dir else {})
