@@ -291,9 +291,9 @@ def threads(engine: str) -> int:
 def peer_figures(model_dir: Path, binary: Path, runs: int) -> dict[str, Any]:
     """llama-server on the same GGUF with as many threads as our llama.cpp engine, one client: 50 greedy tokens over
     its /v1/completions, warmed up once (no cold start: it is not a Python process to stage)."""
-    others, threads = harness.OthersLoad(), str(usable_cpus().count)
+    others, count = harness.OthersLoad(), str(usable_cpus().count)
     port = harness.free_port()
-    command = [str(binary), "-m", str(model_dir / "model.gguf"), "-t", threads, "-tb", threads, "-np", "1"]
+    command = [str(binary), "-m", str(model_dir / "model.gguf"), "-t", count, "-tb", count, "-np", "1"]
     command += ["-c", "2048", "--host", harness.HOST, "--port", str(port), "--no-webui"]
     route = [load.post("greedy", "/v1/completions", temperature=0)]
     with Service(command, port, health="/health") as server:
@@ -304,7 +304,7 @@ def peer_figures(model_dir: Path, binary: Path, runs: int) -> dict[str, Any]:
         peak_rss_mb = harness.proc_status_bytes(server.pid, "VmHWM") / 2**20
     latency = figures["latency"]["greedy"]
     warm = {"greedy": timed(latency["p50_ms"] / 1000, [], latency["tokens"] / latency["requests"])}
-    return {"warm": warm, "peak_rss_mb": peak_rss_mb, "threads": int(threads), "processes": 1} | {
+    return {"warm": warm, "peak_rss_mb": peak_rss_mb, "threads": int(count), "processes": 1} | {
         "compute": f"{gguf_type(model_dir)} GGUF",
         "foreign_load_cores": [others.cores()],
     }

@@ -5,9 +5,9 @@
 
 Every server runs on 127.0.0.1: ours (`uvicorn distilgpt2_api.api:app`, ENGINE=llamacpp or ctranslate2, at their
 default threads unless --threads, MAX_BATCH_SIZE=8) and llama-server (`-t N -np 1` for one client, `-np 8` for eight,
-N the CPUs this process may use, or --threads) on the same GGUF that our llama.cpp engine reads. Requests go through the OpenAI-compatible routes of both (bench/load.py's
-client), tokens are counted from `usage`. Systems are measured round by round, A/B/C/A/B/C, and medians reported;
-the CPU other processes used meanwhile is recorded per part.
+N the CPUs this process may use, or --threads) on the same GGUF that our llama.cpp engine reads. Requests go through
+the OpenAI-compatible routes of both (bench/load.py's client), tokens are counted from `usage`. Systems are measured
+round by round, A/B/C/A/B/C, and medians reported; the CPU other processes used meanwhile is recorded per part.
 
 Parts:
   single       one client, 50 greedy tokens after a short prompt, streamed: decode tokens/s (tokens after the
