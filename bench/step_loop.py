@@ -11,7 +11,7 @@ round by round, A/B/C/A/B/C, and medians reported; the CPU other processes used 
 
 Parts:
   single       one client, 50 greedy tokens after a short prompt, streamed: decode tokens/s (tokens after the
-               first ÷ time after the first) and end-to-end tokens/s. SmolLM2 (shipped Q4_1) and distilgpt2-shape
+               first ÷ time after the first) and end-to-end tokens/s. SmolLM2 (its model.gguf) and distilgpt2-shape
                (float32 GGUF and its Q8_0).
   load         8 clients for --load-seconds each, prompts of mixed lengths (each starting with its own number, so
                no prompt cache serves them), greedy / sampled (temperature 0.8, top_p 0.95) / seeded requests in
@@ -186,7 +186,7 @@ def cached(outcome: load.Outcome) -> int:
 def model_specs(name: str, model_dir: Path, workdir: Path, peer_parallel: tuple[int, ...]) -> list[Spec]:
     """Ours on llama.cpp (each GGUF) and CTranslate2, llama-server on each GGUF."""
     specs = [Spec(f"{name} ours-llamacpp", model_dir, engine="llamacpp")]
-    q8 = q8_0_dir(model_dir, workdir) if name != "smollm2" else None  # SmolLM2 serves its shipped Q4_1
+    q8 = q8_0_dir(model_dir, workdir) if name != "smollm2" else None  # SmolLM2: its model.gguf alone
     if q8 is not None:
         specs.append(Spec(f"{name} ours-llamacpp-q8_0", q8, engine="llamacpp"))
     specs.append(Spec(f"{name} ours-ctranslate2", model_dir, engine="ctranslate2"))
