@@ -12,7 +12,7 @@ round by round, A/B/C/A/B/C, and medians reported; the CPU other processes used 
 Parts:
   single       one client, 50 greedy tokens after a short prompt, streamed: decode tokens/s (tokens after the
                first ÷ time after the first) and end-to-end tokens/s. SmolLM2 (its model.gguf) and distilgpt2-shape
-               (float32 GGUF and its Q8_0).
+               (its model.gguf, and a model.q8_0.gguf beside it if there is one).
   load         8 clients for --load-seconds each, prompts of mixed lengths (each starting with its own number, so
                no prompt cache serves them), greedy / sampled (temperature 0.8, top_p 0.95) / seeded requests in
                turn, 50 tokens: tokens/s, p50/p95 latency (SmolLM2).
