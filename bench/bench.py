@@ -156,9 +156,10 @@ def with_gguf(model_dir: Path) -> Path:
 
 
 def gguf_type(model_dir: Path) -> str:
-    """The GGUF type the gate chose (quality.json), else F32: the converter's own output."""
-    record = model_dir / "quality.json"
-    return str(json.loads(record.read_text()).get("chosen_type", "F32")) if record.is_file() else "F32"
+    """The file type of the GGUF our llama.cpp engine reads (its header, as the model store reads it)."""
+    from distilgpt2_api.model_store.gguf_gate import gguf_types
+
+    return gguf_types(model_dir / "model.gguf")[0]
 
 
 def params_read_per_token(model_dir: Path) -> dict[str, Any]:
