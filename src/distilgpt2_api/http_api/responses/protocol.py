@@ -621,48 +621,42 @@ class OutputItemEvent(NamedEvent):
     item: OutputItem
 
 
-class ContentPartEvent(NamedEvent):
-    type: Literal["response.content_part.added", "response.content_part.done"]
+class _ItemEvent(NamedEvent):
+    """An event about one output item: what every item-level event carries."""
+
     sequence_number: int
     item_id: str
     output_index: int
+
+
+class _ContentEvent(_ItemEvent):
     content_index: int = 0
+
+
+class ContentPartEvent(_ContentEvent):
+    type: Literal["response.content_part.added", "response.content_part.done"]
     part: OutputTextPart
 
 
-class TextDeltaEvent(NamedEvent):
+class TextDeltaEvent(_ContentEvent):
     type: Literal["response.output_text.delta"] = "response.output_text.delta"
-    sequence_number: int
-    item_id: str
-    output_index: int
-    content_index: int = 0
     delta: str
     logprobs: list[Any] = Field(default_factory=list)
 
 
-class TextDoneEvent(NamedEvent):
+class TextDoneEvent(_ContentEvent):
     type: Literal["response.output_text.done"] = "response.output_text.done"
-    sequence_number: int
-    item_id: str
-    output_index: int
-    content_index: int = 0
     text: str
     logprobs: list[Any] = Field(default_factory=list)
 
 
-class ArgumentsDeltaEvent(NamedEvent):
+class ArgumentsDeltaEvent(_ItemEvent):
     type: Literal["response.function_call_arguments.delta"] = "response.function_call_arguments.delta"
-    sequence_number: int
-    item_id: str
-    output_index: int
     delta: str
 
 
-class ArgumentsDoneEvent(NamedEvent):
+class ArgumentsDoneEvent(_ItemEvent):
     type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
-    sequence_number: int
-    item_id: str
-    output_index: int
     arguments: str
 
 
